@@ -1,0 +1,125 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{LookupResult, TenantDirectory};
+use crate::catalog::Catalog;
+use crate::future::MaybeReady;
+use crate::tenant::{Tenant, TenantId};
+
+/// An in-memory directory. Reads are lock-free; every change publishes a new
+/// snapshot atomically, so the next request sees it (hot reload) and a
+/// request never sees half an update.
+///
+/// Cloning is cheap and clones share the same contents.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_tenancy::{MemoryDirectory, Plan, Tenant, TenantStatus};
+///
+/// let free = Arc::new(Plan::new("free"));
+/// let dir = MemoryDirectory::new();
+/// dir.insert(Tenant::new("acme".parse().unwrap(), free));
+/// dir.update(&"acme".parse().unwrap(), |t| t.set_status(TenantStatus::Suspended));
+/// assert_eq!(dir.get(&"acme".parse().unwrap()).unwrap().status(), TenantStatus::Suspended);
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryDirectory {
+    tenants: Arc<ArcSwap<HashMap<TenantId, Arc<Tenant>>>>,
+}
+
+impl MemoryDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A directory holding the tenants of `catalog`.
+    pub fn from_catalog(catalog: &Catalog) -> Self {
+        let dir = Self::new();
+        dir.replace_all(catalog.tenants().iter().cloned());
+        dir
+    }
+
+    /// Replaces the whole contents at once (a catalog reload).
+    pub fn replace_all(&self, tenants: impl IntoIterator<Item = Tenant>) {
+        let map = tenants
+            .into_iter()
+            .map(|t| (t.id().clone(), Arc::new(t)))
+            .collect();
+        self.tenants.store(Arc::new(map));
+    }
+
+    /// Adds or replaces one tenant.
+    pub fn insert(&self, tenant: Tenant) {
+        let tenant = Arc::new(tenant);
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(tenant.id().clone(), tenant.clone());
+            map
+        });
+    }
+
+    /// Changes one tenant with `f`; returns the new tenant, or `None` when
+    /// the tenant is unknown.
+    pub fn update(&self, id: &TenantId, f: impl Fn(&Tenant) -> Tenant) -> Option<Arc<Tenant>> {
+        let mut updated = None;
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            updated = map.get(id).map(|t| Arc::new(f(t)));
+            if let Some(t) = &updated {
+                map.insert(id.clone(), t.clone());
+            }
+            map
+        });
+        updated
+    }
+
+    /// Removes a tenant; returns it when it was present.
+    pub fn remove(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        let mut removed = None;
+        self.tenants.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            removed = map.remove(id);
+            map
+        });
+        removed
+    }
+
+    /// The tenant `id`, if present.
+    pub fn get(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.tenants.load().get(id).cloned()
+    }
+
+    /// All tenants, sorted by id.
+    pub fn list(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<_> = self.tenants.load().values().cloned().collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.tenants.load().len()
+    }
+
+    /// Whether the directory is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TenantDirectory for MemoryDirectory {
+    fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
+        MaybeReady::ready(Ok(self.get(id)))
+    }
+}
+
+impl std::fmt::Debug for MemoryDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDirectory")
+            .field("tenants", &self.len())
+            .finish()
+    }
+}

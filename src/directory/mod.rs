@@ -1,0 +1,59 @@
+//! Tenant directories: where the validation step looks tenants up.
+//!
+//! [`MemoryDirectory`] holds tenants in memory and can be replaced or edited
+//! at run time (hot reload). [`CachedDirectory`] puts a TTL cache with
+//! bounded negative caching in front of a slow directory (a database).
+
+mod cached;
+mod memory;
+
+use std::sync::Arc;
+
+pub use cached::CachedDirectory;
+pub use memory::MemoryDirectory;
+
+use crate::future::MaybeReady;
+use crate::tenant::{Tenant, TenantId};
+
+/// The directory could not answer (database down, …). Rendered as 503;
+/// the message is logged, never sent to the client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("tenant directory error: {0}")]
+pub struct DirectoryError(pub String);
+
+/// The result of a lookup: `Ok(None)` for an unknown tenant.
+pub type LookupResult = Result<Option<Arc<Tenant>>, DirectoryError>;
+
+/// Looks tenants up by id.
+///
+/// Synchronous directories answer with [`MaybeReady::ready`]; asynchronous
+/// ones (a database) with [`MaybeReady::boxed`]:
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_tenancy::directory::{LookupResult, TenantDirectory};
+/// use tower_tenancy::future::MaybeReady;
+/// use tower_tenancy::{Plan, Tenant, TenantId};
+///
+/// struct FromDatabase { free: Arc<Plan> }
+///
+/// impl TenantDirectory for FromDatabase {
+///     fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
+///         let (id, plan) = (id.clone(), self.free.clone());
+///         MaybeReady::boxed(async move {
+///             // SELECT status, plan FROM tenants WHERE id = $1
+///             Ok(Some(Arc::new(Tenant::new(id, plan))))
+///         })
+///     }
+/// }
+/// ```
+pub trait TenantDirectory: Send + Sync + 'static {
+    /// Finds the tenant `id`.
+    fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult>;
+}
+
+impl<D: TenantDirectory + ?Sized> TenantDirectory for Arc<D> {
+    fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
+        (**self).lookup(id)
+    }
+}

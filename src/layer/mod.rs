@@ -1,0 +1,3 @@
+//! The middleware of this crate, one module each (tower-http style).
+
+pub mod tenancy;

@@ -1,0 +1,97 @@
+//! Multi-tenancy for any `tower` service: hyper, axum and tonic.
+//!
+//! A request goes through **resolve → validate → gate → check → admit**:
+//!
+//! 1. [`resolve`]: find the tenant id (header, path, query, host, a value an
+//!    auth layer put in the extensions, a default), sources in priority order;
+//! 2. [`TenancyLayer`]: look it up in a [`TenantDirectory`], refuse unknown or
+//!    inactive tenants, insert [`CurrentTenant`] into the request extensions;
+//! 3. later layers gate features, check resource limits and admit the request
+//!    against rate limits, quotas and concurrency limits kept in a counter
+//!    [`store`].
+//!
+//! Every refusal is a [`Rejection`](reject::Rejection), rendered in one place
+//! as `application/problem+json` (or a gRPC status for gRPC requests).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{routing::get, Router};
+//! use tower_tenancy::resolve::{HeaderResolver, PathResolver, ResolverChain};
+//! use tower_tenancy::{Catalog, CurrentTenant, MemoryDirectory, TenancyLayer};
+//!
+//! let catalog = Catalog::from_toml_str(r#"
+//!     [[plans]]
+//!     name = "free"
+//!     features = ["reports"]
+//!     [[tenants]]
+//!     id = "acme"
+//!     plan = "free"
+//! "#).unwrap();
+//! let directory = MemoryDirectory::from_catalog(&catalog);
+//!
+//! async fn whoami(tenant: CurrentTenant) -> String {
+//!     format!("{} on {}", tenant.id(), tenant.plan().name)
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/whoami", get(whoami))
+//!     .layer(TenancyLayer::new(
+//!         ResolverChain::new()
+//!             .or(HeaderResolver::new("x-tenant-id"))
+//!             .or(PathResolver::after("tenants")),
+//!         directory,
+//!     ));
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod catalog;
+pub mod directory;
+pub mod future;
+pub mod layer;
+mod observe;
+pub mod plan;
+pub mod reject;
+pub mod resolve;
+pub mod store;
+pub mod tenant;
+
+#[cfg(feature = "axum")]
+mod extract;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+pub use catalog::{Catalog, CatalogError};
+pub use directory::{CachedDirectory, MemoryDirectory, TenantDirectory};
+pub use layer::tenancy::TenancyLayer;
+pub use plan::{
+    ConcurrencyRule, Limit, Overrides, Period, Plan, QuotaRule, RateAlgorithm, RateRule,
+};
+pub use resolve::AllowedTenants;
+pub use tenant::{Tenant, TenantId, TenantIdRules, TenantStatus};
+
+/// The tenant of the current request, inserted into the request extensions
+/// by [`TenancyLayer`]. Dereferences to [`Tenant`].
+///
+/// With the `axum` feature it is an extractor (a request without a tenant is
+/// answered 500, since that means the layer is missing; use
+/// `Option<CurrentTenant>` on routes where the tenant is optional). In a
+/// tonic handler read it with `request.extensions().get::<CurrentTenant>()`.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use tower_tenancy::{CurrentTenant, Plan, Tenant};
+/// let t = CurrentTenant(Arc::new(Tenant::new("acme".parse().unwrap(), Arc::new(Plan::new("free")))));
+/// assert_eq!(t.id().as_str(), "acme");
+/// ```
+#[derive(Debug, Clone)]
+pub struct CurrentTenant(pub Arc<Tenant>);
+
+impl Deref for CurrentTenant {
+    type Target = Tenant;
+    fn deref(&self) -> &Tenant {
+        &self.0
+    }
+}

@@ -1,0 +1,117 @@
+//! Tenant resolution: pure functions from the request head to a tenant id.
+//!
+//! Sources: [`HeaderResolver`], [`PathResolver`], [`QueryResolver`],
+//! [`HostResolver`], [`ExtensionResolver`] (a value an authentication layer
+//! put in the request extensions) and [`DefaultResolver`]. A
+//! [`ResolverChain`] tries them in priority order; the first hit wins. A
+//! source that carries a malformed value stops the chain with a
+//! [`ResolveError`] (rendered as 400) instead of falling through.
+//!
+//! **Security:** a header, path, query or host value is chosen by the client:
+//! with those sources alone any client can claim any tenant. Bind the tenant
+//! to the authenticated principal with [`AllowedTenants`] and
+//! [`TenancyLayer::bind_to_principal`](crate::TenancyLayer::bind_to_principal),
+//! or resolve from the principal itself with [`ExtensionResolver`].
+
+mod bind;
+mod chain;
+mod sources;
+
+use http::{Extensions, HeaderMap, Method, Request, Uri};
+
+pub use bind::AllowedTenants;
+pub use chain::ResolverChain;
+pub use sources::{
+    DefaultResolver, ExtensionResolver, HeaderResolver, HostResolver, PathResolver, QueryResolver,
+};
+
+use crate::tenant::{InvalidTenantId, TenantId};
+
+/// The parts of a request a resolver may read. Built for free from any
+/// `http::Request<B>` with [`RequestHead::of`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI (path and query; authority for HTTP/2).
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions (where authentication layers put the principal).
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Borrows the head of `request`.
+    pub fn of<B>(request: &'a Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
+}
+
+/// Finds the tenant id of a request, without I/O.
+///
+/// `Ok(None)` means "this source has nothing to say" and the chain goes on;
+/// `Err` means the source carried a malformed value (400).
+///
+/// ```
+/// use http::Request;
+/// use tower_tenancy::resolve::{HeaderResolver, RequestHead, Resolver};
+///
+/// let req = Request::builder().header("x-tenant-id", "acme").body(()).unwrap();
+/// let id = HeaderResolver::new("x-tenant-id").resolve(&RequestHead::of(&req)).unwrap();
+/// assert_eq!(id.unwrap().as_str(), "acme");
+/// ```
+pub trait Resolver: Send + Sync + 'static {
+    /// Resolves the tenant of `head`.
+    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError>;
+}
+
+impl<R: Resolver + ?Sized> Resolver for Box<R> {
+    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
+        (**self).resolve(head)
+    }
+}
+
+impl<R: Resolver + ?Sized> Resolver for std::sync::Arc<R> {
+    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
+        (**self).resolve(head)
+    }
+}
+
+/// Why a source's value was refused. The offending input is never echoed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {reason}")]
+pub struct ResolveError {
+    /// The source, e.g. `header x-tenant-id`, `path segment 1`, `query tenant`, `host`.
+    pub source_name: String,
+    /// What is wrong.
+    pub reason: ResolveErrorReason,
+}
+
+impl ResolveError {
+    pub(crate) fn new(source_name: impl Into<String>, reason: ResolveErrorReason) -> Self {
+        Self {
+            source_name: source_name.into(),
+            reason,
+        }
+    }
+}
+
+/// What is wrong with a source's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveErrorReason {
+    /// The decoded value is not a valid tenant id.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTenantId),
+    /// The source occurs more than once (duplicated header or query parameter).
+    #[error("given more than once")]
+    Ambiguous,
+    /// Percent-encoding or UTF-8 is broken.
+    #[error("bad encoding")]
+    BadEncoding,
+}

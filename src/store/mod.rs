@@ -1,0 +1,219 @@
+//! Counter stores: the small, HTTP-agnostic interface behind rate limits,
+//! quotas, concurrency limits and gauges.
+//!
+//! A store receives a batch of [`Check`]s for **one tenant** and answers with
+//! one [`Decision`] per check, atomically and all-or-nothing: when any check
+//! denies, nothing is consumed. The admission layer makes exactly one store
+//! call per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::future::MaybeReady;
+use crate::plan::Period;
+use crate::tenant::TenantId;
+
+/// How a check counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Sliding window counter over `window` (approximate, O(1) memory).
+    SlidingWindow {
+        /// Window length.
+        window: Duration,
+    },
+    /// Sliding log over `window` (exact, O(limit) memory).
+    SlidingLog {
+        /// Window length.
+        window: Duration,
+    },
+    /// Fixed calendar period, UTC-aligned; resets at the period end.
+    Calendar {
+        /// The period.
+        period: Period,
+    },
+    /// In-flight count; admitted units are held by the returned [`Lease`]
+    /// until it is dropped. Shared stores expire a lease after `lease_ttl`.
+    Concurrency {
+        /// Longest time a lease is kept when never released.
+        lease_ttl: Duration,
+    },
+    /// A level that only changes when told to (resource counts such as
+    /// "workflows"): admission adds `cost`, [`CounterStore::adjust`] moves it.
+    Gauge,
+}
+
+/// One counter to check and, when the whole batch is allowed, consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The policy name; together with the tenant it names the counter.
+    pub policy: Arc<str>,
+    /// The counting algorithm.
+    pub algorithm: Algorithm,
+    /// The limit.
+    pub limit: u64,
+    /// Units this request consumes (usually 1).
+    pub cost: u64,
+}
+
+impl Check {
+    /// A check of `cost` units against `limit`.
+    pub fn new(policy: impl Into<Arc<str>>, algorithm: Algorithm, limit: u64, cost: u64) -> Self {
+        Self {
+            policy: policy.into(),
+            algorithm,
+            limit,
+            cost,
+        }
+    }
+}
+
+/// The answer for one [`Check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this check alone would admit the request.
+    pub allowed: bool,
+    /// The limit.
+    pub limit: u64,
+    /// Units in use after this call (including the cost when the batch was admitted).
+    pub used: u64,
+    /// Units left after this call.
+    pub remaining: u64,
+    /// Time until the counter has fully recovered (end of the calendar
+    /// period; for sliding windows, until the window has slid past).
+    pub reset: Duration,
+    /// When denied: how long to wait before the same request could pass.
+    pub retry_after: Option<Duration>,
+}
+
+/// The outcome of [`CounterStore::admit`]: one decision per check (same
+/// order), and a lease holding concurrency units when the batch was admitted.
+#[derive(Debug)]
+pub struct Admission {
+    /// One decision per check, in order.
+    pub decisions: Vec<Decision>,
+    /// Held concurrency units; released when dropped.
+    pub lease: Option<Lease>,
+}
+
+impl Admission {
+    /// Whether every check allowed the request (and so it was consumed).
+    pub fn allowed(&self) -> bool {
+        self.decisions.iter().all(|d| d.allowed)
+    }
+}
+
+/// A store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The call did not finish within the configured timeout.
+    #[error("counter store timed out")]
+    Timeout,
+    /// The breaker is open: the store failed recently and is not called.
+    #[error("counter store unavailable (breaker open)")]
+    BreakerOpen,
+    /// The backend failed (connection refused, script error, …).
+    #[error("counter store backend error: {0}")]
+    Backend(String),
+}
+
+/// Result type of store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A counter store. Implementations: [`MemoryStore`](crate::store::MemoryStore)
+/// and, with the `redis` feature, the Redis store.
+///
+/// Every method takes the checks of one tenant; implementations make the
+/// batch atomic.
+pub trait CounterStore: Send + Sync + 'static {
+    /// Checks every counter and, when all allow, consumes `cost` from each —
+    /// all or nothing.
+    fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>>;
+
+    /// Reads the counters without consuming (for usage reports); `cost` in
+    /// the checks is ignored.
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>>;
+
+    /// Moves a [`Algorithm::Gauge`] counter by `delta` (saturating at zero)
+    /// and returns its new level.
+    fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>>;
+}
+
+impl<S: CounterStore + ?Sized> CounterStore for Arc<S> {
+    fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
+        (**self).admit(tenant, checks)
+    }
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+        (**self).peek(tenant, checks)
+    }
+    fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
+        (**self).adjust(tenant, policy, delta)
+    }
+}
+
+/// Concurrency units held by one request. Dropping the lease releases them.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use tower_tenancy::store::Lease;
+///
+/// let released = Arc::new(AtomicBool::new(false));
+/// let flag = released.clone();
+/// let lease = Lease::new(move || flag.store(true, Ordering::SeqCst));
+/// drop(lease);
+/// assert!(released.load(Ordering::SeqCst));
+/// ```
+pub struct Lease(LeaseKind);
+
+enum LeaseKind {
+    Counter { counter: Arc<AtomicU64>, units: u64 },
+    Custom(Option<Box<dyn FnOnce() + Send + Sync>>),
+    Many { _held: Vec<Lease> },
+}
+
+impl Lease {
+    /// A lease that runs `release` once when dropped.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self(LeaseKind::Custom(Some(Box::new(release))))
+    }
+
+    /// A lease that subtracts `units` from `counter` when dropped.
+    pub fn counter(counter: Arc<AtomicU64>, units: u64) -> Self {
+        Self(LeaseKind::Counter { counter, units })
+    }
+
+    /// One lease holding several.
+    pub fn many(leases: Vec<Lease>) -> Option<Self> {
+        match leases.len() {
+            0 => None,
+            1 => leases.into_iter().next(),
+            _ => Some(Self(LeaseKind::Many { _held: leases })),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            LeaseKind::Counter { counter, units } => {
+                let units = *units;
+                let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(units))
+                });
+            }
+            LeaseKind::Custom(release) => {
+                if let Some(release) = release.take() {
+                    release();
+                }
+            }
+            LeaseKind::Many { .. } => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
