@@ -5,10 +5,53 @@
 //! one [`Decision`] per check, atomically and all-or-nothing: when any check
 //! denies, nothing is consumed. The admission layer makes exactly one store
 //! call per request.
+//!
+//! # Semantics (every store implements exactly these)
+//!
+//! Times are integer milliseconds since the Unix epoch (`now`), taken from the
+//! store's [`Clock`] (the memory store) or from the server (`TIME` in Redis).
+//! For each check, `used` is the current level before this request; the check
+//! allows when `used + cost <= limit`. If every check of the batch allows,
+//! each consumes `cost`; otherwise nothing changes. The [`Decision`] reports
+//! `used` (after consumption when admitted), `remaining = limit - used`
+//! (saturating), `reset`, and on denial `retry_after` (`None` when
+//! `cost > limit`: the request can never pass).
+//!
+//! * **Sliding window** (window `W`): fixed windows start at multiples of
+//!   `W`; `start = now - now % W`, `elapsed = now - start`. With `curr` the
+//!   count of the current fixed window and `prev` of the one before (0 when
+//!   older), `used = curr + floor(prev * (W - elapsed) / W)`. `reset =
+//!   start + W - now`. Retry: if `curr + cost <= limit`, wait until enough of
+//!   `prev` has faded: `need = used_prev_part - (limit - cost - curr)` … in
+//!   integers, `e = ceil((prev - (limit - cost - curr)) * W / prev)`,
+//!   `retry_after = e - elapsed`; otherwise wait into the next window, where
+//!   `prev' = curr`: `e = ceil((curr - (limit - cost)) * W / curr)`,
+//!   `retry_after = start + W - now + e`.
+//! * **Sliding log** (window `W`): entries `(t, units)` with `t > now - W`
+//!   count; `used` is their sum; an admitted request adds `(now, cost)`.
+//!   `reset = oldest.t + W - now` (0 when empty). Retry: the oldest entries
+//!   expire in order; `retry_after = t_k + W - now` for the first entry `k`
+//!   whose expiry frees at least `used - (limit - cost)` units.
+//! * **Calendar** (period): the count of the UTC-aligned period containing
+//!   `now`; `reset = retry_after = period_end - now`.
+//! * **Concurrency**: `used` is the number of units held by live leases;
+//!   admitted units are held by the returned [`Lease`] until it is dropped
+//!   (shared stores also expire leases after `lease_ttl`). `reset = 0`,
+//!   `retry_after = 1s`.
+//! * **Gauge**: a level moved by admission (`+cost`) and by
+//!   [`CounterStore::adjust`]; never expires. `reset = 0`, `retry_after = None`.
+//!
+//! Counters are keyed by (tenant, algorithm kind, policy name); a shared
+//! store puts the tenant in a hash tag (`{tenant}`) so that one batch touches
+//! one Redis Cluster slot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};
 
 use crate::future::MaybeReady;
 use crate::plan::Period;
@@ -130,8 +173,8 @@ pub trait CounterStore: Send + Sync + 'static {
     /// all or nothing.
     fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>>;
 
-    /// Reads the counters without consuming (for usage reports); `cost` in
-    /// the checks is ignored.
+    /// A dry run of [`admit`](Self::admit): the same decisions, nothing
+    /// consumed, no lease taken (for usage reports).
     fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>>;
 
     /// Moves a [`Algorithm::Gauge`] counter by `delta` (saturating at zero)
