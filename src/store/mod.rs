@@ -22,8 +22,7 @@
 //!   count of the current fixed window and `prev` of the one before (0 when
 //!   older), `used = curr + floor(prev * (W - elapsed) / W)`. `reset =
 //!   start + W - now`. Retry: if `curr + cost <= limit`, wait until enough of
-//!   `prev` has faded: `need = used_prev_part - (limit - cost - curr)` … in
-//!   integers, `e = ceil((prev - (limit - cost - curr)) * W / prev)`,
+//!   `prev` has faded: `e = ceil((prev - (limit - cost - curr)) * W / prev)`,
 //!   `retry_after = e - elapsed`; otherwise wait into the next window, where
 //!   `prev' = curr`: `e = ceil((curr - (limit - cost)) * W / curr)`,
 //!   `retry_after = start + W - now + e`.
