@@ -65,6 +65,9 @@ use std::sync::Arc;
 
 pub use catalog::{Catalog, CatalogError};
 pub use directory::{CachedDirectory, MemoryDirectory, TenantDirectory};
+pub use layer::admission::{AdmissionLayer, Rule};
+pub use layer::feature::RequireFeatureLayer;
+pub use layer::limit::ResourceLimitLayer;
 pub use layer::tenancy::TenancyLayer;
 pub use plan::{
     ConcurrencyRule, Limit, Overrides, Period, Plan, QuotaRule, RateAlgorithm, RateRule,

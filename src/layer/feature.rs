@@ -1,0 +1,145 @@
+//! [`RequireFeatureLayer`]: refuses tenants whose plan lacks a feature.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::TenancyBody;
+use crate::reject::{is_grpc, Rejection, RejectionKind};
+use crate::CurrentTenant;
+
+/// Lets a request through only when the tenant's effective plan (plan plus
+/// overrides) includes `feature`; otherwise 403 `feature_not_in_plan` naming
+/// the feature and the plan. A request without a tenant is refused with 400
+/// `tenant_required`.
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use tower_tenancy::layer::feature::RequireFeatureLayer;
+///
+/// let app: Router = Router::new().route(
+///     "/patterns",
+///     post(|| async { "created" }).route_layer(RequireFeatureLayer::new("custom_patterns")),
+/// );
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequireFeatureLayer {
+    feature: Arc<str>,
+}
+
+impl RequireFeatureLayer {
+    /// Requires `feature`.
+    pub fn new(feature: &str) -> Self {
+        Self {
+            feature: Arc::from(feature),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequireFeatureLayer {
+    type Service = RequireFeature<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireFeature {
+            inner,
+            feature: self.feature.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireFeatureLayer`].
+#[derive(Debug, Clone)]
+pub struct RequireFeature<S> {
+    inner: S,
+    feature: Arc<str>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireFeature<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<TenancyBody<ResBody>>;
+    type Error = S::Error;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let rejection = match req.extensions().get::<CurrentTenant>() {
+            Some(tenant) if tenant.plan().has_feature(&self.feature) => None,
+            Some(tenant) => Some(
+                Rejection::new(RejectionKind::FeatureNotInPlan)
+                    .tenant(tenant.id().clone())
+                    .plan(&tenant.plan().name)
+                    .feature(&*self.feature),
+            ),
+            None => Some(Rejection::new(RejectionKind::TenantRequired)),
+        };
+        match rejection {
+            None => GateFuture::inner(self.inner.call(req)),
+            Some(rejection) => GateFuture::reject(&rejection, is_grpc(req.headers())),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of layers that decide before calling the inner
+    /// service: the inner future, or a rendered rejection.
+    pub struct GateFuture<F> {
+        #[pin]
+        kind: Gate<F>,
+    }
+}
+
+pin_project! {
+    #[project = GateProj]
+    enum Gate<F> {
+        Inner { #[pin] future: F },
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<F> GateFuture<F> {
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            kind: Gate::Inner { future },
+        }
+    }
+
+    pub(crate) fn reject(rejection: &Rejection, grpc: bool) -> Self {
+        crate::observe::rejected(rejection);
+        Self {
+            kind: Gate::Rejected {
+                response: Some(rejection.to_response(grpc)),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for GateFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TenancyBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            GateProj::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(TenancyBody::new)))
+            }
+            GateProj::Rejected { response } => {
+                let response = response.take().expect("GateFuture polled after completion");
+                Poll::Ready(Ok(response.map(TenancyBody::full)))
+            }
+        }
+    }
+}
