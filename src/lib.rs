@@ -56,6 +56,7 @@ pub mod reject;
 pub mod resolve;
 pub mod store;
 pub mod tenant;
+pub mod usage;
 
 #[cfg(feature = "axum")]
 mod extract;

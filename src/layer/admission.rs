@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use crate::body::TenancyBody;
 use crate::future::MaybeReady;
-use crate::plan::{Plan, RateAlgorithm};
+use crate::plan::Plan;
 use crate::reject::{is_grpc, HeaderStyle, RateLimitFields, Rejection, RejectionKind};
 use crate::resolve::RequestHead;
 use crate::store::{Admission, Algorithm, Check, CounterStore, Decision, Lease, StoreResult};
