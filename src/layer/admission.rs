@@ -126,27 +126,12 @@ impl Rule {
             return None;
         }
         let (algorithm, limit) = match self.kind {
-            RuleKind::Rate => {
-                let r = plan.rates.get(&*self.name)?;
-                let algorithm = match r.algorithm {
-                    RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow { window: r.window },
-                    RateAlgorithm::SlidingLog => Algorithm::SlidingLog { window: r.window },
-                };
-                (algorithm, r.limit)
-            }
-            RuleKind::Quota => {
-                let q = plan.quotas.get(&*self.name)?;
-                (Algorithm::Calendar { period: q.period }, q.limit)
-            }
-            RuleKind::Concurrency => {
-                let c = plan.concurrency.get(&*self.name)?;
-                (
-                    Algorithm::Concurrency {
-                        lease_ttl: c.lease_ttl,
-                    },
-                    c.limit,
-                )
-            }
+            RuleKind::Rate => plan.rates.get(&*self.name).map(|r| (r.into(), r.limit))?,
+            RuleKind::Quota => plan.quotas.get(&*self.name).map(|q| (q.into(), q.limit))?,
+            RuleKind::Concurrency => plan
+                .concurrency
+                .get(&*self.name)
+                .map(|c| (c.into(), c.limit))?,
             RuleKind::Gauge => (Algorithm::Gauge, plan.limit_of(&self.name)?),
         };
         let limit = limit.max()?;
