@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `PLANS` (default the
-//! shipped `examples/plans.toml`).
+//! shipped `examples/plans.toml`), `ADMIN_TOKEN` (default `admin-secret`).
 //!
 //! Tenants come from the `X-Tenant-ID` header, else the `tenant` query
 //! parameter. Policies, by route:
@@ -20,14 +20,23 @@
 //! | `DELETE /v1/workflows/{id}` | rate limit |
 //! | `POST /v1/workflows/{id}/executions?duration_ms=N` | rate limit, quota `executions_per_day`, concurrency `concurrent_executions` |
 //! | `POST /v1/patterns` | feature `custom_patterns`, rate limit |
+//!
+//! Admin endpoints (`Authorization: Bearer $ADMIN_TOKEN`, no tenant):
+//! `GET /admin/tenants`, `GET /admin/tenants/{id}`,
+//! `GET /admin/tenants/{id}/usage`, `PATCH /admin/tenants/{id}` with
+//! `{"plan": .., "status": .., "overrides": ..}` (each optional),
+//! `POST /admin/reload` (re-reads the plans file; counters are kept).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use parking_lot::Mutex;
@@ -37,8 +46,12 @@ use tower_tenancy::layer::admission::{AdmissionLayer, Rule};
 use tower_tenancy::layer::feature::RequireFeatureLayer;
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::resolve::{HeaderResolver, QueryResolver, ResolverChain};
-use tower_tenancy::store::MemoryStore;
-use tower_tenancy::{Catalog, CurrentTenant, MemoryDirectory, TenancyLayer, Tenant, TenantId};
+use tower_tenancy::store::{CounterStore, MemoryStore};
+use tower_tenancy::usage::usage_report;
+use tower_tenancy::{
+    Catalog, CurrentTenant, MemoryDirectory, Overrides, TenancyLayer, Tenant, TenantId,
+    TenantStatus,
+};
 
 /// The application's own data: workflows per tenant (a database in real life).
 #[derive(Clone, Default)]
@@ -75,8 +88,15 @@ async fn main() {
         }
     };
     let directory = MemoryDirectory::from_catalog(&catalog);
-    let store = Arc::new(MemoryStore::new());
-    let app = app(directory, store, Db::default());
+    let store: Arc<dyn CounterStore> = Arc::new(MemoryStore::new());
+    let admin = Admin {
+        token: Arc::from(std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into())),
+        plans_path: Arc::from(plans.as_str()),
+        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
+        directory: directory.clone(),
+        store: store.clone(),
+    };
+    let app = app(directory, store, Db::default()).merge(admin_routes(admin));
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -92,7 +112,7 @@ async fn main() {
     axum::serve(listener, app).await.unwrap();
 }
 
-fn app(directory: MemoryDirectory, store: Arc<MemoryStore>, db: Db) -> Router {
+fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {
     let api = || AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
     let execution = AdmissionLayer::new(store.clone())
         .rule(Rule::rate("api_calls_per_minute"))
@@ -231,4 +251,173 @@ async fn create_pattern(tenant: CurrentTenant) -> (StatusCode, Json<Value>) {
         StatusCode::CREATED,
         Json(json!({ "tenant": tenant.id(), "pattern": "created" })),
     )
+}
+
+// ---------------------------------------------------------------------------
+// Admin API: see and change what the layers enforce, while the service runs.
+
+#[derive(Clone)]
+struct Admin {
+    token: Arc<str>,
+    plans_path: Arc<str>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    directory: MemoryDirectory,
+    store: Arc<dyn CounterStore>,
+}
+
+/// An admin error as problem+json.
+fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": format!("urn:tower-tenancy-demo:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail.into(),
+    });
+    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => Err(problem(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token")),
+        // Compare without an early exit on the first differing byte.
+        Some(t) if t.len() == admin.token.len()
+            && t.bytes().zip(admin.token.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0 =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(problem(StatusCode::FORBIDDEN, "forbidden", "wrong admin token")),
+    }
+}
+
+fn parse_id(id: &str) -> Result<TenantId, Response> {
+    id.parse()
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, "malformed_tenant_id", format!("{e}")))
+}
+
+fn tenant_json(t: &Tenant) -> Value {
+    json!({
+        "id": t.id(),
+        "status": t.status(),
+        "plan": t.base_plan().name,
+        "overrides": t.overrides(),
+        "effective": &**t.plan(),
+    })
+}
+
+fn admin_routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/admin/tenants", get(admin_list))
+        .route("/admin/tenants/{id}", get(admin_get).patch(admin_update))
+        .route("/admin/tenants/{id}/usage", get(admin_usage))
+        .route("/admin/reload", post(admin_reload))
+        .with_state(admin)
+}
+
+async fn admin_list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers) {
+        return e;
+    }
+    let tenants: Vec<Value> = admin.directory.list().iter().map(|t| tenant_json(t)).collect();
+    Json(json!({ "tenants": tenants })).into_response()
+}
+
+async fn admin_get(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    match admin.directory.get(&id) {
+        Some(t) => Json(tenant_json(&t)).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}")),
+    }
+}
+
+async fn admin_usage(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let Some(tenant) = admin.directory.get(&id) else {
+        return problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}"));
+    };
+    match usage_report(&*admin.store, &tenant).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+    }
+}
+
+/// `PATCH /admin/tenants/{id}`: each field optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    plan: Option<String>,
+    status: Option<TenantStatus>,
+    overrides: Option<Overrides>,
+}
+
+async fn admin_update(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let patch: TenantPatch = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+        Ok(p) => p,
+        Err(e) => {
+            let at = e.path().to_string();
+            return problem(StatusCode::BAD_REQUEST, "malformed_body", format!("{at}: {}", e.into_inner()));
+        }
+    };
+    let plan = match &patch.plan {
+        None => None,
+        Some(name) => match admin.catalog.load().plan(name) {
+            Some(p) => Some(p.clone()),
+            None => return problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan", format!("no plan {name:?}")),
+        },
+    };
+    let updated = admin.directory.update(&id, |t| {
+        let mut t = t.clone();
+        if let Some(plan) = &plan {
+            t = t.set_plan(plan.clone());
+        }
+        if let Some(status) = patch.status {
+            t = t.set_status(status);
+        }
+        if let Some(overrides) = &patch.overrides {
+            t = t.set_overrides(overrides.clone());
+        }
+        t
+    });
+    match updated {
+        Some(t) => {
+            tracing::info!(tenant.id = %id, "tenant updated by admin");
+            Json(tenant_json(&t)).into_response()
+        }
+        None => problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}")),
+    }
+}
+
+async fn admin_reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&admin, &headers) {
+        return e;
+    }
+    match Catalog::from_path(&*admin.plans_path) {
+        Ok(catalog) => {
+            admin.directory.replace_all(catalog.tenants().iter().cloned());
+            let body = json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
+            admin.catalog.store(Arc::new(catalog));
+            tracing::info!("catalog reloaded from {}", admin.plans_path);
+            Json(body).into_response()
+        }
+        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, "bad_catalog", e.to_string()),
+    }
 }
