@@ -72,6 +72,7 @@ impl Db {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_tenancy=info".into()),
@@ -95,8 +96,9 @@ async fn main() {
         catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
         directory: directory.clone(),
         store: store.clone(),
+        db: Db::default(),
     };
-    let app = app(directory, store, Db::default()).merge(admin_routes(admin));
+    let app = app(directory, store, admin.db.clone()).merge(admin_routes(admin));
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -263,6 +265,7 @@ struct Admin {
     catalog: Arc<ArcSwap<Catalog>>,
     directory: MemoryDirectory,
     store: Arc<dyn CounterStore>,
+    db: Db,
 }
 
 /// An admin error as problem+json.
@@ -274,7 +277,12 @@ fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Respons
         "code": code,
         "detail": detail.into(),
     });
-    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
@@ -283,20 +291,37 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        None => Err(problem(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token")),
+        None => Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token",
+        )),
         // Compare without an early exit on the first differing byte.
-        Some(t) if t.len() == admin.token.len()
-            && t.bytes().zip(admin.token.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0 =>
+        Some(t)
+            if t.len() == admin.token.len()
+                && t.bytes()
+                    .zip(admin.token.bytes())
+                    .fold(0, |acc, (a, b)| acc | (a ^ b))
+                    == 0 =>
         {
             Ok(())
         }
-        Some(_) => Err(problem(StatusCode::FORBIDDEN, "forbidden", "wrong admin token")),
+        Some(_) => Err(problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "wrong admin token",
+        )),
     }
 }
 
 fn parse_id(id: &str) -> Result<TenantId, Response> {
-    id.parse()
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, "malformed_tenant_id", format!("{e}")))
+    id.parse().map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "malformed_tenant_id",
+            format!("{e}"),
+        )
+    })
 }
 
 fn tenant_json(t: &Tenant) -> Value {
@@ -322,32 +347,61 @@ async fn admin_list(State(admin): State<Admin>, headers: HeaderMap) -> Response 
     if let Err(e) = authorize(&admin, &headers) {
         return e;
     }
-    let tenants: Vec<Value> = admin.directory.list().iter().map(|t| tenant_json(t)).collect();
+    let tenants: Vec<Value> = admin
+        .directory
+        .list()
+        .iter()
+        .map(|t| tenant_json(t))
+        .collect();
     Json(json!({ "tenants": tenants })).into_response()
 }
 
-async fn admin_get(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn admin_get(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
         Ok(id) => id,
         Err(e) => return e,
     };
     match admin.directory.get(&id) {
         Some(t) => Json(tenant_json(&t)).into_response(),
-        None => problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}")),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        ),
     }
 }
 
-async fn admin_usage(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn admin_usage(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
         Ok(id) => id,
         Err(e) => return e,
     };
     let Some(tenant) = admin.directory.get(&id) else {
-        return problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}"));
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        );
     };
     match usage_report(&*admin.store, &tenant).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+        Ok(mut report) => {
+            // Workflows are counted by the application, not by the store.
+            report.set_used("workflows", admin.db.count(&id));
+            Json(report).into_response()
+        }
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        ),
     }
 }
 
@@ -370,18 +424,29 @@ async fn admin_update(
         Ok(id) => id,
         Err(e) => return e,
     };
-    let patch: TenantPatch = match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
-        Ok(p) => p,
-        Err(e) => {
-            let at = e.path().to_string();
-            return problem(StatusCode::BAD_REQUEST, "malformed_body", format!("{at}: {}", e.into_inner()));
-        }
-    };
+    let patch: TenantPatch =
+        match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+            Ok(p) => p,
+            Err(e) => {
+                let at = e.path().to_string();
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    format!("{at}: {}", e.into_inner()),
+                );
+            }
+        };
     let plan = match &patch.plan {
         None => None,
         Some(name) => match admin.catalog.load().plan(name) {
             Some(p) => Some(p.clone()),
-            None => return problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan", format!("no plan {name:?}")),
+            None => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_plan",
+                    format!("no plan {name:?}"),
+                )
+            }
         },
     };
     let updated = admin.directory.update(&id, |t| {
@@ -402,7 +467,11 @@ async fn admin_update(
             tracing::info!(tenant.id = %id, "tenant updated by admin");
             Json(tenant_json(&t)).into_response()
         }
-        None => problem(StatusCode::NOT_FOUND, "unknown_tenant", format!("no tenant {id}")),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        ),
     }
 }
 
@@ -412,12 +481,19 @@ async fn admin_reload(State(admin): State<Admin>, headers: HeaderMap) -> Respons
     }
     match Catalog::from_path(&*admin.plans_path) {
         Ok(catalog) => {
-            admin.directory.replace_all(catalog.tenants().iter().cloned());
-            let body = json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
+            admin
+                .directory
+                .replace_all(catalog.tenants().iter().cloned());
+            let body =
+                json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
             admin.catalog.store(Arc::new(catalog));
             tracing::info!("catalog reloaded from {}", admin.plans_path);
             Json(body).into_response()
         }
-        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, "bad_catalog", e.to_string()),
+        Err(e) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_catalog",
+            e.to_string(),
+        ),
     }
 }

@@ -40,6 +40,66 @@ pub struct UsageReport {
     pub policies: Vec<PolicyUsage>,
 }
 
+impl UsageReport {
+    /// Sets the usage of a resource limit whose count the application keeps
+    /// itself (the one a [`ResourceLimitLayer`](crate::ResourceLimitLayer)
+    /// asks its usage source for), recomputing remaining and utilization.
+    /// Returns false when the report has no such policy.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_tenancy::{Plan, Tenant, store::MemoryStore, usage::usage_report};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let tenant = Tenant::new("acme".parse().unwrap(), Arc::new(Plan::new("free").limit("workflows", 5)));
+    /// let mut report = usage_report(&MemoryStore::new(), &tenant).await.unwrap();
+    /// assert!(report.set_used("workflows", 4));
+    /// assert_eq!(report.policies[0].remaining, Some(1));
+    /// assert_eq!(report.policies[0].utilization_percent, Some(80.0));
+    /// # });
+    /// ```
+    pub fn set_used(&mut self, policy: &str, used: u64) -> bool {
+        match self.policies.iter_mut().find(|p| p.policy == policy) {
+            Some(p) => {
+                *p = PolicyUsage::new(
+                    std::mem::take(&mut p.policy),
+                    p.kind,
+                    p.limit,
+                    used,
+                    p.reset_seconds,
+                );
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl PolicyUsage {
+    fn new(
+        policy: String,
+        kind: &'static str,
+        limit: Limit,
+        used: u64,
+        reset_seconds: u64,
+    ) -> Self {
+        Self {
+            policy,
+            kind,
+            limit,
+            used,
+            remaining: limit.max().map(|max| max.saturating_sub(used)),
+            reset_seconds,
+            utilization_percent: limit.max().map(|max| {
+                if max == 0 {
+                    100.0
+                } else {
+                    (used as f64 * 1000.0 / max as f64).round() / 10.0
+                }
+            }),
+        }
+    }
+}
+
 /// The checks that read every counter of `tenant`'s plan (cost 0: a dry run
 /// reports the level without needing room). Unlimited policies are read with
 /// the largest limit so that their usage is reported too.
@@ -110,20 +170,14 @@ pub async fn usage_report<S: CounterStore + ?Sized>(
     let policies = entries
         .into_iter()
         .zip(decisions)
-        .map(|((check, kind, limit), d)| PolicyUsage {
-            policy: check.policy.to_string(),
-            kind,
-            limit,
-            used: d.used,
-            remaining: limit.max().map(|max| max.saturating_sub(d.used)),
-            reset_seconds: ceil_secs(d.reset),
-            utilization_percent: limit.max().map(|max| {
-                if max == 0 {
-                    100.0
-                } else {
-                    (d.used as f64 * 1000.0 / max as f64).round() / 10.0
-                }
-            }),
+        .map(|((check, kind, limit), d)| {
+            PolicyUsage::new(
+                check.policy.to_string(),
+                kind,
+                limit,
+                d.used,
+                ceil_secs(d.reset),
+            )
         })
         .collect();
     Ok(UsageReport {

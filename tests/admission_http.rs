@@ -54,7 +54,10 @@ plan = "unlimited"
 
 fn setup() -> (MemoryDirectory, Arc<MemoryStore>) {
     let catalog = Catalog::from_toml_str(PLANS).unwrap();
-    (MemoryDirectory::from_catalog(&catalog), Arc::new(MemoryStore::new()))
+    (
+        MemoryDirectory::from_catalog(&catalog),
+        Arc::new(MemoryStore::new()),
+    )
 }
 
 fn tenancy(dir: &MemoryDirectory) -> TenancyLayer {
@@ -116,7 +119,12 @@ async fn rate_limit_fields_and_429() {
     assert_eq!(parse_ratelimit(r.header("ratelimit").unwrap()).1, 0);
 
     // Another tenant has its own counter; an unlimited plan is not counted.
-    assert_eq!(http_get(&client, &server.url("/api"), &[("x-tenant-id", "globex")]).await.status, 200);
+    assert_eq!(
+        http_get(&client, &server.url("/api"), &[("x-tenant-id", "globex")])
+            .await
+            .status,
+        200
+    );
     for _ in 0..20 {
         let r = http_get(&client, &server.url("/api"), &[("x-tenant-id", "initech")]).await;
         assert_eq!(r.status, 200);
@@ -137,7 +145,12 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
             .unwrap_or(1)
     }));
     let app = Router::new()
-        .route("/runs", get(|| async { "list" }).post(|| async { "started" }).route_layer(runs))
+        .route(
+            "/runs",
+            get(|| async { "list" })
+                .post(|| async { "started" })
+                .route_layer(runs),
+        )
         .route("/batch", post(|| async { "ok" }).route_layer(batch))
         .layer(tenancy(&dir));
     let server = TestServer::start(app).await;
@@ -145,7 +158,12 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
     let url = server.url("/runs");
 
     // Reads skip the quota but count against the rate limit.
-    assert_eq!(http_get(&client, &url, &[("x-tenant-id", "acme")]).await.status, 200);
+    assert_eq!(
+        http_get(&client, &url, &[("x-tenant-id", "acme")])
+            .await
+            .status,
+        200
+    );
     assert_eq!(used(&store, &dir, "acme", "runs").await, 0);
     assert_eq!(used(&store, &dir, "acme", "api").await, 1);
 
@@ -159,12 +177,21 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
     assert_eq!(r.status, 429);
     let body = r.json();
     assert_eq!(body["code"], "quota_exceeded");
-    assert_eq!((body["limit"].as_u64(), body["usage"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (body["limit"].as_u64(), body["usage"].as_u64()),
+        (Some(2), Some(2))
+    );
     // Retry-After points at the next UTC midnight.
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let to_midnight = 86_400 - now % 86_400;
-    assert!(retry.abs_diff(to_midnight) <= 2, "retry {retry} vs {to_midnight}");
+    assert!(
+        retry.abs_diff(to_midnight) <= 2,
+        "retry {retry} vs {to_midnight}"
+    );
     // All or nothing: the refused POST consumed no rate-limit unit.
     assert_eq!(used(&store, &dir, "acme", "api").await, 3);
     assert_eq!(used(&store, &dir, "acme", "runs").await, 2);
@@ -197,8 +224,14 @@ async fn feature_gate_and_resource_limit() {
     });
     let created = projects.clone();
     let app = Router::new()
-        .route("/reports", get(|| async { "report" }).route_layer(RequireFeatureLayer::new("reports")))
-        .route("/sso", get(|| async { "sso" }).route_layer(RequireFeatureLayer::new("sso")))
+        .route(
+            "/reports",
+            get(|| async { "report" }).route_layer(RequireFeatureLayer::new("reports")),
+        )
+        .route(
+            "/sso",
+            get(|| async { "sso" }).route_layer(RequireFeatureLayer::new("sso")),
+        )
         .route(
             "/projects",
             post(move || {
@@ -211,23 +244,48 @@ async fn feature_gate_and_resource_limit() {
     let server = TestServer::start(app).await;
     let client = http_util::client();
 
-    assert_eq!(http_get(&client, &server.url("/reports"), &[("x-tenant-id", "acme")]).await.status, 200);
+    assert_eq!(
+        http_get(&client, &server.url("/reports"), &[("x-tenant-id", "acme")])
+            .await
+            .status,
+        200
+    );
     let r = http_get(&client, &server.url("/sso"), &[("x-tenant-id", "acme")]).await;
     assert_eq!(r.status, 403);
     let body = r.json();
-    assert_eq!((body["code"].as_str(), body["feature"].as_str(), body["plan"].as_str()), (Some("feature_not_in_plan"), Some("sso"), Some("small")));
+    assert_eq!(
+        (
+            body["code"].as_str(),
+            body["feature"].as_str(),
+            body["plan"].as_str()
+        ),
+        (Some("feature_not_in_plan"), Some("sso"), Some("small"))
+    );
 
     for _ in 0..3 {
-        assert_eq!(post_as(&client, &server.url("/projects"), "acme").await.status, 201);
+        assert_eq!(
+            post_as(&client, &server.url("/projects"), "acme")
+                .await
+                .status,
+            201
+        );
     }
     let r = post_as(&client, &server.url("/projects"), "acme").await;
     assert_eq!(r.status, 403);
     let body = r.json();
     assert_eq!(body["code"], "resource_limit_reached");
-    assert_eq!((body["limit"].as_u64(), body["usage"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (body["limit"].as_u64(), body["usage"].as_u64()),
+        (Some(3), Some(3))
+    );
     // Unlimited: the usage source is not even asked.
     for _ in 0..5 {
-        assert_eq!(post_as(&client, &server.url("/projects"), "initech").await.status, 201);
+        assert_eq!(
+            post_as(&client, &server.url("/projects"), "initech")
+                .await
+                .status,
+            201
+        );
     }
 }
 
@@ -255,7 +313,11 @@ async fn gauge_reserves_atomically_and_gives_back_on_failure() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(&client, failing).await.status, 422);
-    assert_eq!(used(&store, &dir, "acme", "seats").await, 0, "failed create gave the seat back");
+    assert_eq!(
+        used(&store, &dir, "acme", "seats").await,
+        0,
+        "failed create gave the seat back"
+    );
 
     // 20 concurrent creates against a limit of 2: exactly 2 succeed.
     let tasks: Vec<_> = (0..20)
@@ -274,8 +336,14 @@ async fn gauge_reserves_atomically_and_gives_back_on_failure() {
     }
     assert_eq!(created, 2);
     // The application deletes one: the next create passes.
-    store.adjust(&"acme".parse().unwrap(), "seats", -1).await.unwrap();
-    assert_eq!(post_as(&client, &server.url("/seats"), "acme").await.status, 201);
+    store
+        .adjust(&"acme".parse().unwrap(), "seats", -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        post_as(&client, &server.url("/seats"), "acme").await.status,
+        201
+    );
 }
 
 /// A handler whose behaviour is chosen by the request: finish, stream
@@ -298,7 +366,9 @@ async fn job(req: Request<Body>) -> axum::response::Response {
 /// An endless body: one chunk every 10 ms.
 fn futures_stream() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible>> + Send {
     use tokio_stream::StreamExt;
-    tokio_stream::iter(0u64..).throttle(Duration::from_millis(10)).map(|i| Ok(Bytes::from(format!("{i}\n"))))
+    tokio_stream::iter(0u64..)
+        .throttle(Duration::from_millis(10))
+        .map(|i| Ok(Bytes::from(format!("{i}\n"))))
 }
 
 async fn wait_for_zero(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str) -> u64 {
@@ -316,7 +386,11 @@ async fn wait_for_zero(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str)
 async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic() {
     let (dir, store) = setup();
     let app = Router::new()
-        .route("/jobs", post(job).route_layer(AdmissionLayer::new(store.clone()).rule(Rule::concurrency("jobs"))))
+        .route(
+            "/jobs",
+            post(job)
+                .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::concurrency("jobs"))),
+        )
         .layer(tenancy(&dir));
     let server = TestServer::start(app).await;
     let client = http_util::client();
@@ -381,8 +455,15 @@ async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic(
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(completed.load(Ordering::Relaxed) > 500, "most requests got an answer");
-    assert_eq!(wait_for_zero(&store, &dir, "acme").await, 0, "leaked concurrency slots");
+    assert!(
+        completed.load(Ordering::Relaxed) > 500,
+        "most requests got an answer"
+    );
+    assert_eq!(
+        wait_for_zero(&store, &dir, "acme").await,
+        0,
+        "leaked concurrency slots"
+    );
     // And the slots are usable again.
     assert_eq!(send(&client, req("fast")).await.status, 200);
 }
@@ -414,7 +495,11 @@ async fn soft_limit_fires_once_per_period_under_concurrent_load() {
         .rule(Rule::quota("big"))
         .soft_limit(80, move |event| {
             assert_eq!(event.policy, "big");
-            assert!(event.used >= 800, "fired below the threshold: {}", event.used);
+            assert!(
+                event.used >= 800,
+                "fired below the threshold: {}",
+                event.used
+            );
             seen.fetch_add(1, Ordering::SeqCst);
         })
         .soft_limit_header(true);
@@ -443,7 +528,11 @@ async fn soft_limit_fires_once_per_period_under_concurrent_load() {
         t.await.unwrap();
     }
     assert_eq!(used(&store, &dir, "globex", "big").await, 960);
-    assert_eq!(fired.load(Ordering::SeqCst), 1, "the hook fires exactly once per period");
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        1,
+        "the hook fires exactly once per period"
+    );
     // Requests 800..=960 carry the warning header.
     assert_eq!(warnings.load(Ordering::SeqCst), 161);
 }
@@ -459,21 +548,31 @@ async fn plan_change_applies_to_the_next_request_and_keeps_counters() {
     let client = http_util::client();
     let acme = [("x-tenant-id", "acme")];
     for _ in 0..4 {
-        assert_eq!(http_get(&client, &server.url("/api"), &acme).await.status, 200);
+        assert_eq!(
+            http_get(&client, &server.url("/api"), &acme).await.status,
+            200
+        );
     }
-    assert_eq!(http_get(&client, &server.url("/api"), &acme).await.status, 429);
+    assert_eq!(
+        http_get(&client, &server.url("/api"), &acme).await.status,
+        429
+    );
     // A temporary boost: the limit rises to 6 and the 4 used units are kept.
     let id: TenantId = "acme".parse().unwrap();
     dir.update(&id, |t| {
         let mut o = t.overrides().clone();
         o.rates.insert(
             "exact".into(),
-            tower_tenancy::RateRule::new(6, Duration::from_secs(60)).algorithm(tower_tenancy::RateAlgorithm::SlidingLog),
+            tower_tenancy::RateRule::new(6, Duration::from_secs(60))
+                .algorithm(tower_tenancy::RateAlgorithm::SlidingLog),
         );
         t.set_overrides(o)
     });
     for _ in 0..2 {
-        assert_eq!(http_get(&client, &server.url("/api"), &acme).await.status, 200);
+        assert_eq!(
+            http_get(&client, &server.url("/api"), &acme).await.status,
+            200
+        );
     }
     let r = http_get(&client, &server.url("/api"), &acme).await;
     assert_eq!(r.status, 429);
