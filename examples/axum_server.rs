@@ -35,7 +35,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -72,7 +72,7 @@ impl Db {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_tenancy=info".into()),
@@ -268,63 +268,83 @@ struct Admin {
     db: Db,
 }
 
-/// An admin error as problem+json.
-fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    let body = json!({
-        "type": format!("urn:tower-tenancy-demo:problem:{code}"),
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail.into(),
-    });
-    (
-        status,
-        [("content-type", "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
-}
+/// An admin error, answered as problem+json.
+struct AdminError(StatusCode, &'static str, String);
 
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        None => Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing bearer token",
-        )),
-        // Compare without an early exit on the first differing byte.
-        Some(t)
-            if t.len() == admin.token.len()
-                && t.bytes()
-                    .zip(admin.token.bytes())
-                    .fold(0, |acc, (a, b)| acc | (a ^ b))
-                    == 0 =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(problem(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "wrong admin token",
-        )),
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let AdminError(status, code, detail) = self;
+        let body = json!({
+            "type": format!("urn:tower-tenancy-demo:problem:{code}"),
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": detail,
+        });
+        (
+            status,
+            [("content-type", "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
-fn parse_id(id: &str) -> Result<TenantId, Response> {
-    id.parse().map_err(|e| {
-        problem(
+type AdminResult = Result<Json<Value>, AdminError>;
+
+/// Middleware: the bearer token must equal the admin token.
+async fn authorize(
+    State(admin): State<Admin>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = admin.token.as_bytes();
+    match presented {
+        None => AdminError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token".into(),
+        )
+        .into_response(),
+        // Compare without an early exit on the first differing byte.
+        Some(t)
+            if t.len() == token.len()
+                && t.bytes().zip(token).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0 =>
+        {
+            next.run(req).await
+        }
+        Some(_) => AdminError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "wrong admin token".into(),
+        )
+        .into_response(),
+    }
+}
+
+fn find(admin: &Admin, id: &str) -> Result<Arc<Tenant>, AdminError> {
+    let id: TenantId = id.parse().map_err(|e| {
+        AdminError(
             StatusCode::BAD_REQUEST,
             "malformed_tenant_id",
             format!("{e}"),
         )
+    })?;
+    admin.directory.get(&id).ok_or_else(|| {
+        AdminError(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        )
     })
 }
 
-fn tenant_json(t: &Tenant) -> Value {
+fn tenant_json(t: &Arc<Tenant>) -> Value {
     json!({
         "id": t.id(),
         "status": t.status(),
@@ -340,69 +360,34 @@ fn admin_routes(admin: Admin) -> Router {
         .route("/admin/tenants/{id}", get(admin_get).patch(admin_update))
         .route("/admin/tenants/{id}/usage", get(admin_usage))
         .route("/admin/reload", post(admin_reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authorize,
+        ))
         .with_state(admin)
 }
 
-async fn admin_list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers) {
-        return e;
-    }
-    let tenants: Vec<Value> = admin
-        .directory
-        .list()
-        .iter()
-        .map(|t| tenant_json(t))
-        .collect();
-    Json(json!({ "tenants": tenants })).into_response()
+async fn admin_list(State(admin): State<Admin>) -> Json<Value> {
+    let tenants: Vec<Value> = admin.directory.list().iter().map(tenant_json).collect();
+    Json(json!({ "tenants": tenants }))
 }
 
-async fn admin_get(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
-        Ok(id) => id,
-        Err(e) => return e,
-    };
-    match admin.directory.get(&id) {
-        Some(t) => Json(tenant_json(&t)).into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "unknown_tenant",
-            format!("no tenant {id}"),
-        ),
-    }
+async fn admin_get(State(admin): State<Admin>, Path(id): Path<String>) -> AdminResult {
+    Ok(Json(tenant_json(&find(&admin, &id)?)))
 }
 
-async fn admin_usage(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
-        Ok(id) => id,
-        Err(e) => return e,
-    };
-    let Some(tenant) = admin.directory.get(&id) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "unknown_tenant",
-            format!("no tenant {id}"),
-        );
-    };
-    match usage_report(&*admin.store, &tenant).await {
-        Ok(mut report) => {
-            // Workflows are counted by the application, not by the store.
-            report.set_used("workflows", admin.db.count(&id));
-            Json(report).into_response()
-        }
-        Err(e) => problem(
+async fn admin_usage(State(admin): State<Admin>, Path(id): Path<String>) -> AdminResult {
+    let tenant = find(&admin, &id)?;
+    let mut report = usage_report(&*admin.store, &tenant).await.map_err(|e| {
+        AdminError(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             e.to_string(),
-        ),
-    }
+        )
+    })?;
+    // Workflows are counted by the application, not by the store.
+    report.set_used("workflows", admin.db.count(tenant.id()));
+    Ok(Json(json!(report)))
 }
 
 /// `PATCH /admin/tenants/{id}`: each field optional.
@@ -416,40 +401,31 @@ struct TenantPatch {
 
 async fn admin_update(
     State(admin): State<Admin>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    let id = match authorize(&admin, &headers).and_then(|_| parse_id(&id)) {
-        Ok(id) => id,
-        Err(e) => return e,
-    };
+) -> AdminResult {
+    let tenant = find(&admin, &id)?;
     let patch: TenantPatch =
-        match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
-            Ok(p) => p,
-            Err(e) => {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| {
                 let at = e.path().to_string();
-                return problem(
+                AdminError(
                     StatusCode::BAD_REQUEST,
                     "malformed_body",
                     format!("{at}: {}", e.into_inner()),
-                );
-            }
-        };
+                )
+            })?;
     let plan = match &patch.plan {
         None => None,
-        Some(name) => match admin.catalog.load().plan(name) {
-            Some(p) => Some(p.clone()),
-            None => {
-                return problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_plan",
-                    format!("no plan {name:?}"),
-                )
-            }
-        },
+        Some(name) => Some(admin.catalog.load().plan(name).cloned().ok_or_else(|| {
+            AdminError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_plan",
+                format!("no plan {name:?}"),
+            )
+        })?),
     };
-    let updated = admin.directory.update(&id, |t| {
+    let updated = admin.directory.update(tenant.id(), |t| {
         let mut t = t.clone();
         if let Some(plan) = &plan {
             t = t.set_plan(plan.clone());
@@ -462,38 +438,30 @@ async fn admin_update(
         }
         t
     });
-    match updated {
-        Some(t) => {
-            tracing::info!(tenant.id = %id, "tenant updated by admin");
-            Json(tenant_json(&t)).into_response()
-        }
-        None => problem(
+    let updated = updated.ok_or_else(|| {
+        AdminError(
             StatusCode::NOT_FOUND,
             "unknown_tenant",
             format!("no tenant {id}"),
-        ),
-    }
+        )
+    })?;
+    tracing::info!(tenant.id = %updated.id(), "tenant updated by admin");
+    Ok(Json(tenant_json(&updated)))
 }
 
-async fn admin_reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers) {
-        return e;
-    }
-    match Catalog::from_path(&*admin.plans_path) {
-        Ok(catalog) => {
-            admin
-                .directory
-                .replace_all(catalog.tenants().iter().cloned());
-            let body =
-                json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
-            admin.catalog.store(Arc::new(catalog));
-            tracing::info!("catalog reloaded from {}", admin.plans_path);
-            Json(body).into_response()
-        }
-        Err(e) => problem(
+async fn admin_reload(State(admin): State<Admin>) -> AdminResult {
+    let catalog = Catalog::from_path(&*admin.plans_path).map_err(|e| {
+        AdminError(
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad_catalog",
             e.to_string(),
-        ),
-    }
+        )
+    })?;
+    admin
+        .directory
+        .replace_all(catalog.tenants().iter().cloned());
+    let body = json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
+    admin.catalog.store(Arc::new(catalog));
+    tracing::info!("catalog reloaded from {}", admin.plans_path);
+    Ok(Json(body))
 }

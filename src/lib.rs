@@ -61,6 +61,11 @@ pub mod usage;
 #[cfg(feature = "axum")]
 mod extract;
 
+/// The README's Rust snippets, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use std::ops::Deref;
 use std::sync::Arc;
 

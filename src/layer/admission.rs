@@ -185,12 +185,12 @@ struct Admitted {
 /// mean two store calls.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use axum::{routing::{get, post}, Router};
-/// use http::Method;
 /// use tower_tenancy::layer::admission::{AdmissionLayer, Rule};
 /// use tower_tenancy::store::MemoryStore;
 ///
-/// let store = MemoryStore::new();
+/// let store = Arc::new(MemoryStore::new()); // shared by both layers
 /// let api = AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
 /// let run = AdmissionLayer::new(store)
 ///     .rule(Rule::rate("api_calls_per_minute"))
