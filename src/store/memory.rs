@@ -31,7 +31,9 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 /// semantics](crate::store#semantics-every-store-implements-exactly-these)
 /// synchronously: each call answers with [`MaybeReady::ready`], takes one
 /// mutex, and allocates only the returned `Vec<Decision>` (plus the state of
-/// a counter the first time it is consumed).
+/// a counter the first time it is consumed). [`peek`](CounterStore::peek)
+/// returns exactly the decisions `admit` would (so `used` includes the cost
+/// when every check allows); peek with cost 0 to read current levels.
 ///
 /// ```
 /// use std::time::Duration;
@@ -83,13 +85,14 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 /// # Eviction
 ///
 /// A counter whose state has fully expired is equivalent to no counter, so it
-/// may be dropped: a sliding window two windows after its last use, a sliding
+/// may be dropped: a sliding window two windows after the start of the
+/// fixed window of its last use, a sliding
 /// log once its last entry left the window, a calendar counter once its
 /// period is over, a concurrency counter at zero with no lease alive, a gauge
 /// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
 /// where `n` is the number of counters its previous sweep left (so that the
 /// work is amortized to O(1) per call), and shrinks its tables when they are
-/// less than a quarter full. Memory is so bounded by the counters live in
+/// less than a quarter full. Memory is thus bounded by the counters live in
 /// the longest window plus those created during one sweep interval.
 /// [`MemoryStore::evict_idle`] sweeps every shard at once.
 ///
