@@ -334,12 +334,22 @@ where
         };
         let head = RequestHead::of(&req);
         let plan = tenant.plan();
-        let checks: Vec<Check> = self
+        let mut checks: Vec<Check> = Vec::with_capacity(self.config.rules.len());
+        for check in self
             .config
             .rules
             .iter()
             .filter_map(|rule| rule.check(plan, &head))
-            .collect();
+        {
+            // The same counter named twice is one check with the summed cost.
+            match checks
+                .iter_mut()
+                .find(|c| c.policy == check.policy && c.algorithm == check.algorithm)
+            {
+                Some(c) => c.cost = c.cost.saturating_add(check.cost),
+                None => checks.push(check),
+            }
+        }
         if checks.is_empty() {
             return AdmitFuture::inner(self.inner.call(req), None);
         }
