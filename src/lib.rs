@@ -77,6 +77,7 @@ pub use plan::{
     ConcurrencyRule, Limit, Overrides, Period, Plan, QuotaRule, RateAlgorithm, RateRule,
 };
 pub use resolve::AllowedTenants;
+pub use store::MemoryStore;
 pub use tenant::{Tenant, TenantId, TenantIdRules, TenantStatus};
 
 /// The tenant of the current request, inserted into the request extensions
