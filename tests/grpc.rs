@@ -237,7 +237,7 @@ async fn tenancy_layer_on_the_real_health_service() {
         (
             Some("../etc"),
             Code::InvalidArgument,
-            "malformed tenant id in header x-tenant-id: tenant id contains a character outside [A-Za-z0-9._-] at byte 0",
+            "malformed tenant id in header x-tenant-id: tenant id contains a character outside [A-Za-z0-9._-] at byte 2",
         ),
         (
             Some("a b"),
@@ -265,11 +265,19 @@ async fn tenancy_layer_on_the_real_health_service() {
         .append("x-tenant-id", "globex".parse().unwrap());
     let status = client.check(dup).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("given more than once"), "{status:?}");
+    assert!(
+        status.message().contains("given more than once"),
+        "{status:?}"
+    );
 
     // The connection survives refusals.
     assert_eq!(
-        client.check(check_req("globex")).await.unwrap().get_ref().status,
+        client
+            .check(check_req("globex"))
+            .await
+            .unwrap()
+            .get_ref()
+            .status,
         SERVING
     );
 }
@@ -328,7 +336,12 @@ async fn feature_gate() {
         .add_service(health));
     let mut client = server.client().await;
     assert_eq!(
-        client.check(check_req("globex")).await.unwrap().get_ref().status,
+        client
+            .check(check_req("globex"))
+            .await
+            .unwrap()
+            .get_ref()
+            .status,
         SERVING
     );
     let status = client.check(check_req("acme")).await.unwrap_err();
@@ -352,10 +365,7 @@ async fn rate_limit_and_quota_exhausted_with_metadata() {
     // acme: 3 calls per minute; the fields arrive as response metadata.
     for remaining in [2, 1, 0] {
         let ok = client.check(check_req("acme")).await.unwrap();
-        assert_eq!(
-            seen(&ok, "ratelimit-policy"),
-            Some("\"calls\";q=3;w=60")
-        );
+        assert_eq!(seen(&ok, "ratelimit-policy"), Some("\"calls\";q=3;w=60"));
         let (name, r, t) = parse_ratelimit(seen(&ok, "ratelimit").unwrap());
         assert_eq!((name.as_str(), r), ("calls", remaining));
         assert!(t <= 60);
@@ -363,7 +373,10 @@ async fn rate_limit_and_quota_exhausted_with_metadata() {
     let status = client.check(check_req("acme")).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.message(), "calls: 3 of 3 used");
-    assert_eq!(meta(&status, "ratelimit-policy"), Some("\"calls\";q=3;w=60"));
+    assert_eq!(
+        meta(&status, "ratelimit-policy"),
+        Some("\"calls\";q=3;w=60")
+    );
     let (name, r, t) = parse_ratelimit(meta(&status, "ratelimit").unwrap());
     assert_eq!((name.as_str(), r), ("calls", 0));
     let retry: u64 = meta(&status, "retry-after").unwrap().parse().unwrap();
@@ -429,7 +442,9 @@ impl TenantDirectory for DownDirectory {
     fn lookup(&self, _: &TenantId) -> MaybeReady<LookupResult> {
         MaybeReady::boxed(async {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            Err(tower_tenancy::directory::DirectoryError("database unreachable".into()))
+            Err(tower_tenancy::directory::DirectoryError(
+                "database unreachable".into(),
+            ))
         })
     }
 }
@@ -448,7 +463,10 @@ async fn store_or_directory_down_is_unavailable() {
         status.message(),
         "a backing service is unavailable; retry later"
     );
-    assert!(!status.message().contains("refused"), "internal detail leaked");
+    assert!(
+        !status.message().contains("refused"),
+        "internal detail leaked"
+    );
     assert_eq!(meta(&status, "retry-after"), Some("1"));
 
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -461,16 +479,21 @@ async fn store_or_directory_down_is_unavailable() {
     let mut client = server.client().await;
     let status = client.check(check_req("acme")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(!status.message().contains("database"), "internal detail leaked");
+    assert!(
+        !status.message().contains("database"),
+        "internal detail leaked"
+    );
 }
 
 #[tokio::test]
 async fn interceptor_per_service_and_server_wide() {
     // Per service, on the generated server.
-    let server = serve!(Server::builder().add_service(HealthServer::with_interceptor(
-        Probe,
-        TenantInterceptor::new()
-    )));
+    let server = serve!(
+        Server::builder().add_service(HealthServer::with_interceptor(
+            Probe,
+            TenantInterceptor::new()
+        ))
+    );
     let mut client = server.client().await;
     let ok = client.check(check_req("acme")).await.unwrap();
     assert_eq!(seen(&ok, "x-seen-tenant"), Some("acme"));
@@ -487,7 +510,7 @@ async fn interceptor_per_service_and_server_wide() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         status.message(),
-        "malformed tenant id in metadata x-tenant-id: tenant id contains a character outside [A-Za-z0-9._-] at byte 0"
+        "malformed tenant id in metadata x-tenant-id: tenant id contains a character outside [A-Za-z0-9._-] at byte 2"
     );
     let status = client.watch(req(None, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -513,8 +536,14 @@ async fn interceptor_per_service_and_server_wide() {
     with_org
         .metadata_mut()
         .insert("x-org", "acme".parse().unwrap());
-    assert_eq!(client.check(with_org).await.unwrap().get_ref().status, SERVING);
-    assert_eq!(client.check(req(None, "")).await.unwrap().get_ref().status, SERVING);
+    assert_eq!(
+        client.check(with_org).await.unwrap().get_ref().status,
+        SERVING
+    );
+    assert_eq!(
+        client.check(req(None, "")).await.unwrap().get_ref().status,
+        SERVING
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let mut bad = req(None, "");
     bad.metadata_mut().insert("x-org", "-x".parse().unwrap());
@@ -541,7 +570,12 @@ async fn unary_calls_release_their_slot() {
     // Limit 1 in flight: sequential calls all pass, so each released its slot.
     for _ in 0..20 {
         assert_eq!(
-            client.check(check_req("globex")).await.unwrap().get_ref().status,
+            client
+                .check(check_req("globex"))
+                .await
+                .unwrap()
+                .get_ref()
+                .status,
             SERVING
         );
     }
@@ -557,7 +591,11 @@ async fn a_server_stream_holds_its_slot_until_cancelled() {
     let mut client = server.client().await;
 
     // The real Watch stream stays open.
-    let mut stream = client.watch(check_req("globex")).await.unwrap().into_inner();
+    let mut stream = client
+        .watch(check_req("globex"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().status, SERVING);
 
     // While it is open, the tenant's only slot is taken.
