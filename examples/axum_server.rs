@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `PLANS` (default the
-//! shipped `examples/plans.toml`).
+//! shipped `examples/plans.toml`), `ADMIN_TOKEN` (default `admin-secret`).
 //!
 //! Tenants come from the `X-Tenant-ID` header, else the `tenant` query
 //! parameter. Policies, by route:
@@ -20,14 +20,23 @@
 //! | `DELETE /v1/workflows/{id}` | rate limit |
 //! | `POST /v1/workflows/{id}/executions?duration_ms=N` | rate limit, quota `executions_per_day`, concurrency `concurrent_executions` |
 //! | `POST /v1/patterns` | feature `custom_patterns`, rate limit |
+//!
+//! Admin endpoints (`Authorization: Bearer $ADMIN_TOKEN`, no tenant):
+//! `GET /admin/tenants`, `GET /admin/tenants/{id}`,
+//! `GET /admin/tenants/{id}/usage`, `PATCH /admin/tenants/{id}` with
+//! `{"plan": .., "status": .., "overrides": ..}` (each optional),
+//! `POST /admin/reload` (re-reads the plans file; counters are kept).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use parking_lot::Mutex;
@@ -37,8 +46,12 @@ use tower_tenancy::layer::admission::{AdmissionLayer, Rule};
 use tower_tenancy::layer::feature::RequireFeatureLayer;
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::resolve::{HeaderResolver, QueryResolver, ResolverChain};
-use tower_tenancy::store::MemoryStore;
-use tower_tenancy::{Catalog, CurrentTenant, MemoryDirectory, TenancyLayer, Tenant, TenantId};
+use tower_tenancy::store::{CounterStore, MemoryStore};
+use tower_tenancy::usage::usage_report;
+use tower_tenancy::{
+    Catalog, CurrentTenant, MemoryDirectory, Overrides, TenancyLayer, Tenant, TenantId,
+    TenantStatus,
+};
 
 /// The application's own data: workflows per tenant (a database in real life).
 #[derive(Clone, Default)]
@@ -59,6 +72,7 @@ impl Db {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_tenancy=info".into()),
@@ -75,8 +89,16 @@ async fn main() {
         }
     };
     let directory = MemoryDirectory::from_catalog(&catalog);
-    let store = Arc::new(MemoryStore::new());
-    let app = app(directory, store, Db::default());
+    let store: Arc<dyn CounterStore> = Arc::new(MemoryStore::new());
+    let admin = Admin {
+        token: Arc::from(std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into())),
+        plans_path: Arc::from(plans.as_str()),
+        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
+        directory: directory.clone(),
+        store: store.clone(),
+        db: Db::default(),
+    };
+    let app = app(directory, store, admin.db.clone()).merge(admin_routes(admin));
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -92,7 +114,7 @@ async fn main() {
     axum::serve(listener, app).await.unwrap();
 }
 
-fn app(directory: MemoryDirectory, store: Arc<MemoryStore>, db: Db) -> Router {
+fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {
     let api = || AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
     let execution = AdmissionLayer::new(store.clone())
         .rule(Rule::rate("api_calls_per_minute"))
@@ -231,4 +253,215 @@ async fn create_pattern(tenant: CurrentTenant) -> (StatusCode, Json<Value>) {
         StatusCode::CREATED,
         Json(json!({ "tenant": tenant.id(), "pattern": "created" })),
     )
+}
+
+// ---------------------------------------------------------------------------
+// Admin API: see and change what the layers enforce, while the service runs.
+
+#[derive(Clone)]
+struct Admin {
+    token: Arc<str>,
+    plans_path: Arc<str>,
+    catalog: Arc<ArcSwap<Catalog>>,
+    directory: MemoryDirectory,
+    store: Arc<dyn CounterStore>,
+    db: Db,
+}
+
+/// An admin error, answered as problem+json.
+struct AdminError(StatusCode, &'static str, String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let AdminError(status, code, detail) = self;
+        let body = json!({
+            "type": format!("urn:tower-tenancy-demo:problem:{code}"),
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": detail,
+        });
+        (
+            status,
+            [("content-type", "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+type AdminResult = Result<Json<Value>, AdminError>;
+
+/// Middleware: the bearer token must equal the admin token.
+async fn authorize(
+    State(admin): State<Admin>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = admin.token.as_bytes();
+    match presented {
+        None => AdminError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token".into(),
+        )
+        .into_response(),
+        // Compare without an early exit on the first differing byte.
+        Some(t)
+            if t.len() == token.len()
+                && t.bytes().zip(token).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0 =>
+        {
+            next.run(req).await
+        }
+        Some(_) => AdminError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "wrong admin token".into(),
+        )
+        .into_response(),
+    }
+}
+
+fn find(admin: &Admin, id: &str) -> Result<Arc<Tenant>, AdminError> {
+    let id: TenantId = id.parse().map_err(|e| {
+        AdminError(
+            StatusCode::BAD_REQUEST,
+            "malformed_tenant_id",
+            format!("{e}"),
+        )
+    })?;
+    admin.directory.get(&id).ok_or_else(|| {
+        AdminError(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        )
+    })
+}
+
+fn tenant_json(t: &Arc<Tenant>) -> Value {
+    json!({
+        "id": t.id(),
+        "status": t.status(),
+        "plan": t.base_plan().name,
+        "overrides": t.overrides(),
+        "effective": &**t.plan(),
+    })
+}
+
+fn admin_routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/admin/tenants", get(admin_list))
+        .route("/admin/tenants/{id}", get(admin_get).patch(admin_update))
+        .route("/admin/tenants/{id}/usage", get(admin_usage))
+        .route("/admin/reload", post(admin_reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authorize,
+        ))
+        .with_state(admin)
+}
+
+async fn admin_list(State(admin): State<Admin>) -> Json<Value> {
+    let tenants: Vec<Value> = admin.directory.list().iter().map(tenant_json).collect();
+    Json(json!({ "tenants": tenants }))
+}
+
+async fn admin_get(State(admin): State<Admin>, Path(id): Path<String>) -> AdminResult {
+    Ok(Json(tenant_json(&find(&admin, &id)?)))
+}
+
+async fn admin_usage(State(admin): State<Admin>, Path(id): Path<String>) -> AdminResult {
+    let tenant = find(&admin, &id)?;
+    let mut report = usage_report(&*admin.store, &tenant).await.map_err(|e| {
+        AdminError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    })?;
+    // Workflows are counted by the application, not by the store.
+    report.set_used("workflows", admin.db.count(tenant.id()));
+    Ok(Json(json!(report)))
+}
+
+/// `PATCH /admin/tenants/{id}`: each field optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    plan: Option<String>,
+    status: Option<TenantStatus>,
+    overrides: Option<Overrides>,
+}
+
+async fn admin_update(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AdminResult {
+    let tenant = find(&admin, &id)?;
+    let patch: TenantPatch =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| {
+                let at = e.path().to_string();
+                AdminError(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    format!("{at}: {}", e.into_inner()),
+                )
+            })?;
+    let plan = match &patch.plan {
+        None => None,
+        Some(name) => Some(admin.catalog.load().plan(name).cloned().ok_or_else(|| {
+            AdminError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_plan",
+                format!("no plan {name:?}"),
+            )
+        })?),
+    };
+    let updated = admin.directory.update(tenant.id(), |t| {
+        let mut t = t.clone();
+        if let Some(plan) = &plan {
+            t = t.set_plan(plan.clone());
+        }
+        if let Some(status) = patch.status {
+            t = t.set_status(status);
+        }
+        if let Some(overrides) = &patch.overrides {
+            t = t.set_overrides(overrides.clone());
+        }
+        t
+    });
+    let updated = updated.ok_or_else(|| {
+        AdminError(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant {id}"),
+        )
+    })?;
+    tracing::info!(tenant.id = %updated.id(), "tenant updated by admin");
+    Ok(Json(tenant_json(&updated)))
+}
+
+async fn admin_reload(State(admin): State<Admin>) -> AdminResult {
+    let catalog = Catalog::from_path(&*admin.plans_path).map_err(|e| {
+        AdminError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_catalog",
+            e.to_string(),
+        )
+    })?;
+    admin
+        .directory
+        .replace_all(catalog.tenants().iter().cloned());
+    let body = json!({ "plans": catalog.plans().len(), "tenants": catalog.tenants().len() });
+    admin.catalog.store(Arc::new(catalog));
+    tracing::info!("catalog reloaded from {}", admin.plans_path);
+    Ok(Json(body))
 }

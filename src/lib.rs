@@ -58,9 +58,15 @@ pub mod reject;
 pub mod resolve;
 pub mod store;
 pub mod tenant;
+pub mod usage;
 
 #[cfg(feature = "axum")]
 mod extract;
+
+/// The README's Rust snippets, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 use std::ops::Deref;
 use std::sync::Arc;

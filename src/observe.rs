@@ -2,6 +2,22 @@
 //! and rejections. One place, so every layer reports the same way.
 
 use crate::reject::Rejection;
+use crate::store::Check;
+use crate::tenant::TenantId;
+
+/// Records an admitted request: the counter
+/// `tenancy_admitted_total{policy}` per check (no tenant label: unbounded
+/// cardinality), and a `trace` event.
+pub(crate) fn admitted(tenant: &TenantId, checks: &[Check]) {
+    tracing::trace!(tenant.id = %tenant, checks = checks.len(), "request admitted");
+    #[cfg(feature = "metrics")]
+    for check in checks {
+        metrics::counter!("tenancy_admitted_total", "policy" => check.policy.to_string())
+            .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = checks;
+}
 
 /// Records a rejection: a `tracing` event at `info` (client errors) or
 /// `warn` (503) with tenant, code, policy, limit and usage, and the counter

@@ -131,7 +131,10 @@ impl RejectionKind {
 /// assert_eq!(grpc.headers()["grpc-status"], "7");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
+pub struct Rejection(Box<Details>);
+
+#[derive(Debug, Clone, PartialEq)]
+struct Details {
     kind: RejectionKind,
     status: StatusCode,
     detail: String,
@@ -174,7 +177,7 @@ struct Problem<'a> {
 impl Rejection {
     /// A rejection of `kind` with its default status and a generic detail.
     pub fn new(kind: RejectionKind) -> Self {
-        Self {
+        Self(Box::new(Details {
             kind,
             status: kind.default_status(),
             detail: String::new(),
@@ -186,100 +189,100 @@ impl Rejection {
             usage: None,
             retry_after: None,
             rate_limit: None,
-        }
+        }))
     }
 
     /// Replaces the HTTP status (for example 404 for unknown tenants).
     pub fn status(mut self, status: StatusCode) -> Self {
-        self.status = status;
+        self.0.status = status;
         self
     }
 
     /// Sets the human-readable detail. Never put internal errors here.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = detail.into();
+        self.0.detail = detail.into();
         self
     }
 
     /// Names the tenant.
     pub fn tenant(mut self, tenant: TenantId) -> Self {
-        self.tenant = Some(tenant);
+        self.0.tenant = Some(tenant);
         self
     }
 
     /// Names the tenant's plan.
     pub fn plan(mut self, plan: impl Into<String>) -> Self {
-        self.plan = Some(plan.into());
+        self.0.plan = Some(plan.into());
         self
     }
 
     /// Names the missing feature.
     pub fn feature(mut self, feature: impl Into<String>) -> Self {
-        self.feature = Some(feature.into());
+        self.0.feature = Some(feature.into());
         self
     }
 
     /// Names the policy (limit, rate, quota or concurrency rule).
     pub fn policy(mut self, policy: impl Into<String>) -> Self {
-        self.policy = Some(policy.into());
+        self.0.policy = Some(policy.into());
         self
     }
 
     /// Sets the limit and the current usage.
     pub fn usage(mut self, limit: u64, usage: u64) -> Self {
-        self.limit = Some(limit);
-        self.usage = Some(usage);
+        self.0.limit = Some(limit);
+        self.0.usage = Some(usage);
         self
     }
 
     /// Sets the `Retry-After` delay (rounded up to whole seconds, at least 1).
     pub fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
+        self.0.retry_after = Some(after);
         self
     }
 
     /// Attaches rate-limit header fields.
     pub fn rate_limit(mut self, fields: RateLimitFields) -> Self {
-        self.rate_limit = Some(fields);
+        self.0.rate_limit = Some(fields);
         self
     }
 
     /// What was refused.
     pub fn kind(&self) -> RejectionKind {
-        self.kind
+        self.0.kind
     }
 
     /// The HTTP status this rejection renders with.
     pub fn http_status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// The limit, when known.
     pub fn limit(&self) -> Option<u64> {
-        self.limit
+        self.0.limit
     }
 
     /// The current usage, when known.
     pub fn current_usage(&self) -> Option<u64> {
-        self.usage
+        self.0.usage
     }
 
     /// The policy name, when known.
     pub fn policy_name(&self) -> Option<&str> {
-        self.policy.as_deref()
+        self.0.policy.as_deref()
     }
 
     /// The tenant, when known.
     pub fn tenant_id(&self) -> Option<&TenantId> {
-        self.tenant.as_ref()
+        self.0.tenant.as_ref()
     }
 
     fn detail_text(&self) -> String {
-        if !self.detail.is_empty() {
-            return self.detail.clone();
+        if !self.0.detail.is_empty() {
+            return self.0.detail.clone();
         }
-        let tenant = self.tenant.as_ref().map(TenantId::as_str).unwrap_or("");
-        match self.kind {
+        let tenant = self.0.tenant.as_ref().map(TenantId::as_str).unwrap_or("");
+        match self.0.kind {
             RejectionKind::TenantRequired => "no tenant found in the request".into(),
             RejectionKind::MalformedTenantId => "the tenant id is malformed".into(),
             RejectionKind::UnknownTenant => format!("tenant {tenant:?} is unknown"),
@@ -289,15 +292,15 @@ impl Rejection {
             }
             RejectionKind::FeatureNotInPlan => format!(
                 "feature {:?} is not included in plan {:?}",
-                self.feature.as_deref().unwrap_or(""),
-                self.plan.as_deref().unwrap_or("")
+                self.0.feature.as_deref().unwrap_or(""),
+                self.0.plan.as_deref().unwrap_or("")
             ),
             RejectionKind::ResourceLimitReached
             | RejectionKind::RateLimited
             | RejectionKind::QuotaExceeded
             | RejectionKind::ConcurrencyLimited => {
-                let policy = self.policy.as_deref().unwrap_or("");
-                match (self.limit, self.usage) {
+                let policy = self.0.policy.as_deref().unwrap_or("");
+                match (self.0.limit, self.0.usage) {
                     (Some(l), Some(u)) => format!("{policy}: {u} of {l} used"),
                     _ => format!("{policy}: limit reached"),
                 }
@@ -307,28 +310,28 @@ impl Rejection {
     }
 
     fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(ceil_secs).map(|s| s.max(1))
+        self.0.retry_after.map(ceil_secs).map(|s| s.max(1))
     }
 
     /// The problem+json body (RFC 9457).
     pub fn problem_json(&self) -> Bytes {
         let detail = self.detail_text();
         let problem = Problem {
-            type_: format!("urn:tower-tenancy:problem:{}", self.kind.code()),
-            title: self.kind.title(),
-            status: self.status.as_u16(),
+            type_: format!("urn:tower-tenancy:problem:{}", self.0.kind.code()),
+            title: self.0.kind.title(),
+            status: self.0.status.as_u16(),
             detail: &detail,
-            code: self.kind.code(),
-            tenant: self.tenant.as_ref().map(TenantId::as_str),
-            status_of_tenant: match self.kind {
+            code: self.0.kind.code(),
+            tenant: self.0.tenant.as_ref().map(TenantId::as_str),
+            status_of_tenant: match self.0.kind {
                 RejectionKind::TenantInactive(s) => Some(s.as_str()),
                 _ => None,
             },
-            plan: self.plan.as_deref(),
-            feature: self.feature.as_deref(),
-            policy: self.policy.as_deref(),
-            limit: self.limit,
-            usage: self.usage,
+            plan: self.0.plan.as_deref(),
+            feature: self.0.feature.as_deref(),
+            policy: self.0.policy.as_deref(),
+            limit: self.0.limit,
+            usage: self.0.usage,
             retry_after: self.retry_after_secs(),
         };
         // Serializing this struct of strings and integers cannot fail.
@@ -345,7 +348,7 @@ impl Rejection {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert(
                 HeaderName::from_static("grpc-status"),
-                HeaderValue::from(u16::from(self.kind.grpc_code())),
+                HeaderValue::from(u16::from(self.0.kind.grpc_code())),
             );
             if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&self.detail_text())) {
                 h.insert(HeaderName::from_static("grpc-message"), v);
@@ -353,7 +356,7 @@ impl Rejection {
             r
         } else {
             let mut r = Response::new(self.problem_json());
-            *r.status_mut() = self.status;
+            *r.status_mut() = self.0.status;
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/problem+json"),
@@ -364,7 +367,7 @@ impl Rejection {
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(fields) = &self.rate_limit {
+        if let Some(fields) = &self.0.rate_limit {
             fields.apply(headers);
         }
         response
@@ -373,7 +376,7 @@ impl Rejection {
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind.code(), self.detail_text())
+        write!(f, "{}: {}", self.0.kind.code(), self.detail_text())
     }
 }
 
@@ -386,7 +389,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 

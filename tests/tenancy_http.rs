@@ -113,7 +113,8 @@ async fn statuses_bodies_and_extensions_over_a_socket() {
     assert!(r.body.starts_with(b"globex "));
 
     // Each rejection: status, problem+json, code.
-    let cases: &[(&str, &[(&str, &str)], u16, &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case] = &[
         ("/whoami", &[], 400, "tenant_required"),
         (
             "/whoami",
@@ -340,7 +341,8 @@ async fn tenant_bound_to_the_principal() {
         .layer(auth);
     let server = TestServer::start(app).await;
     let client = http_util::client();
-    let cases: &[(&[(&str, &str)], u16, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case] = &[
         (&[("authorization", "Bearer acme-user")], 200, "acme"),
         (
             &[
@@ -461,11 +463,9 @@ async fn cached_directory_bounds_backend_calls() {
     assert_eq!(hits.load(Ordering::SeqCst), 302);
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();

@@ -8,14 +8,16 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::TenancyBody;
 use crate::future::MaybeReady;
-use crate::plan::{Plan, RateAlgorithm};
+use crate::layer::soft_limit::{SoftLimit, SoftLimitEvent};
+use crate::plan::Plan;
 use crate::reject::{is_grpc, HeaderStyle, RateLimitFields, Rejection, RejectionKind};
 use crate::resolve::RequestHead;
 use crate::store::{Admission, Algorithm, Check, CounterStore, Decision, Lease, StoreResult};
@@ -126,27 +128,12 @@ impl Rule {
             return None;
         }
         let (algorithm, limit) = match self.kind {
-            RuleKind::Rate => {
-                let r = plan.rates.get(&*self.name)?;
-                let algorithm = match r.algorithm {
-                    RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow { window: r.window },
-                    RateAlgorithm::SlidingLog => Algorithm::SlidingLog { window: r.window },
-                };
-                (algorithm, r.limit)
-            }
-            RuleKind::Quota => {
-                let q = plan.quotas.get(&*self.name)?;
-                (Algorithm::Calendar { period: q.period }, q.limit)
-            }
-            RuleKind::Concurrency => {
-                let c = plan.concurrency.get(&*self.name)?;
-                (
-                    Algorithm::Concurrency {
-                        lease_ttl: c.lease_ttl,
-                    },
-                    c.limit,
-                )
-            }
+            RuleKind::Rate => plan.rates.get(&*self.name).map(|r| (r.into(), r.limit))?,
+            RuleKind::Quota => plan.quotas.get(&*self.name).map(|q| (q.into(), q.limit))?,
+            RuleKind::Concurrency => plan
+                .concurrency
+                .get(&*self.name)
+                .map(|c| (c.into(), c.limit))?,
             RuleKind::Gauge => (Algorithm::Gauge, plan.limit_of(&self.name)?),
         };
         let limit = limit.max()?;
@@ -173,6 +160,14 @@ struct Config<St> {
     store: St,
     rules: Vec<Rule>,
     style: HeaderStyle,
+    soft: Option<SoftLimit>,
+}
+
+/// What an admitted request carries to its response.
+struct Admitted {
+    lease: Option<Lease>,
+    fields: Option<RateLimitFields>,
+    warning: Option<HeaderValue>,
 }
 
 /// Admits requests against the counter rules of the tenant's plan: rate
@@ -190,12 +185,12 @@ struct Config<St> {
 /// mean two store calls.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use axum::{routing::{get, post}, Router};
-/// use http::Method;
 /// use tower_tenancy::layer::admission::{AdmissionLayer, Rule};
 /// use tower_tenancy::store::MemoryStore;
 ///
-/// let store = MemoryStore::new();
+/// let store = Arc::new(MemoryStore::new()); // shared by both layers
 /// let api = AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
 /// let run = AdmissionLayer::new(store)
 ///     .rule(Rule::rate("api_calls_per_minute"))
@@ -227,6 +222,7 @@ impl<St: CounterStore> AdmissionLayer<St> {
                 store,
                 rules: Vec::new(),
                 style: HeaderStyle::default(),
+                soft: None,
             }),
         }
     }
@@ -238,6 +234,45 @@ impl<St: CounterStore> AdmissionLayer<St> {
     /// Adds a rule.
     pub fn rule(mut self, rule: Rule) -> Self {
         self.config_mut().rules.push(rule);
+        self
+    }
+
+    /// Soft limit: when an admitted request brings a rate limit or quota to
+    /// `percent` of its limit or more, `hook` runs — once per tenant, rule
+    /// and window/period on this instance (instances sharing Redis each fire
+    /// once). Use it to notify the tenant before it is refused.
+    ///
+    /// ```
+    /// use tower_tenancy::{AdmissionLayer, Rule};
+    /// use tower_tenancy::store::MemoryStore;
+    ///
+    /// let layer = AdmissionLayer::new(MemoryStore::new())
+    ///     .rule(Rule::quota("executions_per_day"))
+    ///     .soft_limit(80, |event| {
+    ///         println!("{} used {}/{} of {}", event.tenant, event.used, event.limit, event.policy);
+    ///     })
+    ///     .soft_limit_header(true);
+    /// ```
+    pub fn soft_limit(
+        mut self,
+        percent: u8,
+        hook: impl Fn(&SoftLimitEvent) + Send + Sync + 'static,
+    ) -> Self {
+        let config = self.config_mut();
+        let soft = config.soft.get_or_insert_with(|| SoftLimit::new(percent));
+        soft.threshold(percent);
+        soft.hook(hook);
+        self
+    }
+
+    /// Adds `x-ratelimit-warning: "policy";u=85;q=100` to admitted responses
+    /// at or above the soft-limit threshold (80 % unless
+    /// [`soft_limit`](Self::soft_limit) set another).
+    pub fn soft_limit_header(mut self, on: bool) -> Self {
+        self.config_mut()
+            .soft
+            .get_or_insert_with(|| SoftLimit::new(80))
+            .header(on);
         self
     }
 
@@ -295,7 +330,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let Some(tenant) = req.extensions().get::<CurrentTenant>() else {
-            return AdmitFuture::inner(self.inner.call(req), None, None);
+            return AdmitFuture::inner(self.inner.call(req), None);
         };
         let head = RequestHead::of(&req);
         let plan = tenant.plan();
@@ -306,7 +341,7 @@ where
             .filter_map(|rule| rule.check(plan, &head))
             .collect();
         if checks.is_empty() {
-            return AdmitFuture::inner(self.inner.call(req), None, None);
+            return AdmitFuture::inner(self.inner.call(req), None);
         }
         let asked = Asked {
             tenant: tenant.id().clone(),
@@ -316,9 +351,9 @@ where
         let mut answer = self.config.store.admit(&asked.tenant, &asked.checks);
         let undo = gauge_undo(&self.config, &asked);
         match answer.try_take() {
-            Some(result) => match decide(&asked, result, self.config.style) {
-                Ok((lease, fields)) => {
-                    let mut future = AdmitFuture::inner(self.inner.call(req), lease, fields);
+            Some(result) => match decide(&self.config, &asked, result) {
+                Ok(admitted) => {
+                    let mut future = AdmitFuture::inner(self.inner.call(req), Some(admitted));
                     future.undo = undo;
                     future
                 }
@@ -331,12 +366,23 @@ where
                     state: State::Waiting {
                         answer,
                         pending: Some((inner, req, asked)),
-                        style: self.config.style,
+                        config: self.config.clone(),
                     },
                     undo,
                 }
             }
         }
+    }
+}
+
+/// The part of the configuration a pending future needs, without the store type.
+trait Decide: Send + Sync {
+    fn decide(&self, asked: &Asked, result: StoreResult<Admission>) -> Result<Admitted, Rejection>;
+}
+
+impl<St: Send + Sync> Decide for Config<St> {
+    fn decide(&self, asked: &Asked, result: StoreResult<Admission>) -> Result<Admitted, Rejection> {
+        decide(self, asked, result)
     }
 }
 
@@ -368,11 +414,11 @@ fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked) -> Opti
 
 /// Decides from the store's answer: admitted (with the lease and the header
 /// fields) or a rejection.
-fn decide(
+fn decide<St>(
+    config: &Config<St>,
     asked: &Asked,
     result: StoreResult<Admission>,
-    style: HeaderStyle,
-) -> Result<(Option<Lease>, Option<RateLimitFields>), Rejection> {
+) -> Result<Admitted, Rejection> {
     let admission = match result {
         Ok(admission) => admission,
         Err(e) => {
@@ -383,7 +429,7 @@ fn decide(
         }
     };
     let pairs = || asked.checks.iter().zip(&admission.decisions);
-    let fields = most_restrictive(pairs(), style);
+    let fields = most_restrictive(pairs(), config.style);
     // The refusal names the check that blocks longest.
     let denied = pairs()
         .filter(|(_, d)| !d.allowed)
@@ -392,7 +438,16 @@ fn decide(
         if admission.decisions.len() != asked.checks.len() {
             return Err(Rejection::new(RejectionKind::Unavailable).tenant(asked.tenant.clone()));
         }
-        return Ok((admission.lease, fields));
+        crate::observe::admitted(&asked.tenant, &asked.checks);
+        let warning = config
+            .soft
+            .as_ref()
+            .and_then(|soft| soft.observe(&asked.tenant, pairs()));
+        return Ok(Admitted {
+            lease: admission.lease,
+            fields,
+            warning,
+        });
     };
     let kind = match check.algorithm {
         Algorithm::SlidingWindow { .. } | Algorithm::SlidingLog { .. } => {
@@ -463,14 +518,13 @@ pin_project! {
         Waiting {
             answer: MaybeReady<StoreResult<Admission>>,
             pending: Option<(S, Request<B>, Asked)>,
-            style: HeaderStyle,
+            config: Arc<dyn Decide>,
         },
         Inner {
             #[pin]
             future: S::Future,
-            // Held while the inner service runs; moved into the body after.
-            lease: Option<Lease>,
-            fields: Option<RateLimitFields>,
+            // The lease is held while the inner service runs, then moved into the body.
+            admitted: Option<Admitted>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -479,13 +533,9 @@ pin_project! {
 }
 
 impl<S: Service<Request<B>>, B> AdmitFuture<S, B> {
-    fn inner(future: S::Future, lease: Option<Lease>, fields: Option<RateLimitFields>) -> Self {
+    fn inner(future: S::Future, admitted: Option<Admitted>) -> Self {
         Self {
-            state: State::Inner {
-                future,
-                lease,
-                fields,
-            },
+            state: State::Inner { future, admitted },
             undo: None,
         }
     }
@@ -514,39 +564,40 @@ where
                 StateProj::Waiting {
                     answer,
                     pending,
-                    style,
+                    config,
                 } => {
                     let result = ready!(Pin::new(answer).poll(cx));
-                    let style = *style;
                     let (mut inner, req, asked) =
                         pending.take().expect("AdmitFuture polled after completion");
-                    match decide(&asked, result, style) {
-                        Ok((lease, fields)) => {
+                    match config.decide(&asked, result) {
+                        Ok(admitted) => {
                             let future = inner.call(req);
                             this.state.set(State::Inner {
                                 future,
-                                lease,
-                                fields,
+                                admitted: Some(admitted),
                             });
                         }
                         Err(rejection) => self.set(Self::reject(rejection, asked.grpc)),
                     }
                 }
-                StateProj::Inner {
-                    future,
-                    lease,
-                    fields,
-                } => {
+                StateProj::Inner { future, admitted } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(undo) = this.undo.take() {
                         if !response.status().is_success() {
                             undo();
                         }
                     }
-                    if let Some(fields) = fields.take() {
-                        fields.apply(response.headers_mut());
-                    }
-                    let lease = lease.take();
+                    let lease = admitted.take().and_then(|a| {
+                        if let Some(fields) = &a.fields {
+                            fields.apply(response.headers_mut());
+                        }
+                        if let Some(warning) = a.warning {
+                            response
+                                .headers_mut()
+                                .insert(HeaderName::from_static("x-ratelimit-warning"), warning);
+                        }
+                        a.lease
+                    });
                     return Poll::Ready(Ok(response.map(|b| TenancyBody::with_lease(b, lease))));
                 }
                 StateProj::Rejected { response } => {

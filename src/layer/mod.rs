@@ -3,4 +3,5 @@
 pub mod admission;
 pub mod feature;
 pub mod limit;
+pub mod soft_limit;
 pub mod tenancy;

@@ -56,7 +56,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 use crate::future::MaybeReady;
-use crate::plan::Period;
+use crate::plan::{ConcurrencyRule, Period, QuotaRule, RateAlgorithm, RateRule};
 use crate::tenant::TenantId;
 
 /// How a check counts.
@@ -86,6 +86,35 @@ pub enum Algorithm {
     /// A level that only changes when told to (resource counts such as
     /// "workflows"): admission adds `cost`, [`CounterStore::adjust`] moves it.
     Gauge,
+}
+
+impl From<&RateRule> for Algorithm {
+    fn from(rule: &RateRule) -> Self {
+        match rule.algorithm {
+            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow {
+                window: rule.window,
+            },
+            RateAlgorithm::SlidingLog => Algorithm::SlidingLog {
+                window: rule.window,
+            },
+        }
+    }
+}
+
+impl From<&QuotaRule> for Algorithm {
+    fn from(rule: &QuotaRule) -> Self {
+        Algorithm::Calendar {
+            period: rule.period,
+        }
+    }
+}
+
+impl From<&ConcurrencyRule> for Algorithm {
+    fn from(rule: &ConcurrencyRule) -> Self {
+        Algorithm::Concurrency {
+            lease_ttl: rule.lease_ttl,
+        }
+    }
 }
 
 /// One counter to check and, when the whole batch is allowed, consume.

@@ -58,7 +58,9 @@ impl Reply {
     }
 }
 
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 

@@ -1,0 +1,580 @@
+//! Policy layers end to end over real sockets: feature gates, resource
+//! limits, rate limits, quotas, concurrency (with slot release on completion,
+//! drop, disconnect and panic), gauges and soft limits, with the IETF
+//! RateLimit fields parsed from the wire.
+
+#[path = "common/http.rs"]
+mod http_util;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use http_util::{get as http_get, parse_policy, parse_ratelimit, send, TestServer};
+use tower_tenancy::layer::limit::ResourceLimitLayer;
+use tower_tenancy::resolve::HeaderResolver;
+use tower_tenancy::store::{CounterStore, MemoryStore};
+use tower_tenancy::usage::usage_report;
+use tower_tenancy::{
+    AdmissionLayer, Catalog, MemoryDirectory, RequireFeatureLayer, Rule, TenancyLayer, Tenant,
+    TenantId,
+};
+
+const PLANS: &str = r#"
+[[plans]]
+name = "small"
+features = ["reports"]
+limits = { projects = 3, seats = 2 }
+rates = { api = { limit = 5, window = "1m" }, exact = { limit = 4, window = "1m", algorithm = "sliding_log" } }
+quotas = { runs = { limit = 2, period = "day" }, big = { limit = 1000, period = "month" } }
+concurrency = { jobs = { limit = 2 } }
+
+[[plans]]
+name = "unlimited"
+limits = { projects = "unlimited" }
+rates = { api = { limit = "unlimited", window = "1m" } }
+
+[[tenants]]
+id = "acme"
+plan = "small"
+[[tenants]]
+id = "globex"
+plan = "small"
+[[tenants]]
+id = "initech"
+plan = "unlimited"
+"#;
+
+fn setup() -> (MemoryDirectory, Arc<MemoryStore>) {
+    let catalog = Catalog::from_toml_str(PLANS).unwrap();
+    (
+        MemoryDirectory::from_catalog(&catalog),
+        Arc::new(MemoryStore::new()),
+    )
+}
+
+fn tenancy(dir: &MemoryDirectory) -> TenancyLayer {
+    TenancyLayer::new(HeaderResolver::new("x-tenant-id"), dir.clone())
+}
+
+async fn post_as(client: &http_util::HttpClient, url: &str, tenant: &str) -> http_util::Reply {
+    let req = Request::post(url)
+        .header("x-tenant-id", tenant)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(client, req).await
+}
+
+async fn used(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str, policy: &str) -> u64 {
+    let tenant = dir.get(&tenant.parse().unwrap()).unwrap();
+    let report = usage_report(store, &tenant).await.unwrap();
+    report
+        .policies
+        .iter()
+        .find(|p| p.policy == policy)
+        .unwrap_or_else(|| panic!("no policy {policy}"))
+        .used
+}
+
+#[tokio::test]
+async fn rate_limit_fields_and_429() {
+    let (dir, store) = setup();
+    let app = Router::new()
+        .route("/api", get(|| async { "ok" }))
+        .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::rate("api")))
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let acme = [("x-tenant-id", "acme")];
+
+    for expected_remaining in (0..5).rev() {
+        let r = http_get(&client, &server.url("/api"), &acme).await;
+        assert_eq!(r.status, 200);
+        let (name, q, w) = parse_policy(r.header("ratelimit-policy").unwrap());
+        assert_eq!((name.as_str(), q, w), ("api", 5, Some(60)));
+        let (name, remaining, reset) = parse_ratelimit(r.header("ratelimit").unwrap());
+        assert_eq!(name, "api");
+        assert_eq!(remaining, expected_remaining);
+        assert!((1..=60).contains(&reset), "reset {reset}");
+        assert!(r.header("retry-after").is_none());
+    }
+    let r = http_get(&client, &server.url("/api"), &acme).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=120).contains(&retry), "retry-after {retry}");
+    let body = r.json();
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["policy"], "api");
+    assert_eq!(body["limit"], 5);
+    assert_eq!(body["usage"], 5);
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(parse_ratelimit(r.header("ratelimit").unwrap()).1, 0);
+
+    // Another tenant has its own counter; an unlimited plan is not counted.
+    assert_eq!(
+        http_get(&client, &server.url("/api"), &[("x-tenant-id", "globex")])
+            .await
+            .status,
+        200
+    );
+    for _ in 0..20 {
+        let r = http_get(&client, &server.url("/api"), &[("x-tenant-id", "initech")]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("ratelimit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn quota_skip_rules_cost_and_all_or_nothing() {
+    let (dir, store) = setup();
+    let runs = AdmissionLayer::new(store.clone())
+        .rule(Rule::rate("api"))
+        .rule(Rule::quota("runs").skip_methods([Method::GET]));
+    let batch = AdmissionLayer::new(store.clone()).rule(Rule::quota("big").cost(|head| {
+        head.headers
+            .get("x-batch")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1)
+    }));
+    let app = Router::new()
+        .route(
+            "/runs",
+            get(|| async { "list" })
+                .post(|| async { "started" })
+                .route_layer(runs),
+        )
+        .route("/batch", post(|| async { "ok" }).route_layer(batch))
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let url = server.url("/runs");
+
+    // Reads skip the quota but count against the rate limit.
+    assert_eq!(
+        http_get(&client, &url, &[("x-tenant-id", "acme")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(used(&store, &dir, "acme", "runs").await, 0);
+    assert_eq!(used(&store, &dir, "acme", "api").await, 1);
+
+    assert_eq!(post_as(&client, &url, "acme").await.status, 200);
+    let r = post_as(&client, &url, "acme").await;
+    assert_eq!(r.status, 200);
+    // The quota (0 left) is now the most restrictive policy in the fields.
+    let (name, remaining, _) = parse_ratelimit(r.header("ratelimit").unwrap());
+    assert_eq!((name.as_str(), remaining), ("runs", 0));
+    let r = post_as(&client, &url, "acme").await;
+    assert_eq!(r.status, 429);
+    let body = r.json();
+    assert_eq!(body["code"], "quota_exceeded");
+    assert_eq!(
+        (body["limit"].as_u64(), body["usage"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Retry-After points at the next UTC midnight.
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(
+        retry.abs_diff(to_midnight) <= 2,
+        "retry {retry} vs {to_midnight}"
+    );
+    // All or nothing: the refused POST consumed no rate-limit unit.
+    assert_eq!(used(&store, &dir, "acme", "api").await, 3);
+    assert_eq!(used(&store, &dir, "acme", "runs").await, 2);
+
+    // Cost per request.
+    let req = |n: &str| {
+        Request::post(server.url("/batch"))
+            .header("x-tenant-id", "acme")
+            .header("x-batch", n)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&client, req("600")).await.status, 200);
+    assert_eq!(send(&client, req("401")).await.status, 429);
+    assert_eq!(send(&client, req("400")).await.status, 200);
+    assert_eq!(used(&store, &dir, "acme", "big").await, 1000);
+    // A cost above the limit can never pass: 429 without Retry-After.
+    let r = send(&client, req("5000")).await;
+    assert_eq!(r.status, 429);
+}
+
+#[tokio::test]
+async fn feature_gate_and_resource_limit() {
+    let (dir, _) = setup();
+    let projects = Arc::new(AtomicU64::new(0));
+    let count = projects.clone();
+    let limit = ResourceLimitLayer::new("projects", move |_: Arc<Tenant>, _: Arc<str>| {
+        let n = count.load(Ordering::SeqCst);
+        async move { Ok::<_, Infallible>(n) }
+    });
+    let created = projects.clone();
+    let app = Router::new()
+        .route(
+            "/reports",
+            get(|| async { "report" }).route_layer(RequireFeatureLayer::new("reports")),
+        )
+        .route(
+            "/sso",
+            get(|| async { "sso" }).route_layer(RequireFeatureLayer::new("sso")),
+        )
+        .route(
+            "/projects",
+            post(move || {
+                created.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::CREATED }
+            })
+            .route_layer(limit),
+        )
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+
+    assert_eq!(
+        http_get(&client, &server.url("/reports"), &[("x-tenant-id", "acme")])
+            .await
+            .status,
+        200
+    );
+    let r = http_get(&client, &server.url("/sso"), &[("x-tenant-id", "acme")]).await;
+    assert_eq!(r.status, 403);
+    let body = r.json();
+    assert_eq!(
+        (
+            body["code"].as_str(),
+            body["feature"].as_str(),
+            body["plan"].as_str()
+        ),
+        (Some("feature_not_in_plan"), Some("sso"), Some("small"))
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            post_as(&client, &server.url("/projects"), "acme")
+                .await
+                .status,
+            201
+        );
+    }
+    let r = post_as(&client, &server.url("/projects"), "acme").await;
+    assert_eq!(r.status, 403);
+    let body = r.json();
+    assert_eq!(body["code"], "resource_limit_reached");
+    assert_eq!(
+        (body["limit"].as_u64(), body["usage"].as_u64()),
+        (Some(3), Some(3))
+    );
+    // Unlimited: the usage source is not even asked.
+    for _ in 0..5 {
+        assert_eq!(
+            post_as(&client, &server.url("/projects"), "initech")
+                .await
+                .status,
+            201
+        );
+    }
+}
+
+#[tokio::test]
+async fn gauge_reserves_atomically_and_gives_back_on_failure() {
+    let (dir, store) = setup();
+    let app = Router::new()
+        .route(
+            "/seats",
+            post(|req: Request<Body>| async move {
+                if req.headers().contains_key("x-fail") {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::CREATED
+                }
+            })
+            .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::gauge("seats"))),
+        )
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let failing = Request::post(server.url("/seats"))
+        .header("x-tenant-id", "acme")
+        .header("x-fail", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, failing).await.status, 422);
+    assert_eq!(
+        used(&store, &dir, "acme", "seats").await,
+        0,
+        "failed create gave the seat back"
+    );
+
+    // 20 concurrent creates against a limit of 2: exactly 2 succeed.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/seats"));
+            tokio::spawn(async move { post_as(&client, &url, "acme").await.status })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap().as_u16() {
+            201 => created += 1,
+            403 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 2);
+    // The application deletes one: the next create passes.
+    store
+        .adjust(&"acme".parse().unwrap(), "seats", -1)
+        .await
+        .unwrap();
+    assert_eq!(
+        post_as(&client, &server.url("/seats"), "acme").await.status,
+        201
+    );
+}
+
+/// A handler whose behaviour is chosen by the request: finish, stream
+/// forever, or panic.
+async fn job(req: Request<Body>) -> axum::response::Response {
+    match req.headers().get("x-mode").and_then(|v| v.to_str().ok()) {
+        Some("panic") => panic!("handler panicked (on purpose)"),
+        Some("stream") => {
+            let stream = futures_stream();
+            axum::response::Response::new(Body::from_stream(stream))
+        }
+        Some("slow") => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            axum::response::Response::new(Body::from("done"))
+        }
+        _ => axum::response::Response::new(Body::from("done")),
+    }
+}
+
+/// An endless body: one chunk every 10 ms.
+fn futures_stream() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible>> + Send {
+    use tokio_stream::StreamExt;
+    tokio_stream::iter(0u64..)
+        .throttle(Duration::from_millis(10))
+        .map(|i| Ok(Bytes::from(format!("{i}\n"))))
+}
+
+async fn wait_for_zero(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str) -> u64 {
+    for _ in 0..250 {
+        let n = used(store, dir, tenant, "jobs").await;
+        if n == 0 {
+            return 0;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    used(store, dir, tenant, "jobs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic() {
+    let (dir, store) = setup();
+    let app = Router::new()
+        .route(
+            "/jobs",
+            post(job)
+                .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::concurrency("jobs"))),
+        )
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let req = |mode: &str| {
+        Request::post(server.url("/jobs"))
+            .header("x-tenant-id", "acme")
+            .header("x-mode", mode)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // Two slow jobs hold both slots; a third is refused.
+    let a = tokio::spawn(send_owned(client.clone(), req("slow")));
+    let b = tokio::spawn(send_owned(client.clone(), req("slow")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = send(&client, req("fast")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "concurrency_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(a.await.unwrap().status, 200);
+    assert_eq!(b.await.unwrap().status, 200);
+    assert_eq!(wait_for_zero(&store, &dir, "acme").await, 0);
+
+    // An open streaming body holds its slot; dropping the response (client
+    // disconnect) frees it.
+    let streaming = client.request(req("stream")).await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    assert_eq!(used(&store, &dir, "acme", "jobs").await, 1);
+    drop(streaming);
+    assert_eq!(wait_for_zero(&store, &dir, "acme").await, 0);
+
+    // Thousands of requests mixing every ending; nothing leaks.
+    silence_deliberate_panics();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..2000u32 {
+        let client = client.clone();
+        let request = req(match i % 4 {
+            0 => "fast",
+            1 => "stream",
+            2 => "panic",
+            _ => "slow",
+        });
+        let completed = completed.clone();
+        tasks.push(tokio::spawn(async move {
+            // Slow handlers outlive the 50 ms timeout: the client gives up.
+            let answered =
+                tokio::time::timeout(Duration::from_millis(50), client.request(request)).await;
+            if let Ok(Ok(resp)) = answered {
+                completed.fetch_add(1, Ordering::Relaxed);
+                // Streams are dropped unread: the client disconnects.
+                drop(resp);
+            }
+        }));
+        if tasks.len() >= 32 {
+            for t in tasks.drain(..) {
+                t.await.unwrap();
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        completed.load(Ordering::Relaxed) > 500,
+        "most requests got an answer"
+    );
+    assert_eq!(
+        wait_for_zero(&store, &dir, "acme").await,
+        0,
+        "leaked concurrency slots"
+    );
+    // And the slots are usable again.
+    assert_eq!(send(&client, req("fast")).await.status, 200);
+}
+
+fn silence_deliberate_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .unwrap_or_default();
+        if !msg.contains("on purpose") {
+            default(info);
+        }
+    }));
+}
+
+async fn send_owned(client: http_util::HttpClient, req: Request<Full<Bytes>>) -> http_util::Reply {
+    send(&client, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_limit_fires_once_per_period_under_concurrent_load() {
+    let (dir, store) = setup();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let seen = fired.clone();
+    let layer = AdmissionLayer::new(store.clone())
+        .rule(Rule::quota("big"))
+        .soft_limit(80, move |event| {
+            assert_eq!(event.policy, "big");
+            assert!(
+                event.used >= 800,
+                "fired below the threshold: {}",
+                event.used
+            );
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .soft_limit_header(true);
+    let app = Router::new()
+        .route("/x", get(|| async { "ok" }).route_layer(layer))
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let warnings = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, warnings) = (client.clone(), server.url("/x"), warnings.clone());
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let r = http_get(&client, &url, &[("x-tenant-id", "globex")]).await;
+                    assert_eq!(r.status, 200);
+                    if let Some(w) = r.header("x-ratelimit-warning") {
+                        assert!(w.starts_with("\"big\";u="), "{w}");
+                        warnings.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(used(&store, &dir, "globex", "big").await, 960);
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        1,
+        "the hook fires exactly once per period"
+    );
+    // Requests 800..=960 carry the warning header.
+    assert_eq!(warnings.load(Ordering::SeqCst), 161);
+}
+
+#[tokio::test]
+async fn plan_change_applies_to_the_next_request_and_keeps_counters() {
+    let (dir, store) = setup();
+    let app = Router::new()
+        .route("/api", get(|| async { "ok" }))
+        .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::rate("exact")))
+        .layer(tenancy(&dir));
+    let server = TestServer::start(app).await;
+    let client = http_util::client();
+    let acme = [("x-tenant-id", "acme")];
+    for _ in 0..4 {
+        assert_eq!(
+            http_get(&client, &server.url("/api"), &acme).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        http_get(&client, &server.url("/api"), &acme).await.status,
+        429
+    );
+    // A temporary boost: the limit rises to 6 and the 4 used units are kept.
+    let id: TenantId = "acme".parse().unwrap();
+    dir.update(&id, |t| {
+        let mut o = t.overrides().clone();
+        o.rates.insert(
+            "exact".into(),
+            tower_tenancy::RateRule::new(6, Duration::from_secs(60))
+                .algorithm(tower_tenancy::RateAlgorithm::SlidingLog),
+        );
+        t.set_overrides(o)
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            http_get(&client, &server.url("/api"), &acme).await.status,
+            200
+        );
+    }
+    let r = http_get(&client, &server.url("/api"), &acme).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["limit"], 6);
+    assert_eq!(used(&store, &dir, "acme", "exact").await, 6);
+}
