@@ -168,6 +168,9 @@ impl Health for Probe {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        if request.get_ref().service == "fail" {
+            return Err(Status::not_found("service not registered"));
+        }
         let mut response = Response::new(HealthCheckResponse { status: SERVING });
         if let Some(id) = request.tenant_id() {
             response
@@ -415,6 +418,27 @@ async fn resource_limit_is_resource_exhausted() {
         .add_service(health));
     let mut client = server.client().await;
     client.check(check_req("globex")).await.unwrap();
+    let status = client.check(check_req("acme")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "things: 5 of 5 used");
+}
+
+#[tokio::test]
+async fn gauge_is_resource_exhausted_and_given_back_on_grpc_errors() {
+    // acme (free) may create 5 "things"; each call reserves one.
+    let server = serve!(Server::builder()
+        .layer(tenancy())
+        .layer(AdmissionLayer::new(MemoryStore::new()).rule(Rule::gauge("things")))
+        .add_service(HealthServer::new(Probe)));
+    let mut client = server.client().await;
+    // Calls that fail in the handler (HTTP 200, grpc-status 5) give their unit back.
+    for _ in 0..6 {
+        let status = client.check(req(Some("acme"), "fail")).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    for _ in 0..5 {
+        client.check(check_req("acme")).await.unwrap();
+    }
     let status = client.check(check_req("acme")).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "things: 5 of 5 used");
