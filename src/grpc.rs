@@ -197,7 +197,7 @@ impl TenantInterceptor {
     /// assert_eq!(interceptor.key_name(), "x-org");
     /// ```
     pub fn key(self, key: &str) -> Self {
-        let key = MetadataKey::<Ascii>::from_bytes(key.to_ascii_lowercase().as_bytes())
+        let key = MetadataKey::<Ascii>::from_bytes(key.as_bytes())
             .expect("TenantInterceptor::key: invalid ASCII metadata key");
         Self {
             rules: self.rules,
@@ -302,7 +302,9 @@ impl Interceptor for TenantInterceptor {
 
 /// A [`Rejection`] as a tonic [`Status`]: the same code, message and
 /// metadata (`retry-after`, rate-limit fields) as the trailers-only response
-/// the layers send. Handy when a handler checks a policy itself.
+/// the layers send. Handy when a handler checks a policy itself. Like a
+/// layer's refusal, the conversion is recorded (a `tracing` event and, with
+/// the `metrics` feature, `tenancy_rejected_total`).
 ///
 /// ```
 /// use tonic::{Code, Status};
