@@ -1,108 +1,4 @@
-//! [`MemoryStore`]: the in-process [`CounterStore`].
-//!
-//! It implements every algorithm of the [store semantics](crate::store)
-//! synchronously: each call answers with [`MaybeReady::ready`], takes one
-//! mutex, and allocates only the returned `Vec<Decision>` (plus the state of
-//! a counter the first time it is consumed).
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_tenancy::store::{Algorithm, Check, CounterStore};
-//! use tower_tenancy::{MemoryStore, TenantId};
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let store = MemoryStore::new();
-//! let acme: TenantId = "acme".parse().unwrap();
-//! let per_minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
-//! let checks = [Check::new("api_calls", per_minute, 2, 1)];
-//!
-//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
-//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
-//! let third = store.admit(&acme, &checks).await.unwrap();
-//! assert!(!third.allowed());
-//! assert!(third.decisions[0].retry_after.is_some());
-//! # });
-//! ```
-//!
-//! # Layout
-//!
-//! Counters live in `N` shards (by default the next power of two of four
-//! times the number of cores), each a [`parking_lot::Mutex`] over one hash
-//! map per algorithm. The shard is chosen by a hash of the tenant, so every
-//! counter of a tenant lives in the same shard: a batch is atomic under one
-//! lock, and tenants in different shards never contend. Concurrency counters
-//! are `Arc<AtomicU64>`s: a [`Lease`] releases its units without taking any
-//! lock.
-//!
-//! A counter is keyed by (tenant, algorithm kind, policy name); the key holds
-//! clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-//! nothing of its own. Memory per key, counting the hash map's buckets
-//! (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
-//! between 7/16 and 7/8):
-//!
-//! | algorithm | bytes per bucket | heap besides the map |
-//! |---|---|---|
-//! | sliding window | 57 | — |
-//! | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
-//! | calendar | 57 | — |
-//! | concurrency | 41 | 24-byte `Arc` |
-//! | gauge | 41 | — |
-//!
-//! That is 65 bytes per active sliding-window key when a table is full and
-//! 130 right after it has doubled; 100 000 keys measured 75 bytes per key
-//! (the `bytes_per_sliding_window_key` unit test).
-//!
-//! # Eviction
-//!
-//! A counter whose state has fully expired is equivalent to no counter, so it
-//! may be dropped: a sliding window two windows after its last use, a sliding
-//! log once its last entry left the window, a calendar counter once its
-//! period is over, a concurrency counter at zero with no lease alive, a gauge
-//! at zero. Each shard sweeps itself after `max(sweep_every, keys in the
-//! shard)` calls (so the cost is amortized to at most one key examined per
-//! call) and shrinks its tables when they are less than a quarter full.
-//! [`MemoryStore::evict_idle`] sweeps every shard at once.
-//!
-//! # Time
-//!
-//! The store reads [`Clock::now_ms`] once per call. If the clock steps back,
-//! counters keep the state of the later time (they never forget admissions).
-//! Windows are whole milliseconds: a window shorter than 1 ms counts as 1 ms.
-//! Concurrency leases are released by dropping them; `lease_ttl` is only
-//! used by shared stores (a process that crashes loses its memory store too).
-//!
-//! # Accuracy
-//!
-//! The sliding window counter assumes the requests of the previous fixed
-//! window were spread evenly; the sliding log is exact. `examples/accuracy.rs`
-//! replays request traces through both (limit 100 per 60 s window, one hour
-//! of simulated time, ManualClock, deterministic xorshift PRNG) and compares
-//! their decisions request by request, the log's being the truth. Two
-//! methods:
-//!
-//! * **independent**: each store sees the same arrivals and keeps its own
-//!   state; a request is *wrongly admitted* when the window admits and the
-//!   log rejects, *wrongly rejected* the other way round (shares of all
-//!   requests). The two states diverge after the first disagreement, so this
-//!   compares two limiters as a client would experience them.
-//! * **shadow**: an exact log is fed only the requests the window admitted,
-//!   and judges each request against that same history: *over-admitted* =
-//!   the window admitted although its own history already held `limit`
-//!   units in the last 60 s (the limit was really exceeded), *under-admitted*
-//!   = the window rejected a request that would have fit.
-//!
-//! `cargo run --release --example accuracy` on 2026-11-23 (2 cores; the
-//! example is deterministic, so the figures do not depend on the machine):
-//!
-//! ```text
-//! ACCURACY_TABLE
-//! ```
-//!
-//! In short: the window counter errs rarely, and its errors are biased
-//! towards rejecting (it never lets a steady client exceed the limit by more
-//! than the rounding of `prev`), but a burst right after a quiet window
-//! boundary can briefly admit more than the limit in a true 60 s span. Use
-//! [`Algorithm::SlidingLog`] where that matters.
+//! The in-process [`CounterStore`]: [`MemoryStore`].
 
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::hash_map::RandomState;
@@ -131,8 +27,136 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 
 /// An in-memory, sharded [`CounterStore`] for one process.
 ///
-/// See the [module documentation](self) for the layout, memory use, eviction
-/// and the accuracy of the sliding window counter.
+/// It implements every algorithm of the [store
+/// semantics](crate::store#semantics-every-store-implements-exactly-these)
+/// synchronously: each call answers with [`MaybeReady::ready`], takes one
+/// mutex, and allocates only the returned `Vec<Decision>` (plus the state of
+/// a counter the first time it is consumed). [`peek`](CounterStore::peek)
+/// returns exactly the decisions `admit` would (so `used` includes the cost
+/// when every check allows); peek with cost 0 to read current levels.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_tenancy::store::{Algorithm, Check, CounterStore};
+/// use tower_tenancy::{MemoryStore, TenantId};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let acme: TenantId = "acme".parse().unwrap();
+/// let per_minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+/// let checks = [Check::new("api_calls", per_minute, 2, 1)];
+///
+/// assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+/// assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+/// let third = store.admit(&acme, &checks).await.unwrap();
+/// assert!(!third.allowed());
+/// assert!(third.decisions[0].retry_after.is_some());
+/// # });
+/// ```
+///
+/// # Layout
+///
+/// Counters live in `N` shards (by default the next power of two of four
+/// times the number of cores), each a [`parking_lot::Mutex`] over one hash
+/// map per algorithm. The shard is chosen by a hash of the tenant, so every
+/// counter of a tenant lives in the same shard: a batch is atomic under one
+/// lock, and tenants in different shards never contend. Concurrency counters
+/// are `Arc<AtomicU64>`s: a [`Lease`] releases its units without taking any
+/// lock.
+///
+/// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
+/// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
+/// nothing of its own. Memory per key, counting the hash map's buckets
+/// (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
+/// between 7/16 and 7/8):
+///
+/// | algorithm | bytes per bucket | heap besides the map |
+/// |---|---|---|
+/// | sliding window | 57 | — |
+/// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
+/// | calendar | 57 | — |
+/// | concurrency | 41 | 24-byte `Arc` |
+/// | gauge | 41 | — |
+///
+/// That is 65 bytes per active sliding-window key when a table is full and
+/// 130 right after it has doubled; 100 000 keys measured 75 bytes per key
+/// (the `bytes_per_sliding_window_key` unit test).
+///
+/// # Eviction
+///
+/// A counter whose state has fully expired is equivalent to no counter, so it
+/// may be dropped: a sliding window two windows after the start of the
+/// fixed window of its last use, a sliding
+/// log once its last entry left the window, a calendar counter once its
+/// period is over, a concurrency counter at zero with no lease alive, a gauge
+/// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
+/// where `n` is the number of counters its previous sweep left (so that the
+/// work is amortized to O(1) per call), and shrinks its tables when they are
+/// less than a quarter full. Memory is thus bounded by the counters live in
+/// the longest window plus those created during one sweep interval.
+/// [`MemoryStore::evict_idle`] sweeps every shard at once.
+///
+/// # Time
+///
+/// The store reads [`Clock::now_ms`] once per call. If the clock steps back,
+/// counters keep the state of the later time (they never forget admissions).
+/// Windows are whole milliseconds: a window shorter than 1 ms counts as 1 ms.
+/// Concurrency leases are released by dropping them; `lease_ttl` is only
+/// used by shared stores (a process that crashes loses its memory store too).
+///
+/// # Accuracy
+///
+/// The sliding window counter assumes that the requests of the previous
+/// fixed window were spread evenly over it; the sliding log is exact.
+/// `examples/accuracy.rs` replays request traces through both with a
+/// [`ManualClock`](crate::store::ManualClock) (limit 100 per 60 s window,
+/// one hour of simulated time per trace, cost 1, arrivals from a fixed-seed
+/// xorshift PRNG: Poisson for the steady traces at the given multiple of the
+/// limit; for the bursty ones, bursts of many requests within 1 to 5 s at
+/// Poisson times) and compares the decisions request by request, the log's
+/// being the truth. Two methods:
+///
+/// * **independent** (`wrong +`, `wrong -`): a window store and a log store
+///   see the same arrivals, each with its own state; `wrong +` is the share
+///   of requests the window admits and the log rejects, `wrong -` the other
+///   way round. Once the two disagree their histories differ, so this
+///   compares two limiters as a client experiences them, and counts a
+///   disagreement even when both admit the same number of requests, only
+///   not the same ones.
+/// * **shadow** (`over`, `under`): an exact log is fed only the requests the
+///   window admitted and judges each request against that same history.
+///   `over` is the share of requests the window admitted although its own
+///   admissions of the last 60 s already numbered 100 (the limit was really
+///   exceeded); `under`, those it rejected although they would have fit.
+///   `max/60s` is the most requests the window admitted in any 60 s span.
+///
+/// `cargo run --release --example accuracy`, 2026-11-23, on a 2-core
+/// machine (the example is deterministic: the figures do not depend on the
+/// machine):
+///
+/// ```text
+/// | trace       | requests | log admits | window admits | wrong + | wrong - | over   | under  | max/60s |
+/// |-------------|---------:|-----------:|--------------:|--------:|--------:|-------:|-------:|--------:|
+/// | steady 0.8x |     4855 |       4832 |          4848 |   0.43% |   0.10% |  1.61% |  0.06% |     107 |
+/// | steady 1.0x |     5931 |       5511 |          5589 |   4.64% |   3.32% | 13.78% |  1.92% |     111 |
+/// | steady 1.5x |     9029 |       5904 |          5950 |  15.73% |  15.22% | 18.61% | 10.68% |     107 |
+/// | steady 3x   |    18056 |       5999 |          5996 |  19.11% |  19.12% | 14.64% |  4.16% |     104 |
+/// | bursty 0.9x |     5067 |       3076 |          3095 |   6.02% |   5.64% |  4.91% | 17.76% |     141 |
+/// | bursty 2x   |    12512 |       4269 |          4377 |  10.89% |  10.03% |  6.24% | 30.38% |     176 |
+/// | bursty 5x   |    33139 |       4121 |          4218 |   4.76% |   4.47% |  2.75% | 43.34% |     184 |
+/// ```
+///
+/// Reading: under steady load the window admits within 1.5% as many
+/// requests as the log, and a true 60 s span never held more than 111 (11%
+/// over the limit), but it often picks different requests than the log
+/// (up to 19% each way at 3× the limit). Bursts are its weak case: a burst
+/// at the end of one fixed window is assumed spread over the whole window
+/// and fades too early, so a 60 s span admitted up to 184 (84% over), while
+/// a burst at the start of a window keeps weighing after it left the true
+/// window (`under`). Use [`Algorithm::SlidingLog`] where the limit must hold
+/// exactly; its memory is O(limit) per key instead of O(1).
+///
+/// A daily quota with a controlled clock:
 ///
 /// ```
 /// use std::sync::Arc;
@@ -199,7 +223,7 @@ impl MemoryStoreBuilder {
 
     /// The minimum number of calls a shard serves between two sweeps for
     /// idle counters (the actual interval is the larger of this and the
-    /// number of counters in the shard). `0` disables automatic sweeps;
+    /// number of counters the shard kept at its last sweep). `0` disables automatic sweeps;
     /// [`MemoryStore::evict_idle`] still works. Default: 1024.
     pub fn sweep_every(mut self, calls: u64) -> Self {
         self.sweep_every = calls;
@@ -276,7 +300,7 @@ impl MemoryStore {
     }
 
     /// Removes every counter whose state has fully expired (see
-    /// [Eviction](self#eviction)) and returns how many were removed.
+    /// [Eviction](MemoryStore#eviction)) and returns how many were removed.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -298,14 +322,7 @@ impl MemoryStore {
     /// ```
     pub fn evict_idle(&self) -> usize {
         let now = self.clock.now_ms();
-        self.shards
-            .iter()
-            .map(|s| {
-                let mut tables = s.0.lock();
-                tables.calls = 0;
-                tables.sweep(now)
-            })
-            .sum()
+        self.shards.iter().map(|s| s.0.lock().sweep(now)).sum()
     }
 
     fn shard(&self, tenant: &TenantId) -> &Shard {
@@ -317,8 +334,7 @@ impl MemoryStore {
     /// Counts a call on a shard and sweeps it when due.
     fn after_call(&self, tables: &mut Tables, now: u64) {
         tables.calls = tables.calls.saturating_add(1);
-        if self.sweep_every > 0 && tables.calls >= self.sweep_every.max(tables.len() as u64) {
-            tables.calls = 0;
+        if self.sweep_every > 0 && tables.calls >= self.sweep_every.max(tables.swept_len) {
             tables.sweep(now);
         }
     }
@@ -463,6 +479,10 @@ struct Tables {
     gauges: HashMap<Key, Gauge>,
     /// Calls since the last sweep.
     calls: u64,
+    /// Counters left by the last sweep: the next one is due after as many
+    /// calls (at least `sweep_every`), so that sweeping costs O(1) per call
+    /// however many counters each call creates.
+    swept_len: u64,
 }
 
 impl Tables {
@@ -597,7 +617,10 @@ impl Tables {
         shrink(&mut self.calendars);
         shrink(&mut self.concurrency);
         shrink(&mut self.gauges);
-        before - self.len()
+        let after = self.len();
+        self.calls = 0;
+        self.swept_len = after as u64;
+        before - after
     }
 }
 
@@ -1131,5 +1154,399 @@ impl Counter for Gauge {
     fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
         self.0 = self.0.saturating_add(cost);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ManualClock;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+
+    fn tenant(i: usize) -> TenantId {
+        format!("t{i}").parse().unwrap()
+    }
+
+    fn admit(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) -> Admission {
+        store
+            .admit(tenant, checks)
+            .try_take()
+            .expect("ready")
+            .expect("ok")
+    }
+
+    fn window(ms: u64) -> Algorithm {
+        Algorithm::SlidingWindow {
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn log(ms: u64) -> Algorithm {
+        Algorithm::SlidingLog {
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn concurrency() -> Algorithm {
+        Algorithm::Concurrency {
+            lease_ttl: Duration::from_secs(1),
+        }
+    }
+
+    /// Bytes held by the tables of every shard: buckets × (slot + control
+    /// byte) (hashbrown keeps `capacity = buckets * 7 / 8`).
+    fn table_bytes(store: &MemoryStore) -> usize {
+        fn bytes<K, V>(map: &HashMap<K, V>) -> usize {
+            if map.capacity() == 0 {
+                return 0;
+            }
+            let buckets = (map.capacity() * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
+        }
+        store
+            .shards
+            .iter()
+            .map(|s| {
+                let t = s.0.lock();
+                bytes(&t.windows)
+                    + bytes(&t.logs)
+                    + bytes(&t.calendars)
+                    + bytes(&t.concurrency)
+                    + bytes(&t.gauges)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn small_slots() {
+        assert_eq!(std::mem::size_of::<(Key, WindowState)>(), 56);
+        assert_eq!(std::mem::size_of::<(Key, CalendarState)>(), 56);
+        assert_eq!(std::mem::size_of::<(Key, Box<LogState>)>(), 40);
+        assert_eq!(std::mem::size_of::<(Key, Inflight)>(), 40);
+        assert_eq!(std::mem::size_of::<(Key, Gauge)>(), 40);
+        assert_eq!(std::mem::size_of::<LogState>(), 48);
+    }
+
+    #[test]
+    fn bytes_per_sliding_window_key() {
+        let store = MemoryStore::builder()
+            .shards(8)
+            .clock(Arc::new(ManualClock::new(T0)))
+            .build();
+        let checks = [Check::new("calls", window(60_000), 100, 1)];
+        let n = 100_000;
+        for i in 0..n {
+            assert!(admit(&store, &tenant(i), &checks).allowed());
+        }
+        assert_eq!(store.len(), n);
+        let per_key = table_bytes(&store) as f64 / n as f64;
+        println!("{per_key:.1} bytes per sliding-window key at {n} keys");
+        assert!(per_key <= 100.0, "{per_key}");
+    }
+
+    #[test]
+    fn evicts_idle_keys_of_every_kind() {
+        let clock = Arc::new(ManualClock::new(T0 + 1));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(0)
+            .build();
+        let t = tenant(1);
+        let checks = [
+            Check::new("w", window(1_000), 10, 1),
+            Check::new("l", log(1_000), 10, 1),
+            Check::new(
+                "q",
+                Algorithm::Calendar {
+                    period: Period::Hour,
+                },
+                10,
+                1,
+            ),
+            Check::new("c", concurrency(), 10, 1),
+            Check::new("g", Algorithm::Gauge, 10, 1),
+        ];
+        let admission = admit(&store, &t, &checks);
+        assert!(admission.allowed());
+        assert_eq!(store.len(), 5);
+        assert_eq!(store.evict_idle(), 0, "everything is live");
+        drop(admission);
+        assert_eq!(store.evict_idle(), 1, "the lease is gone");
+        clock.advance_ms(999); // T0 + 1_000
+        assert_eq!(store.evict_idle(), 0);
+        clock.advance_ms(1);
+        assert_eq!(store.evict_idle(), 1, "the log entry (T0 + 1) expired");
+        clock.advance_ms(998); // T0 + 1_999
+        assert_eq!(
+            store.evict_idle(),
+            0,
+            "the window still weighs the previous one"
+        );
+        clock.advance_ms(1);
+        assert_eq!(store.evict_idle(), 1, "two windows after T0");
+        clock.set_ms(T0 + 3_600_000 - 1);
+        assert_eq!(store.evict_idle(), 0);
+        clock.set_ms(T0 + 3_600_000);
+        assert_eq!(store.evict_idle(), 1, "the hour is over");
+        clock.advance_ms(1_000 * 86_400_000);
+        assert_eq!(store.evict_idle(), 0, "gauges never expire");
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.adjust(&t, "g", -1).try_take().unwrap().unwrap(), 0);
+        assert!(store.is_empty(), "a gauge at zero is dropped");
+    }
+
+    #[test]
+    fn eviction_never_changes_decisions() {
+        // A window used with a long and then a short length keeps the longest.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(1)
+            .build();
+        let t = tenant(1);
+        let long = Check::new("w", window(10_000), 2, 1);
+        let short = Check::new("w", window(1_000), 2, 1);
+        assert!(admit(&store, &t, std::slice::from_ref(&long)).allowed());
+        assert!(admit(&store, &t, std::slice::from_ref(&short)).allowed());
+        clock.advance_ms(2_500);
+        // Idle for a 1 s window, but the policy was seen with 10 s: kept.
+        store.evict_idle();
+        assert_eq!(store.len(), 1);
+        assert!(!admit(&store, &t, &[long]).allowed());
+    }
+
+    #[test]
+    fn churn_stays_bounded() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .shards(8)
+            .clock(clock.clone())
+            .build();
+        let mut peak = 0;
+        let mut peak_bytes = 0;
+        for i in 0..200_000 {
+            let t = tenant(i);
+            let checks = [
+                Check::new("w", window(1_000), 10, 1),
+                Check::new("l", log(1_000), 10, 1),
+                Check::new("c", concurrency(), 10, 1),
+            ];
+            assert!(admit(&store, &t, &checks).allowed());
+            assert_eq!(store.adjust(&t, "g", 1).try_take().unwrap().unwrap(), 1);
+            assert_eq!(store.adjust(&t, "g", -1).try_take().unwrap().unwrap(), 0);
+            clock.advance_ms(1);
+            if i % 1_000 == 0 {
+                peak = peak.max(store.len());
+                peak_bytes = peak_bytes.max(table_bytes(&store));
+            }
+        }
+        // Live: 2 000 windows (2 s) and 1 000 logs (1 s), plus what a shard
+        // gathers between two sweeps (1 024 calls per shard).
+        println!("peak {peak} counters, {peak_bytes} bytes of tables");
+        assert!(peak < 30_000, "{peak}");
+        assert!(peak_bytes < 4 << 20, "{peak_bytes}");
+        clock.advance_ms(2_000);
+        store.evict_idle();
+        assert!(store.is_empty());
+        // The tables shrank with the sweep.
+        assert!(table_bytes(&store) < 64 << 10, "{}", table_bytes(&store));
+    }
+
+    #[test]
+    fn log_merges_milliseconds_and_shrinks() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .build();
+        let t = tenant(1);
+        let c = [Check::new("l", log(10_000), 100_000, 1)];
+        for _ in 0..1_000 {
+            assert!(admit(&store, &t, &c).allowed());
+        }
+        let entries = |store: &MemoryStore| {
+            let tables = store.shards[0].0.lock();
+            let log = tables.logs.values().next().unwrap();
+            (log.entries.len(), log.entries.capacity())
+        };
+        assert_eq!(entries(&store).0, 1);
+        for _ in 0..5_000 {
+            clock.advance_ms(1);
+            assert!(admit(&store, &t, &c).allowed());
+        }
+        assert_eq!(entries(&store).0, 5_001);
+        clock.advance_ms(9_990);
+        store.evict_idle();
+        let (len, capacity) = entries(&store);
+        assert_eq!(len, 10);
+        assert!(capacity < 100, "{capacity}");
+    }
+
+    #[test]
+    fn lease_keeps_concurrency_counter() {
+        let store = MemoryStore::with_clock(Arc::new(ManualClock::new(T0)));
+        let t = tenant(1);
+        let c = [Check::new("c", concurrency(), 1, 1)];
+        let held = admit(&store, &t, &c);
+        assert!(held.allowed());
+        assert_eq!(store.evict_idle(), 0);
+        assert!(!admit(&store, &t, &c).allowed());
+        drop(held);
+        assert_eq!(store.evict_idle(), 1);
+        assert!(admit(&store, &t, &c).allowed());
+    }
+
+    // -----------------------------------------------------------------------
+    // The sliding window and the sliding log against a literal reading of
+    // the spec (module docs of `store`), on random request sequences.
+
+    /// Reference sliding window: counts per fixed window index.
+    #[derive(Default)]
+    struct RefWindow {
+        counts: std::collections::BTreeMap<u64, u64>,
+    }
+
+    impl RefWindow {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, cost: u64) -> Decision {
+            let start = now - now % w;
+            let elapsed = now - start;
+            let curr = self.counts.get(&start).copied().unwrap_or(0);
+            let prev = start
+                .checked_sub(w)
+                .and_then(|p| self.counts.get(&p))
+                .copied()
+                .unwrap_or(0);
+            let used = curr + prev * (w - elapsed) / w;
+            let allowed = used + cost <= limit;
+            let retry_after = if allowed || cost > limit {
+                None
+            } else if curr + cost <= limit {
+                let e = ((prev - (limit - cost - curr)) * w).div_ceil(prev);
+                Some(e - elapsed)
+            } else {
+                let e = ((curr - (limit - cost)) * w).div_ceil(curr);
+                Some(start + w - now + e)
+            };
+            if allowed {
+                *self.counts.entry(start).or_default() += cost;
+            }
+            let used = if allowed { used + cost } else { used };
+            Decision {
+                allowed,
+                limit,
+                used,
+                remaining: limit.saturating_sub(used),
+                reset: Duration::from_millis(start + w - now),
+                retry_after: retry_after.map(Duration::from_millis),
+            }
+        }
+    }
+
+    /// Reference sliding log: every admitted `(t, units)`.
+    #[derive(Default)]
+    struct RefLog {
+        entries: Vec<(u64, u64)>,
+    }
+
+    impl RefLog {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, cost: u64) -> Decision {
+            let live: Vec<(u64, u64)> = self
+                .entries
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t + w > now)
+                .collect();
+            let used: u64 = live.iter().map(|e| e.1).sum();
+            let allowed = used + cost <= limit;
+            let retry_after = if allowed || cost > limit {
+                None
+            } else {
+                let need = used - (limit - cost);
+                let mut freed = 0;
+                live.iter().find_map(|&(t, units)| {
+                    freed += units;
+                    (freed >= need).then_some(t + w - now)
+                })
+            };
+            if allowed && cost > 0 {
+                self.entries.push((now, cost));
+            }
+            let oldest = self.entries.iter().find(|&&(t, _)| t + w > now);
+            let used = if allowed { used + cost } else { used };
+            Decision {
+                allowed,
+                limit,
+                used,
+                remaining: limit.saturating_sub(used),
+                reset: Duration::from_millis(oldest.map_or(0, |&(t, _)| t + w - now)),
+                retry_after: retry_after.map(Duration::from_millis),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_reference(
+            w in 1u64..5_000,
+            limit in 0u64..20,
+            steps in proptest::collection::vec((0u64..3_000, 0u64..6, any::<bool>()), 1..200),
+        ) {
+            let clock = Arc::new(ManualClock::new(T0 + 7));
+            let store = MemoryStore::builder().shards(1).sweep_every(1).clock(clock.clone()).build();
+            let t = tenant(1);
+            let (mut rw, mut rl) = (RefWindow::default(), RefLog::default());
+            for (dt, cost, peek) in steps {
+                clock.advance_ms(dt);
+                let now = clock.now_ms();
+                let checks = [Check::new("w", window(w), limit, cost), Check::new("l", log(w), limit, cost)];
+                for (i, check) in checks.iter().enumerate() {
+                    let batch = std::slice::from_ref(check);
+                    if peek {
+                        let p = store.peek(&t, batch).try_take().unwrap().unwrap()[0];
+                        let a = admit(&store, &t, batch).decisions[0];
+                        prop_assert_eq!(p, a);
+                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
+                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
+                    } else {
+                        let a = admit(&store, &t, batch).decisions[0];
+                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
+                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn retry_after_is_enough(
+            w in 1u64..5_000,
+            limit in 1u64..20,
+            steps in proptest::collection::vec((0u64..3_000, 1u64..6), 1..100),
+        ) {
+            // Replaying the same history, the denied request passes after
+            // `retry_after` (and for the exact log, not a millisecond earlier).
+            let (mut rw, mut rl) = (RefWindow::default(), RefLog::default());
+            let mut now = T0;
+            for (dt, cost) in steps {
+                now += dt;
+                let cost = cost.min(limit);
+                for exact in [false, true] {
+                    let d = if exact { rl.decide(now, w, limit, cost) } else { rw.decide(now, w, limit, cost) };
+                    if let Some(retry) = d.retry_after {
+                        let at = now + retry.as_millis() as u64;
+                        let probe = |at: u64| if exact {
+                            RefLog { entries: rl.entries.clone() }.decide(at, w, limit, cost).allowed
+                        } else {
+                            RefWindow { counts: rw.counts.clone() }.decide(at, w, limit, cost).allowed
+                        };
+                        prop_assert!(probe(at), "exact {}: not allowed after retry {:?}", exact, retry);
+                        if exact {
+                            prop_assert!(!probe(at - 1), "log retry_after not tight");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
