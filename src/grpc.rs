@@ -163,6 +163,11 @@ impl Default for TenantInterceptor {
 
 impl TenantInterceptor {
     /// The metadata key read by default.
+    ///
+    /// ```
+    /// use tower_tenancy::grpc::TenantInterceptor;
+    /// assert_eq!(TenantInterceptor::new().key_name(), TenantInterceptor::DEFAULT_KEY);
+    /// ```
     pub const DEFAULT_KEY: &'static str = "x-tenant-id";
 
     /// Reads [`DEFAULT_KEY`](Self::DEFAULT_KEY) (`x-tenant-id`) with the
