@@ -49,6 +49,8 @@ pub mod body;
 pub mod catalog;
 pub mod directory;
 pub mod future;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod layer;
 mod observe;
 pub mod plan;
@@ -71,6 +73,8 @@ use std::sync::Arc;
 
 pub use catalog::{Catalog, CatalogError};
 pub use directory::{CachedDirectory, MemoryDirectory, TenantDirectory};
+#[cfg(feature = "tonic")]
+pub use grpc::{TenantInterceptor, TenantRequestExt};
 pub use layer::admission::{AdmissionLayer, Rule};
 pub use layer::feature::RequireFeatureLayer;
 pub use layer::limit::ResourceLimitLayer;

@@ -95,8 +95,10 @@ impl Rule {
     /// The resource limit `name` of the plan (`[plans.limits]`) kept as a
     /// gauge in the counter store: an admitted request reserves `cost`
     /// atomically (no race between check and create); a response that is not
-    /// a success (2xx) gives it back. Deleting a resource is the
-    /// application's call: `store.adjust(tenant, name, -1)`.
+    /// a success (2xx; for gRPC, a trailers-only response with a non-zero
+    /// `grpc-status`, which is how a unary handler's error travels) gives it
+    /// back. Deleting a resource is the application's call:
+    /// `store.adjust(tenant, name, -1)`.
     pub fn gauge(name: &str) -> Self {
         Self::new(RuleKind::Gauge, name)
     }
@@ -422,6 +424,14 @@ fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked) -> Opti
     }))
 }
 
+/// A gRPC error sent as a trailers-only response: HTTP 200, but a non-zero
+/// `grpc-status` in the headers.
+fn grpc_error(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0")
+}
+
 /// Decides from the store's answer: admitted (with the lease and the header
 /// fields) or a rejection.
 fn decide<St>(
@@ -593,7 +603,7 @@ where
                 StateProj::Inner { future, admitted } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(undo) = this.undo.take() {
-                        if !response.status().is_success() {
+                        if !response.status().is_success() || grpc_error(response.headers()) {
                             undo();
                         }
                     }
