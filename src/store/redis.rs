@@ -32,22 +32,27 @@
 //!
 //! # Memory per key
 //!
-//! Measured with `MEMORY USAGE` (Redis 7.0.15, jemalloc, x86-64 Linux,
-//! 2 cores, 2025-06, key names `tt:{tenant-42}:<kind>:api_calls`; test
-//! `memory_usage_per_key` in `tests/store_redis.rs` prints them):
+//! Measured with `MEMORY USAGE key SAMPLES 0` on Redis 7.0.15 (jemalloc
+//! 5.3.0, default configuration) on an x86-64 Linux VM with 2 AMD EPYC cores,
+//! 2026-11-23, key names like `tt:{tenant-42}:sw:api_calls` (the test
+//! `memory_usage_per_key` in `tests/store_redis.rs` prints these figures):
 //!
-//! | key | bytes |
-//! |---|---|
-//! | sliding window (hash, 3 fields) | 104 |
-//! | sliding log, 1 entry / 100 entries / 1000 entries | 128 / 1 424 / 61 592 |
-//! | sliding log sequence (string) | 72 |
-//! | calendar (hash, 2 fields) | 88 |
-//! | concurrency, 1 lease / 100 leases | 144 / 3 720 |
-//! | gauge (string) | 64 |
+//! | key | 1 entry | 100 entries | 1 000 entries |
+//! |---|---|---|---|
+//! | sliding window (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | sliding log (sorted set) | 104 B | 1 864 B | 94 320 B |
+//! | sliding log sequence (string) | 72 B | 72 B | 72 B |
+//! | calendar (hash, 2 fields) | 104 B | 104 B | 104 B |
+//! | concurrency (sorted set of leases) | 120 B | 3 656 B | 117 888 B |
+//! | gauge (string) | 72 B | 72 B | 72 B |
 //!
-//! A sorted set stays a compact listpack up to 128 members
-//! (`zset-max-listpack-entries`); beyond that it becomes a skip list of
-//! roughly 60 bytes per entry.
+//! ("entries" are admitted requests in the window, or leases held.) A
+//! sorted set stays a compact listpack (about 18 B per sliding-log entry, 35 B
+//! per lease) up to `zset-max-listpack-entries` members (128 by default);
+//! beyond that Redis converts it to a skip list of roughly 95 B per entry
+//! (sliding log) or 118 B per lease. Sliding logs with large limits cost
+//! accordingly: prefer the sliding window (104 B whatever the limit) unless
+//! exactness matters, or raise `zset-max-listpack-entries`.
 //!
 //! # Atomicity and retries
 //!
