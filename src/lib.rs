@@ -72,7 +72,7 @@ pub use plan::{
 pub use resolve::AllowedTenants;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{FailurePolicy, ResilientStore};
+pub use store::{FailurePolicy, MemoryStore, ResilientStore};
 pub use tenant::{Tenant, TenantId, TenantIdRules, TenantStatus};
 
 /// The tenant of the current request, inserted into the request extensions

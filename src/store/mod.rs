@@ -48,9 +48,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) mod calendar;
 mod clock;
+mod memory;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 use crate::future::MaybeReady;
 use crate::plan::Period;

@@ -1,0 +1,1135 @@
+//! [`MemoryStore`]: the in-process [`CounterStore`].
+//!
+//! It implements every algorithm of the [store semantics](crate::store)
+//! synchronously: each call answers with [`MaybeReady::ready`], takes one
+//! mutex, and allocates only the returned `Vec<Decision>` (plus the state of
+//! a counter the first time it is consumed).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_tenancy::store::{Algorithm, Check, CounterStore};
+//! use tower_tenancy::{MemoryStore, TenantId};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let acme: TenantId = "acme".parse().unwrap();
+//! let per_minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+//! let checks = [Check::new("api_calls", per_minute, 2, 1)];
+//!
+//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+//! let third = store.admit(&acme, &checks).await.unwrap();
+//! assert!(!third.allowed());
+//! assert!(third.decisions[0].retry_after.is_some());
+//! # });
+//! ```
+//!
+//! # Layout
+//!
+//! Counters live in `N` shards (by default the next power of two of four
+//! times the number of cores), each a [`parking_lot::Mutex`] over one hash
+//! map per algorithm. The shard is chosen by a hash of the tenant, so every
+//! counter of a tenant lives in the same shard: a batch is atomic under one
+//! lock, and tenants in different shards never contend. Concurrency counters
+//! are `Arc<AtomicU64>`s: a [`Lease`] releases its units without taking any
+//! lock.
+//!
+//! A counter is keyed by (tenant, algorithm kind, policy name); the key holds
+//! clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
+//! nothing of its own. Memory per key, counting the hash map's buckets
+//! (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
+//! between 7/16 and 7/8):
+//!
+//! | algorithm | bytes per bucket | heap besides the map |
+//! |---|---|---|
+//! | sliding window | 57 | — |
+//! | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
+//! | calendar | 57 | — |
+//! | concurrency | 41 | 24-byte `Arc` |
+//! | gauge | 41 | — |
+//!
+//! That is 65 bytes per active sliding-window key when a table is full and
+//! 130 right after it has doubled; 100 000 keys measured 75 bytes per key
+//! (the `bytes_per_sliding_window_key` unit test).
+//!
+//! # Eviction
+//!
+//! A counter whose state has fully expired is equivalent to no counter, so it
+//! may be dropped: a sliding window two windows after its last use, a sliding
+//! log once its last entry left the window, a calendar counter once its
+//! period is over, a concurrency counter at zero with no lease alive, a gauge
+//! at zero. Each shard sweeps itself after `max(sweep_every, keys in the
+//! shard)` calls (so the cost is amortized to at most one key examined per
+//! call) and shrinks its tables when they are less than a quarter full.
+//! [`MemoryStore::evict_idle`] sweeps every shard at once.
+//!
+//! # Time
+//!
+//! The store reads [`Clock::now_ms`] once per call. If the clock steps back,
+//! counters keep the state of the later time (they never forget admissions).
+//! Windows are whole milliseconds: a window shorter than 1 ms counts as 1 ms.
+//! Concurrency leases are released by dropping them; `lease_ttl` is only
+//! used by shared stores (a process that crashes loses its memory store too).
+//!
+//! # Accuracy
+//!
+//! The sliding window counter assumes the requests of the previous fixed
+//! window were spread evenly; the sliding log is exact. `examples/accuracy.rs`
+//! replays request traces through both (limit 100 per 60 s window, one hour
+//! of simulated time, ManualClock, deterministic xorshift PRNG) and compares
+//! their decisions request by request, the log's being the truth. Two
+//! methods:
+//!
+//! * **independent**: each store sees the same arrivals and keeps its own
+//!   state; a request is *wrongly admitted* when the window admits and the
+//!   log rejects, *wrongly rejected* the other way round (shares of all
+//!   requests). The two states diverge after the first disagreement, so this
+//!   compares two limiters as a client would experience them.
+//! * **shadow**: an exact log is fed only the requests the window admitted,
+//!   and judges each request against that same history: *over-admitted* =
+//!   the window admitted although its own history already held `limit`
+//!   units in the last 60 s (the limit was really exceeded), *under-admitted*
+//!   = the window rejected a request that would have fit.
+//!
+//! `cargo run --release --example accuracy` on 2026-11-23 (2 cores; the
+//! example is deterministic, so the figures do not depend on the machine):
+//!
+//! ```text
+//! ACCURACY_TABLE
+//! ```
+//!
+//! In short: the window counter errs rarely, and its errors are biased
+//! towards rejecting (it never lets a steady client exceed the limit by more
+//! than the rounding of `prev`), but a burst right after a quiet window
+//! boundary can briefly admit more than the limit in a true 60 s span. Use
+//! [`Algorithm::SlidingLog`] where that matters.
+
+use std::borrow::{Borrow, BorrowMut};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::calendar::period_bounds;
+use super::{
+    Admission, Algorithm, Check, Clock, CounterStore, Decision, Lease, StoreResult, SystemClock,
+};
+use crate::future::MaybeReady;
+use crate::plan::Period;
+use crate::tenant::TenantId;
+
+/// Default minimum number of calls between two sweeps of a shard.
+const DEFAULT_SWEEP_EVERY: u64 = 1024;
+/// Most shards a store may have.
+const MAX_SHARDS: usize = 4096;
+/// `retry_after` of a denied concurrency check.
+const CONCURRENCY_RETRY_MS: u64 = 1_000;
+
+/// An in-memory, sharded [`CounterStore`] for one process.
+///
+/// See the [module documentation](self) for the layout, memory use, eviction
+/// and the accuracy of the sliding window counter.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_tenancy::store::{Algorithm, Check, CounterStore, ManualClock};
+/// use tower_tenancy::{MemoryStore, Period, TenantId};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let clock = Arc::new(ManualClock::new(1_795_392_000_000)); // 2026-11-23T00:00:00Z
+/// let store = MemoryStore::with_clock(clock.clone());
+/// let acme: TenantId = "acme".parse().unwrap();
+/// let daily = [Check::new("executions", Algorithm::Calendar { period: Period::Day }, 1, 1)];
+///
+/// assert!(store.admit(&acme, &daily).await.unwrap().allowed());
+/// let denied = store.admit(&acme, &daily).await.unwrap();
+/// assert_eq!(denied.decisions[0].retry_after.unwrap().as_secs(), 86_400);
+/// clock.advance_ms(86_400_000); // the next day
+/// assert!(store.admit(&acme, &daily).await.unwrap().allowed());
+/// # });
+/// ```
+pub struct MemoryStore {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    sweep_every: u64,
+}
+
+/// Builds a [`MemoryStore`] with non-default options.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_tenancy::store::ManualClock;
+/// use tower_tenancy::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .shards(16)
+///     .clock(Arc::new(ManualClock::new(0)))
+///     .sweep_every(10_000)
+///     .build();
+/// assert!(store.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct MemoryStoreBuilder {
+    shards: Option<usize>,
+    clock: Arc<dyn Clock>,
+    sweep_every: u64,
+}
+
+impl MemoryStoreBuilder {
+    /// The number of shards, rounded up to a power of two (at most 4096).
+    /// Default: the next power of two of 4 × the available parallelism.
+    /// More shards mean less contention between tenants and a little more
+    /// fixed memory (a few hundred bytes per shard).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The time source. Default: [`SystemClock`]. Tests use a
+    /// [`ManualClock`](crate::store::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The minimum number of calls a shard serves between two sweeps for
+    /// idle counters (the actual interval is the larger of this and the
+    /// number of counters in the shard). `0` disables automatic sweeps;
+    /// [`MemoryStore::evict_idle`] still works. Default: 1024.
+    pub fn sweep_every(mut self, calls: u64) -> Self {
+        self.sweep_every = calls;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        let shards = self
+            .shards
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cores.saturating_mul(4)
+            })
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
+        MemoryStore {
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            hasher: RandomState::new(),
+            clock: self.clock,
+            sweep_every: self.sweep_every,
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("shards", &self.shards)
+            .field("sweep_every", &self.sweep_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store with the default options and the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A store with the default options and the given clock.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_tenancy::store::ManualClock;
+    /// use tower_tenancy::MemoryStore;
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let store = MemoryStore::with_clock(clock.clone());
+    /// # let _ = store;
+    /// ```
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::builder().clock(clock).build()
+    }
+
+    /// A builder for the options: shards, clock, sweep interval.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            shards: None,
+            clock: Arc::new(SystemClock),
+            sweep_every: DEFAULT_SWEEP_EVERY,
+        }
+    }
+
+    /// The number of counters held (every algorithm, every tenant),
+    /// including idle ones not yet evicted.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
+    }
+
+    /// Whether no counter is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every counter whose state has fully expired (see
+    /// [Eviction](self#eviction)) and returns how many were removed.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::{Algorithm, Check, CounterStore, ManualClock};
+    /// use tower_tenancy::{MemoryStore, TenantId};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let store = MemoryStore::with_clock(clock.clone());
+    /// let window = Algorithm::SlidingWindow { window: Duration::from_secs(1) };
+    /// let acme: TenantId = "acme".parse().unwrap();
+    /// store.admit(&acme, &[Check::new("calls", window, 10, 1)]).await.unwrap();
+    /// assert_eq!(store.len(), 1);
+    /// clock.advance_ms(2_000); // two windows later
+    /// assert_eq!(store.evict_idle(), 1);
+    /// assert!(store.is_empty());
+    /// # });
+    /// ```
+    pub fn evict_idle(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut tables = s.0.lock();
+                tables.calls = 0;
+                tables.sweep(now)
+            })
+            .sum()
+    }
+
+    fn shard(&self, tenant: &TenantId) -> &Shard {
+        // `shards.len()` is a power of two.
+        let index = self.hasher.hash_one(tenant.as_str()) as usize & (self.shards.len() - 1);
+        &self.shards[index]
+    }
+
+    /// Counts a call on a shard and sweeps it when due.
+    fn after_call(&self, tables: &mut Tables, now: u64) {
+        tables.calls = tables.calls.saturating_add(1);
+        if self.sweep_every > 0 && tables.calls >= self.sweep_every.max(tables.len() as u64) {
+            tables.calls = 0;
+            tables.sweep(now);
+        }
+    }
+
+    fn run(&self, tenant: &TenantId, checks: &[Check], commit: bool) -> Admission {
+        let now = self.clock.now_ms();
+        let mut tables = self.shard(tenant).0.lock();
+        let tables = &mut *tables;
+        let mut leases = Leases::default();
+        let decisions = if let [check] = checks {
+            // One check: one lookup.
+            vec![tables.single(tenant, check, now, commit, &mut leases)]
+        } else {
+            let mut decisions: Vec<Decision> = checks
+                .iter()
+                .map(|check| tables.check(tenant, check, now))
+                .collect();
+            if decisions.iter().all(|d| d.allowed) {
+                for (decision, check) in decisions.iter_mut().zip(checks) {
+                    if commit {
+                        tables.consume(tenant, check, now, &mut leases);
+                    }
+                    admitted(decision, check);
+                }
+            }
+            decisions
+        };
+        self.after_call(tables, now);
+        Admission {
+            decisions,
+            lease: leases.into_lease(),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("sweep_every", &self.sweep_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CounterStore for MemoryStore {
+    fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
+        MaybeReady::ready(Ok(self.run(tenant, checks, true)))
+    }
+
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+        MaybeReady::ready(Ok(self.run(tenant, checks, false).decisions))
+    }
+
+    fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
+        let now = self.clock.now_ms();
+        let mut tables = self.shard(tenant).0.lock();
+        let view: &dyn KeyView = &(tenant.as_str(), policy);
+        let level = match tables.gauges.get_mut(view) {
+            Some(gauge) => {
+                gauge.0 = moved(gauge.0, delta);
+                let level = gauge.0;
+                if level == 0 {
+                    tables.gauges.remove(view);
+                }
+                level
+            }
+            None => {
+                let level = moved(0, delta);
+                if level > 0 {
+                    let key = Key {
+                        tenant: tenant.clone(),
+                        policy: Arc::from(policy),
+                    };
+                    tables.gauges.insert(key, Gauge(level));
+                }
+                level
+            }
+        };
+        self.after_call(&mut tables, now);
+        MaybeReady::ready(Ok(level))
+    }
+}
+
+fn moved(level: u64, delta: i64) -> u64 {
+    if delta >= 0 {
+        level.saturating_add(delta.unsigned_abs())
+    } else {
+        level.saturating_sub(delta.unsigned_abs())
+    }
+}
+
+/// The leases taken by one call, without allocating for the usual zero or one.
+#[derive(Default)]
+struct Leases {
+    first: Option<Lease>,
+    more: Vec<Lease>,
+}
+
+impl Leases {
+    fn push(&mut self, lease: Lease) {
+        if self.first.is_none() {
+            self.first = Some(lease);
+        } else {
+            self.more.push(lease);
+        }
+    }
+
+    fn into_lease(self) -> Option<Lease> {
+        match self.first {
+            None => None,
+            Some(first) if self.more.is_empty() => Some(first),
+            Some(first) => {
+                let mut all = self.more;
+                all.push(first);
+                Lease::many(all)
+            }
+        }
+    }
+}
+
+/// Cache-line aligned so that two shards' locks never share a line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<Tables>);
+
+/// The counters of one shard, one map per algorithm kind.
+#[derive(Default)]
+struct Tables {
+    windows: HashMap<Key, WindowState>,
+    /// Per sliding-window policy, the longest window it was used with: the
+    /// sweep needs it and the 24-byte window state does not keep it.
+    window_lengths: HashMap<Arc<str>, u64>,
+    logs: HashMap<Key, Box<LogState>>,
+    calendars: HashMap<Key, CalendarState>,
+    concurrency: HashMap<Key, Inflight>,
+    gauges: HashMap<Key, Gauge>,
+    /// Calls since the last sweep.
+    calls: u64,
+}
+
+impl Tables {
+    fn len(&self) -> usize {
+        self.windows.len()
+            + self.logs.len()
+            + self.calendars.len()
+            + self.concurrency.len()
+            + self.gauges.len()
+    }
+
+    /// The decision for `check` as if the batch were denied (nothing consumed).
+    fn check(&mut self, tenant: &TenantId, check: &Check, now: u64) -> Decision {
+        match check.algorithm {
+            Algorithm::SlidingWindow { window } => {
+                evaluate(&mut self.windows, tenant, check, window_ms(window), now)
+            }
+            Algorithm::SlidingLog { window } => {
+                evaluate::<LogState, _>(&mut self.logs, tenant, check, window_ms(window), now)
+            }
+            Algorithm::Calendar { period } => {
+                evaluate(&mut self.calendars, tenant, check, period, now)
+            }
+            Algorithm::Concurrency { .. } => {
+                evaluate(&mut self.concurrency, tenant, check, (), now)
+            }
+            Algorithm::Gauge => evaluate(&mut self.gauges, tenant, check, (), now),
+        }
+    }
+
+    /// Consumes `check.cost` (the batch was admitted).
+    fn consume(&mut self, tenant: &TenantId, check: &Check, now: u64, leases: &mut Leases) {
+        match check.algorithm {
+            Algorithm::SlidingWindow { window } => {
+                let w = window_ms(window);
+                if consume(&mut self.windows, tenant, check, w, now, leases) {
+                    note_window(&mut self.window_lengths, &check.policy, w);
+                }
+            }
+            Algorithm::SlidingLog { window } => {
+                consume::<LogState, _>(
+                    &mut self.logs,
+                    tenant,
+                    check,
+                    window_ms(window),
+                    now,
+                    leases,
+                );
+            }
+            Algorithm::Calendar { period } => {
+                consume(&mut self.calendars, tenant, check, period, now, leases);
+            }
+            Algorithm::Concurrency { .. } => {
+                consume(&mut self.concurrency, tenant, check, (), now, leases);
+            }
+            Algorithm::Gauge => {
+                consume(&mut self.gauges, tenant, check, (), now, leases);
+            }
+        }
+    }
+
+    /// A batch of one check: evaluate and, when allowed and `commit`, consume.
+    fn single(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        now: u64,
+        commit: bool,
+        leases: &mut Leases,
+    ) -> Decision {
+        match check.algorithm {
+            Algorithm::SlidingWindow { window } => {
+                let w = window_ms(window);
+                let (decision, inserted) =
+                    single(&mut self.windows, tenant, check, w, now, commit, leases);
+                if inserted {
+                    note_window(&mut self.window_lengths, &check.policy, w);
+                }
+                decision
+            }
+            Algorithm::SlidingLog { window } => {
+                let w = window_ms(window);
+                single::<LogState, _>(&mut self.logs, tenant, check, w, now, commit, leases).0
+            }
+            Algorithm::Calendar { period } => {
+                single(
+                    &mut self.calendars,
+                    tenant,
+                    check,
+                    period,
+                    now,
+                    commit,
+                    leases,
+                )
+                .0
+            }
+            Algorithm::Concurrency { .. } => {
+                single(
+                    &mut self.concurrency,
+                    tenant,
+                    check,
+                    (),
+                    now,
+                    commit,
+                    leases,
+                )
+                .0
+            }
+            Algorithm::Gauge => single(&mut self.gauges, tenant, check, (), now, commit, leases).0,
+        }
+    }
+
+    /// Removes the counters whose state has fully expired; returns how many.
+    fn sweep(&mut self, now: u64) -> usize {
+        let before = self.len();
+        let lengths = &self.window_lengths;
+        self.windows.retain(|key, state| {
+            lengths
+                .get(&*key.policy)
+                .is_none_or(|&w| !state.idle(now, w))
+        });
+        self.logs.retain(|_, log| {
+            log.expire(now);
+            log.shrink();
+            !log.entries.is_empty()
+        });
+        self.calendars.retain(|_, state| !state.idle(now));
+        self.concurrency.retain(|_, inflight| !inflight.idle());
+        self.gauges.retain(|_, gauge| gauge.0 != 0);
+        shrink(&mut self.windows);
+        shrink(&mut self.logs);
+        shrink(&mut self.calendars);
+        shrink(&mut self.concurrency);
+        shrink(&mut self.gauges);
+        before - self.len()
+    }
+}
+
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+fn note_window(lengths: &mut HashMap<Arc<str>, u64>, policy: &Arc<str>, w: u64) {
+    match lengths.get_mut(&**policy) {
+        Some(longest) => *longest = (*longest).max(w),
+        None => {
+            lengths.insert(policy.clone(), w);
+        }
+    }
+}
+
+/// A window in whole milliseconds, at least 1.
+fn window_ms(window: Duration) -> u64 {
+    u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+// ---------------------------------------------------------------------------
+// Keys: (tenant, policy) within the map of one algorithm kind. Lookups borrow
+// the key as `dyn KeyView` so that they need no `Arc` clone.
+
+struct Key {
+    tenant: TenantId,
+    policy: Arc<str>,
+}
+
+trait KeyView {
+    fn tenant(&self) -> &str;
+    fn policy(&self) -> &str;
+}
+
+impl KeyView for Key {
+    fn tenant(&self) -> &str {
+        self.tenant.as_str()
+    }
+    fn policy(&self) -> &str {
+        &self.policy
+    }
+}
+
+impl KeyView for (&str, &str) {
+    fn tenant(&self) -> &str {
+        self.0
+    }
+    fn policy(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> Borrow<dyn KeyView + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyView + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.tenant().hash(state);
+        self.policy().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.tenant() == other.tenant() && self.policy() == other.policy()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyView).hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyView) == (other as &dyn KeyView)
+    }
+}
+
+impl Eq for Key {}
+
+// ---------------------------------------------------------------------------
+// Algorithms.
+
+/// The state of one counter of one algorithm kind.
+trait Counter: Sized {
+    /// What the check says besides limit and cost (window, period).
+    type Ctx: Copy;
+
+    /// The state of a counter never consumed (must not allocate).
+    fn empty(now: u64, ctx: Self::Ctx) -> Self;
+
+    /// Brings the state to `now` (rolls windows, expires entries); does not
+    /// change what it counts at `now`.
+    fn normalize(&mut self, now: u64, ctx: Self::Ctx);
+
+    /// The decision at `now` before consumption.
+    fn eval(&self, now: u64, ctx: Self::Ctx, check: &Check) -> Decision;
+
+    /// The decision for a counter that does not exist yet.
+    fn eval_missing(now: u64, ctx: Self::Ctx, check: &Check) -> Decision {
+        Self::empty(now, ctx).eval(now, ctx, check)
+    }
+
+    /// Adds `cost` (> 0) at `now` (the state is normalized).
+    fn consume(&mut self, now: u64, cost: u64) -> Option<Lease>;
+}
+
+/// Whether `used + cost <= limit`, without overflow.
+fn fits(used: u64, cost: u64, limit: u64) -> bool {
+    used.checked_add(cost).is_some_and(|total| total <= limit)
+}
+
+/// A decision before consumption: `retry_ms` is only called on denial when
+/// `cost <= limit`, i.e. when `used > limit - cost`.
+fn decision(
+    check: &Check,
+    used: u64,
+    reset_ms: u64,
+    retry_ms: impl FnOnce() -> Option<u64>,
+) -> Decision {
+    let allowed = fits(used, check.cost, check.limit);
+    let retry_after = if allowed || check.cost > check.limit {
+        None
+    } else {
+        retry_ms().map(Duration::from_millis)
+    };
+    Decision {
+        allowed,
+        limit: check.limit,
+        used,
+        remaining: check.limit.saturating_sub(used),
+        reset: Duration::from_millis(reset_ms),
+        retry_after,
+    }
+}
+
+/// Turns a before-consumption decision into the admitted one.
+fn admitted(decision: &mut Decision, check: &Check) {
+    if let Algorithm::SlidingLog { window } = check.algorithm {
+        // The entry just added becomes the oldest one of an empty log.
+        if decision.used == 0 && check.cost > 0 {
+            decision.reset = Duration::from_millis(window_ms(window));
+        }
+    }
+    decision.used = decision.used.saturating_add(check.cost);
+    decision.remaining = check.limit.saturating_sub(decision.used);
+}
+
+fn view<'a>(tenant: &'a TenantId, check: &'a Check) -> (&'a str, &'a str) {
+    (tenant.as_str(), &check.policy)
+}
+
+fn evaluate<S: Counter, V: BorrowMut<S>>(
+    map: &mut HashMap<Key, V>,
+    tenant: &TenantId,
+    check: &Check,
+    ctx: S::Ctx,
+    now: u64,
+) -> Decision {
+    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+        Some(state) => {
+            let state = state.borrow_mut();
+            state.normalize(now, ctx);
+            state.eval(now, ctx, check)
+        }
+        None => S::eval_missing(now, ctx, check),
+    }
+}
+
+/// Consumes `check.cost`; returns whether a counter was created.
+fn consume<S: Counter, V: BorrowMut<S> + From<S>>(
+    map: &mut HashMap<Key, V>,
+    tenant: &TenantId,
+    check: &Check,
+    ctx: S::Ctx,
+    now: u64,
+    leases: &mut Leases,
+) -> bool {
+    if check.cost == 0 {
+        return false;
+    }
+    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+        Some(state) => {
+            if let Some(lease) = state.borrow_mut().consume(now, check.cost) {
+                leases.push(lease);
+            }
+            false
+        }
+        None => {
+            insert_consumed::<S, V>(map, tenant, check, ctx, now, leases);
+            true
+        }
+    }
+}
+
+fn insert_consumed<S: Counter, V: BorrowMut<S> + From<S>>(
+    map: &mut HashMap<Key, V>,
+    tenant: &TenantId,
+    check: &Check,
+    ctx: S::Ctx,
+    now: u64,
+    leases: &mut Leases,
+) {
+    let mut state = S::empty(now, ctx);
+    if let Some(lease) = state.consume(now, check.cost) {
+        leases.push(lease);
+    }
+    let key = Key {
+        tenant: tenant.clone(),
+        policy: check.policy.clone(),
+    };
+    map.insert(key, V::from(state));
+}
+
+/// Evaluates one check and consumes it when allowed and `commit`, with one
+/// lookup; returns the decision and whether a counter was created.
+fn single<S: Counter, V: BorrowMut<S> + From<S>>(
+    map: &mut HashMap<Key, V>,
+    tenant: &TenantId,
+    check: &Check,
+    ctx: S::Ctx,
+    now: u64,
+    commit: bool,
+    leases: &mut Leases,
+) -> (Decision, bool) {
+    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+        Some(state) => {
+            let state = state.borrow_mut();
+            state.normalize(now, ctx);
+            let mut decision = state.eval(now, ctx, check);
+            if decision.allowed {
+                if commit && check.cost > 0 {
+                    if let Some(lease) = state.consume(now, check.cost) {
+                        leases.push(lease);
+                    }
+                }
+                admitted(&mut decision, check);
+            }
+            (decision, false)
+        }
+        None => {
+            let mut decision = S::eval_missing(now, ctx, check);
+            let mut inserted = false;
+            if decision.allowed {
+                if commit && check.cost > 0 {
+                    insert_consumed::<S, V>(map, tenant, check, ctx, now, leases);
+                    inserted = true;
+                }
+                admitted(&mut decision, check);
+            }
+            (decision, inserted)
+        }
+    }
+}
+
+/// Sliding window counter: the counts of the current fixed window (starting
+/// at `start`, a multiple of the window) and of the one before.
+struct WindowState {
+    start: u64,
+    curr: u64,
+    prev: u64,
+}
+
+impl WindowState {
+    /// Both windows are over: the state counts nothing any more.
+    fn idle(&self, now: u64, longest_window: u64) -> bool {
+        now >= self.start.saturating_add(longest_window.saturating_mul(2))
+            || (self.curr == 0 && self.prev == 0)
+    }
+}
+
+impl Counter for WindowState {
+    type Ctx = u64;
+
+    fn empty(now: u64, w: u64) -> Self {
+        Self {
+            start: now - now % w,
+            curr: 0,
+            prev: 0,
+        }
+    }
+
+    fn normalize(&mut self, now: u64, w: u64) {
+        let start = now - now % w;
+        if self.start < start {
+            self.prev = if self.start.checked_add(w) == Some(start) {
+                self.curr
+            } else {
+                0
+            };
+            self.curr = 0;
+            self.start = start;
+        }
+        // `self.start > start`: the clock stepped back; keep the later state.
+    }
+
+    fn eval(&self, now: u64, w: u64, check: &Check) -> Decision {
+        let elapsed = now % w;
+        let (curr, prev) = (self.curr, self.prev);
+        let used = curr.saturating_add(mul_div_floor(prev, w - elapsed, w));
+        decision(check, used, w - elapsed, || {
+            let (limit, cost) = (check.limit, check.cost);
+            match (limit - cost).checked_sub(curr) {
+                // `curr + cost <= limit`: wait until enough of `prev` has faded.
+                Some(room) => {
+                    let e = mul_div_ceil(prev.saturating_sub(room), w, prev);
+                    Some(e.saturating_sub(elapsed))
+                }
+                // Wait into the next window, where `prev' = curr`.
+                None => {
+                    let e = mul_div_ceil(curr - (limit - cost), w, curr);
+                    Some((w - elapsed).saturating_add(e))
+                }
+            }
+        })
+    }
+
+    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
+        self.curr = self.curr.saturating_add(cost);
+        None
+    }
+}
+
+/// `floor(a * b / c)` without overflow, saturating; 0 when `c == 0`.
+fn mul_div_floor(a: u64, b: u64, c: u64) -> u64 {
+    if c == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX)
+}
+
+/// `ceil(a * b / c)` without overflow, saturating; 0 when `c == 0`.
+fn mul_div_ceil(a: u64, b: u64, c: u64) -> u64 {
+    if c == 0 {
+        return 0;
+    }
+    let c = u128::from(c);
+    u64::try_from((u128::from(a) * u128::from(b)).div_ceil(c)).unwrap_or(u64::MAX)
+}
+
+/// Sliding log: `(t, cumulative units)` per distinct admitted millisecond,
+/// oldest first. `base` is the cumulative count of the entries already
+/// expired, so `used = last.cum - base` and the units freed by the expiry of
+/// entry `k` are `cum_k - base` (a binary search finds the retry time).
+/// Cumulative counts wrap; differences stay exact because the units in the
+/// window never exceed `u64::MAX`.
+struct LogState {
+    /// The window of the last call (for the sweep).
+    window: u64,
+    base: u64,
+    entries: VecDeque<(u64, u64)>,
+}
+
+impl LogState {
+    fn used(&self) -> u64 {
+        self.entries
+            .back()
+            .map_or(0, |&(_, cum)| cum.wrapping_sub(self.base))
+    }
+
+    fn expire(&mut self, now: u64) {
+        while let Some(&(t, cum)) = self.entries.front() {
+            if t.saturating_add(self.window) > now {
+                break;
+            }
+            self.base = cum;
+            self.entries.pop_front();
+        }
+    }
+
+    fn shrink(&mut self) {
+        if self.entries.capacity() > 16 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+    }
+}
+
+impl Counter for LogState {
+    type Ctx = u64;
+
+    fn empty(_now: u64, w: u64) -> Self {
+        Self {
+            window: w,
+            base: 0,
+            entries: VecDeque::new(),
+        }
+    }
+
+    fn normalize(&mut self, now: u64, w: u64) {
+        self.window = w;
+        self.expire(now);
+    }
+
+    fn eval(&self, now: u64, w: u64, check: &Check) -> Decision {
+        let used = self.used();
+        let expiry = |t: u64| t.saturating_add(w).saturating_sub(now);
+        let reset = self.entries.front().map_or(0, |&(t, _)| expiry(t));
+        decision(check, used, reset, || {
+            // The oldest entries expire first; find the first whose expiry
+            // frees `need` units.
+            let need = used.saturating_sub(check.limit - check.cost);
+            let k = self
+                .entries
+                .partition_point(|&(_, cum)| cum.wrapping_sub(self.base) < need);
+            self.entries.get(k).map(|&(t, _)| expiry(t))
+        })
+    }
+
+    fn consume(&mut self, now: u64, cost: u64) -> Option<Lease> {
+        match self.entries.back_mut() {
+            // Same millisecond (or the clock stepped back): merge.
+            Some((t, cum)) if *t >= now => *cum = cum.wrapping_add(cost),
+            Some(&mut (_, cum)) => self.entries.push_back((now, cum.wrapping_add(cost))),
+            None => self.entries.push_back((now, self.base.wrapping_add(cost))),
+        }
+        None
+    }
+}
+
+/// Calendar quota: the count of the period starting at `start`.
+struct CalendarState {
+    start: u64,
+    count: u64,
+    period: Period,
+}
+
+impl CalendarState {
+    fn idle(&self, now: u64) -> bool {
+        now >= period_bounds(self.period, self.start).1
+    }
+}
+
+impl Counter for CalendarState {
+    type Ctx = Period;
+
+    fn empty(now: u64, period: Period) -> Self {
+        Self {
+            start: period_bounds(period, now).0,
+            count: 0,
+            period,
+        }
+    }
+
+    fn normalize(&mut self, now: u64, period: Period) {
+        let start = period_bounds(period, now).0;
+        if self.period != period || self.start < start {
+            *self = Self {
+                start,
+                count: 0,
+                period,
+            };
+        }
+        // `self.start > start`: the clock stepped back; keep the later state.
+    }
+
+    fn eval(&self, now: u64, period: Period, check: &Check) -> Decision {
+        let until_end = period_bounds(period, now).1.saturating_sub(now);
+        decision(check, self.count, until_end, || Some(until_end))
+    }
+
+    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
+        self.count = self.count.saturating_add(cost);
+        None
+    }
+}
+
+/// Concurrency: units held by live leases.
+struct Inflight(Arc<AtomicU64>);
+
+impl Inflight {
+    fn idle(&self) -> bool {
+        // Leases are only created under the shard lock, so with no other
+        // reference none can appear while the sweep holds it.
+        Arc::strong_count(&self.0) == 1 && self.0.load(Ordering::Acquire) == 0
+    }
+}
+
+impl Counter for Inflight {
+    type Ctx = ();
+
+    fn empty(_now: u64, _: ()) -> Self {
+        Self(Arc::new(AtomicU64::new(0)))
+    }
+
+    fn normalize(&mut self, _now: u64, _: ()) {}
+
+    fn eval(&self, _now: u64, _: (), check: &Check) -> Decision {
+        decision(check, self.0.load(Ordering::Acquire), 0, || {
+            Some(CONCURRENCY_RETRY_MS)
+        })
+    }
+
+    fn eval_missing(_now: u64, _: (), check: &Check) -> Decision {
+        decision(check, 0, 0, || Some(CONCURRENCY_RETRY_MS))
+    }
+
+    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
+        // Admitted, so `used + cost <= limit`: no overflow. Releases only
+        // lower the counter, so it stays within the limit.
+        self.0.fetch_add(cost, Ordering::AcqRel);
+        Some(Lease::counter(self.0.clone(), cost))
+    }
+}
+
+/// Gauge: a level moved by admissions and [`CounterStore::adjust`].
+struct Gauge(u64);
+
+impl Counter for Gauge {
+    type Ctx = ();
+
+    fn empty(_now: u64, _: ()) -> Self {
+        Self(0)
+    }
+
+    fn normalize(&mut self, _now: u64, _: ()) {}
+
+    fn eval(&self, _now: u64, _: (), check: &Check) -> Decision {
+        decision(check, self.0, 0, || None)
+    }
+
+    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
+        self.0 = self.0.saturating_add(cost);
+        None
+    }
+}
