@@ -5,13 +5,12 @@
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis_server::{RedisCluster, RedisServer};
 use tower_tenancy::store::{
-    Algorithm, Check, Clock, CounterStore, Decision, ManualClock, RedisStore, StoreError,
+    Algorithm, Check, Clock, CounterStore, Lease, ManualClock, MemoryStore, RedisStore, StoreError,
 };
 use tower_tenancy::{Period, TenantId};
 
@@ -130,199 +129,16 @@ impl Lcg {
 }
 
 // ---------------------------------------------------------------------------
-// A reference model written from the semantics in `tower_tenancy::store`.
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m)
-}
-
-fn period_bounds(now: u64, period: Period) -> (u64, u64) {
-    const H: u64 = 3_600_000;
-    const D: u64 = 86_400_000;
-    match period {
-        Period::Hour => (now - now % H, now - now % H + H),
-        Period::Day => (now - now % D, now - now % D + D),
-        Period::Week => {
-            let days = now / D;
-            let monday = days - (days + 3) % 7;
-            (monday * D, (monday + 7) * D)
-        }
-        Period::Month => {
-            let (y, m) = civil_from_days((now / D) as i64);
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            (
-                days_from_civil(y, m, 1) as u64 * D,
-                days_from_civil(ny, nm, 1) as u64 * D,
-            )
-        }
-    }
-}
-
-#[derive(Default)]
-struct Model {
-    sw: HashMap<String, (u64, u64, u64)>,
-    sl: HashMap<String, Vec<(u64, u64)>>,
-    cal: HashMap<String, (u64, u64)>,
-    gauge: HashMap<String, u64>,
-}
-
-impl Model {
-    fn run(&mut self, checks: &[Check], now: u64, admit: bool) -> Vec<Decision> {
-        let used: Vec<u64> = checks
-            .iter()
-            .map(|c| {
-                let p = c.policy.to_string();
-                match c.algorithm {
-                    Algorithm::SlidingWindow { window } => {
-                        let w = window.as_millis() as u64;
-                        let (curr, prev) = self.sw_counts(&p, now, w);
-                        let start = now - now % w;
-                        curr + prev * (w - (now - start)) / w
-                    }
-                    Algorithm::SlidingLog { window } => {
-                        let w = window.as_millis() as u64;
-                        self.sl
-                            .get(&p)
-                            .map(|e| e.iter().filter(|(t, _)| *t + w > now).map(|x| x.1).sum())
-                            .unwrap_or(0)
-                    }
-                    Algorithm::Calendar { period } => {
-                        let (start, _) = period_bounds(now, period);
-                        match self.cal.get(&p) {
-                            Some(&(s, count)) if s == start => count,
-                            _ => 0,
-                        }
-                    }
-                    Algorithm::Gauge => self.gauge.get(&p).copied().unwrap_or(0),
-                    Algorithm::Concurrency { .. } => unimplemented!("not modelled"),
-                }
-            })
-            .collect();
-        let allowed: Vec<bool> = checks
-            .iter()
-            .zip(&used)
-            .map(|(c, u)| u + c.cost <= c.limit)
-            .collect();
-        let admitted = admit && allowed.iter().all(|a| *a);
-        let mut out = Vec::new();
-        for ((c, &u), &ok) in checks.iter().zip(&used).zip(&allowed) {
-            let p = c.policy.to_string();
-            let (limit, cost) = (c.limit, c.cost);
-            let denied_retry = !ok && cost <= limit;
-            let (reset, retry) = match c.algorithm {
-                Algorithm::SlidingWindow { window } => {
-                    let w = window.as_millis() as u64;
-                    let start = now - now % w;
-                    let elapsed = now - start;
-                    let (curr, prev) = self.sw_counts(&p, now, w);
-                    let retry = denied_retry.then(|| {
-                        if curr + cost <= limit {
-                            let e = ((prev - (limit - cost - curr)) * w).div_ceil(prev);
-                            e - elapsed
-                        } else {
-                            let e = ((curr - (limit - cost)) * w).div_ceil(curr);
-                            start + w - now + e
-                        }
-                    });
-                    if admitted {
-                        self.sw.insert(p.clone(), (start, curr + cost, prev));
-                    }
-                    (start + w - now, retry)
-                }
-                Algorithm::SlidingLog { window } => {
-                    let w = window.as_millis() as u64;
-                    let entries = self.sl.entry(p.clone()).or_default();
-                    entries.retain(|(t, _)| *t + w > now);
-                    entries.sort();
-                    let retry = denied_retry.then(|| {
-                        let need = u - (limit - cost);
-                        let mut freed = 0;
-                        for (t, units) in entries.iter() {
-                            freed += units;
-                            if freed >= need {
-                                return t + w - now;
-                            }
-                        }
-                        unreachable!()
-                    });
-                    if admitted {
-                        entries.push((now, cost));
-                        entries.sort();
-                    }
-                    let reset = entries.first().map_or(0, |(t, _)| t + w - now);
-                    (reset, retry)
-                }
-                Algorithm::Calendar { period } => {
-                    let (start, end) = period_bounds(now, period);
-                    if admitted {
-                        self.cal.insert(p.clone(), (start, u + cost));
-                    }
-                    (end - now, denied_retry.then_some(end - now))
-                }
-                Algorithm::Gauge => {
-                    if admitted {
-                        *self.gauge.entry(p.clone()).or_default() += cost;
-                    }
-                    (0, None)
-                }
-                Algorithm::Concurrency { .. } => unreachable!(),
-            };
-            let used = if admitted { u + cost } else { u };
-            out.push(Decision {
-                allowed: ok,
-                limit,
-                used,
-                remaining: limit.saturating_sub(used),
-                reset: Duration::from_millis(reset),
-                retry_after: retry.map(Duration::from_millis),
-            });
-        }
-        out
-    }
-
-    fn sw_counts(&self, p: &str, now: u64, w: u64) -> (u64, u64) {
-        let start = now - now % w;
-        match self.sw.get(p) {
-            Some(&(s, c, prev)) if s == start => (c, prev),
-            Some(&(s, c, _)) if s + w == start => (0, c),
-            _ => (0, 0),
-        }
-    }
-
-    fn adjust(&mut self, p: &str, delta: i64) -> u64 {
-        let level = self.gauge.entry(p.to_owned()).or_default();
-        *level = level.saturating_add_signed(delta);
-        *level
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Scenarios, run against a single server and against the cluster.
 
-/// Random batches against the reference model, with a test clock.
+/// Random batches, identical decisions to the in-memory store under the same
+/// test clock (the in-memory store is the reference implementation of the
+/// semantics in `tower_tenancy::store`).
 async fn differential(target: &Target, t: &str, seed: u64) {
     let clock = Arc::new(ManualClock::new(1_704_067_200_000 - 3_600_000 - 5_000));
-    let store = target.store().await.clock(clock.clone());
+    let redis = target.store().await.clock(clock.clone());
+    let memory = MemoryStore::with_clock(clock.clone());
     let tenant = tenant(t);
-    let mut model = Model::default();
     let mut rng = Lcg(seed);
     let pool = [
         sw("sw_fast", 1_000, 6, 1),
@@ -333,8 +149,11 @@ async fn differential(target: &Target, t: &str, seed: u64) {
         cal("cal_day", Period::Day, 40, 1),
         cal("cal_week", Period::Week, 50, 1),
         cal("cal_month", Period::Month, 60, 1),
+        cc("conc", 3_600_000, 4, 1),
         gauge("gauge", 25, 1),
     ];
+    let conc = [pool[8].clone()];
+    let mut held: Vec<(Lease, Lease)> = Vec::new();
     let (mut allowed, mut denied, mut retries, mut batches_admitted) = (0, 0, 0, 0);
     for step in 0..600 {
         let advance = match rng.below(10) {
@@ -345,11 +164,22 @@ async fn differential(target: &Target, t: &str, seed: u64) {
         };
         clock.advance_ms(advance);
         let now = clock.now_ms();
-        if rng.below(15) == 0 {
-            let delta = rng.below(7) as i64 - 4;
-            let got = store.adjust(&tenant, "gauge", delta).await.unwrap();
-            assert_eq!(got, model.adjust("gauge", delta), "adjust at step {step}");
-            continue;
+        match rng.below(20) {
+            0 => {
+                let delta = rng.below(7) as i64 - 4;
+                let got = redis.adjust(&tenant, "gauge", delta).await.unwrap();
+                let expected = memory.adjust(&tenant, "gauge", delta).await.unwrap();
+                assert_eq!(got, expected, "adjust at step {step}");
+                continue;
+            }
+            1 | 2 if !held.is_empty() => {
+                let i = rng.below(held.len() as u64) as usize;
+                drop(held.swap_remove(i));
+                let expected = level(&memory, &tenant, &conc[0]).await;
+                wait_for_used(&redis, &tenant, &conc, expected).await;
+                continue;
+            }
+            _ => {}
         }
         let n = 1 + rng.below(3) as usize;
         let mut checks = Vec::new();
@@ -361,22 +191,31 @@ async fn differential(target: &Target, t: &str, seed: u64) {
             }
             taken.push(i);
             let mut c = pool[i].clone();
-            c.cost = match rng.below(12) {
+            c.cost = match rng.below(14) {
                 0 => c.limit + 1,
-                1..=3 => 2,
-                4 => 3,
+                1 => 0,
+                2..=4 => 2,
+                5 => 3,
                 _ => 1,
             };
             checks.push(c);
         }
         let admit = rng.below(5) != 0;
-        let expected = model.run(&checks, now, admit);
-        let got = if admit {
-            let a = store.admit(&tenant, &checks).await.unwrap();
-            assert_eq!(a.allowed(), expected.iter().all(|d| d.allowed));
-            a.decisions
+        let (got, expected) = if admit {
+            let a = redis.admit(&tenant, &checks).await.unwrap();
+            let b = memory.admit(&tenant, &checks).await.unwrap();
+            assert_eq!(a.allowed(), b.allowed());
+            assert_eq!(a.lease.is_some(), b.lease.is_some(), "lease at step {step}");
+            let decisions = (a.decisions, b.decisions);
+            if let (Some(x), Some(y)) = (a.lease, b.lease) {
+                held.push((x, y));
+            }
+            decisions
         } else {
-            store.peek(&tenant, &checks).await.unwrap()
+            (
+                redis.peek(&tenant, &checks).await.unwrap(),
+                memory.peek(&tenant, &checks).await.unwrap(),
+            )
         };
         assert_eq!(
             got, expected,
@@ -392,7 +231,10 @@ async fn differential(target: &Target, t: &str, seed: u64) {
         }
         batches_admitted += usize::from(admit && got.iter().all(|d| d.allowed));
     }
-    println!("differential {t}: {allowed} allowed, {denied} denied, {retries} with retry, {batches_admitted} batches admitted");
+    println!(
+        "differential {t}: {allowed} allowed, {denied} denied, {retries} with retry, \
+         {batches_admitted} batches admitted"
+    );
     assert!(allowed > 100 && denied > 100 && retries > 50 && batches_admitted > 50);
 }
 
@@ -401,6 +243,7 @@ async fn differential(target: &Target, t: &str, seed: u64) {
 async fn calendar_boundaries(target: &Target, t: &str) {
     let clock = Arc::new(ManualClock::new(0));
     let store = target.store().await.clock(clock.clone());
+    let memory = MemoryStore::with_clock(clock.clone());
     // (now, period, period start, period end)
     let cases = [
         (1_709_251_199_999, Period::Month, 1_706_745_600_000, 1_709_251_200_000), // 2024-02-29T23:59:59.999
@@ -415,7 +258,6 @@ async fn calendar_boundaries(target: &Target, t: &str) {
         (1_704_277_800_000, Period::Hour, 1_704_276_000_000, 1_704_279_600_000),
     ];
     for (i, &(now, period, start, end)) in cases.iter().enumerate() {
-        assert_eq!(period_bounds(now, period), (start, end), "model, case {i}");
         let tenant = tenant(&format!("{t}-{i}"));
         let check = [cal("quota", period, 3, 1)];
         clock.set_ms(now);
@@ -431,11 +273,17 @@ async fn calendar_boundaries(target: &Target, t: &str) {
             Some(Duration::from_millis(end - now)),
             "case {i}"
         );
-        // Same period at both ends, fresh counts outside.
-        for (at, used) in [(start, 3), (end - 1, 3), (end, 0), (start - 1, 0)] {
+        // Same period at both ends; a clock stepping back keeps the later
+        // period's count (as the memory store); the next period is fresh.
+        for _ in 0..3 {
+            clock.set_ms(now);
+            memory.admit(&tenant, &check).await.unwrap();
+        }
+        for (at, used) in [(start, 3), (end - 1, 3), (start - 1, 3), (end, 0)] {
             clock.set_ms(at);
-            let d = store.peek(&tenant, &check).await.unwrap()[0];
-            assert_eq!(d.used, used, "case {i} at {at}");
+            assert_eq!(level(&store, &tenant, &check[0]).await, used, "case {i} at {at}");
+            let d = store.peek(&tenant, &check).await.unwrap();
+            assert_eq!(d, memory.peek(&tenant, &check).await.unwrap(), "case {i} at {at}");
         }
     }
 }
@@ -460,16 +308,21 @@ async fn all_or_nothing(target: &Target, t: &str) {
         a.decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
         [true, true, true, true, true, false]
     );
+    assert!(a.decisions.iter().all(|d| d.used <= 1), "nothing consumed");
+    // A dry run answers what an admission would, and consumes nothing.
+    let peek = store.peek(&tenant, &batch).await.unwrap();
+    assert_eq!(peek, store.peek(&tenant, &batch).await.unwrap());
+    assert!(peek[..5].iter().all(|d| d.used == 0 && d.allowed), "{peek:?}");
     let peek = store.peek(&tenant, &batch[..5]).await.unwrap();
-    assert!(peek.iter().all(|d| d.used == 0 && d.allowed), "{peek:?}");
+    assert!(peek.iter().all(|d| d.used == 1 && d.allowed), "{peek:?}");
     let a = store.admit(&tenant, &batch[..5]).await.unwrap();
     assert!(a.allowed());
     assert!(a.lease.is_some());
     assert!(a.decisions.iter().all(|d| d.used == 1 && d.remaining == 9));
     let peek = store.peek(&tenant, &batch[..5]).await.unwrap();
-    assert!(peek.iter().all(|d| d.used == 1), "{peek:?}");
+    assert!(peek.iter().all(|d| d.used == 2), "{peek:?}");
     let peek = store.peek(&tenant, &batch[..5]).await.unwrap();
-    assert!(peek.iter().all(|d| d.used == 1), "peek twice: {peek:?}");
+    assert!(peek.iter().all(|d| d.used == 2), "peek twice: {peek:?}");
 }
 
 /// Leases: released on drop (by a spawned task), expired after the TTL when
@@ -490,7 +343,7 @@ async fn leases(target: &Target, t: &str) {
     // Dropped on a thread without a runtime: no panic, the lease stays until it expires.
     std::thread::spawn(move || drop(b)).join().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.peek(&tenant, &check).await.unwrap()[0].used, 1);
+    assert_eq!(level(&store, &tenant, &check[0]).await, 1);
 
     // Expiry, with a test clock.
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
@@ -502,22 +355,30 @@ async fn leases(target: &Target, t: &str) {
     assert_eq!(a.decisions[0].used, 2);
     std::mem::forget(a); // a crashed instance never releases
     clock.advance_ms(4_999);
-    assert_eq!(store.peek(&tenant2, &check).await.unwrap()[0].used, 2);
+    assert_eq!(level(&store, &tenant2, &check[0]).await, 2);
     clock.advance_ms(1);
-    assert_eq!(store.peek(&tenant2, &check).await.unwrap()[0].used, 0);
+    assert_eq!(level(&store, &tenant2, &check[0]).await, 0);
     let again = store.admit(&tenant2, &check).await.unwrap();
     assert!(again.allowed());
     assert_eq!(again.decisions[0].used, 2);
 }
 
 async fn wait_for_used(store: &RedisStore, tenant: &TenantId, check: &[Check], used: u64) {
-    for _ in 0..200 {
-        if store.peek(tenant, check).await.unwrap()[0].used == used {
+    for _ in 0..400 {
+        if level(store, tenant, &check[0]).await == used {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("used never reached {used}");
+}
+
+/// The level of a counter (a dry run of cost 0: a dry run reports the level
+/// after the cost when it would admit).
+async fn level(store: &impl CounterStore, tenant: &TenantId, check: &Check) -> u64 {
+    let mut probe = check.clone();
+    probe.cost = 0;
+    store.peek(tenant, &[probe]).await.unwrap()[0].used
 }
 
 /// Gauges: admission adds, adjust moves, saturating at zero.
@@ -570,8 +431,7 @@ async fn hammer(target: &Target, t: &str) {
             }
         }
         assert_eq!(admitted, limit, "{:?}", check.algorithm);
-        let d = stores[0].peek(&tenant, &[check.clone()]).await.unwrap()[0];
-        assert_eq!(d.used, limit, "{:?}", check.algorithm);
+        assert_eq!(level(&stores[0], &tenant, &check).await, limit, "{:?}", check.algorithm);
     }
 }
 
@@ -650,10 +510,16 @@ async fn ttls(target: &Target, t: &str) {
 // Single server
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_differential_against_model() {
+async fn single_same_decisions_as_memory_store() {
     let target = Target::single();
-    differential(&target, "diff", 1).await;
-    differential(&target, "diff2", 77).await;
+    // TT_DIFF_SEEDS=n runs more seeds.
+    let seeds: u64 = std::env::var("TT_DIFF_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for seed in 0..seeds {
+        differential(&target, &format!("diff{seed}"), seed * 7919 + 1).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

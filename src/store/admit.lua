@@ -7,14 +7,20 @@
 -- then 4 arguments per check: kind, limit, cost, param
 --   kind "sw" sliding window   param = window ms        keys: hash {s, c, p}
 --   kind "sl" sliding log      param = window ms        keys: zset, sequence
---   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c}
+--   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
 --   kind "g" gauge             param = ignored          keys: integer
 -- KEYS are consumed in check order (two for "sl", one for the others); all
 -- share the tenant's hash tag, so the script touches one cluster slot.
 --
 -- Returns 4 integers per check: allowed (0/1), used, reset ms, retry ms
--- (-1 when there is no retry), followed by the admitted flag (0/1).
+-- (-1 when there is no retry), followed by the admitted flag (0/1). A dry
+-- run reports what an admission would (used including the cost when every
+-- check allows). A check of cost 0 consumes nothing.
+--
+-- The decisions are those of the in-memory store (src/store/memory.rs),
+-- including its handling of a test clock that steps back: a counter already
+-- in a later window or period keeps that state.
 --
 -- All numbers are integers below 2^53 (the caller clamps), so double
 -- arithmetic is exact; divisions go through fdiv, which is exact too.
@@ -74,6 +80,7 @@ local function period_bounds(now, p)
   elseif p == 'w' then
     -- 1970-01-01 was a Thursday; ISO weeks start on Monday.
     local monday = days - math.fmod(days + 3, 7)
+    if monday < 0 then monday = 0 end -- the first days of 1970, as the memory store
     return monday * DAY, (monday + 7) * DAY
   else
     local y, m = civil_from_days(days)
@@ -124,14 +131,15 @@ for i = 1, n do
     local start = now - math.fmod(now, w)
     local h = redis.call('HMGET', c.key, 's', 'c', 'p')
     local s = tonumber(h[1])
-    local curr, prev = 0, 0
-    if s == start then
-      curr = tonumber(h[2]) or 0
-      prev = tonumber(h[3]) or 0
+    local eff, curr, prev = start, 0, 0
+    if s ~= nil and s >= start then
+      -- The current window (or, when the clock stepped back, a later
+      -- one: its state is kept).
+      eff, curr, prev = s, tonumber(h[2]) or 0, tonumber(h[3]) or 0
     elseif s == start - w then
       prev = tonumber(h[2]) or 0
     end
-    c.w, c.start, c.curr, c.prev = w, start, curr, prev
+    c.w, c.start, c.eff, c.curr, c.prev = w, start, eff, curr, prev
     c.used = curr + fdiv(prev * (w - (now - start)), w)
   elseif kind == 'sl' then
     c.seq = KEYS[k]
@@ -148,11 +156,14 @@ for i = 1, n do
   elseif kind == 'cal' then
     local s, e = period_bounds(now, c.param)
     c.start, c.finish = s, e
-    local h = redis.call('HMGET', c.key, 's', 'c')
-    if tonumber(h[1]) == s then
+    local h = redis.call('HMGET', c.key, 's', 'c', 'k')
+    local stored = tonumber(h[1])
+    c.eff = s
+    c.used = 0
+    if h[3] == c.param and stored ~= nil and stored >= s then
+      -- This period (or, when the clock stepped back, a later one).
+      c.eff = stored
       c.used = tonumber(h[2]) or 0
-    else
-      c.used = 0
     end
   elseif kind == 'cc' then
     local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(now), '+inf')
@@ -170,6 +181,8 @@ for i = 1, n do
   checks[i] = c
 end
 
+-- A dry run reports the same decisions as an admission would.
+local would = all
 local admitted = all and mode == 'a'
 
 -- Pass 2: consume (when admitted) and report.
@@ -179,17 +192,20 @@ for i = 1, n do
   local kind = c.kind
   local used = c.used
   local reset, retry = 0, -1
-  if admitted then
+  local denied = not c.allowed and c.cost <= c.limit
+  local write = admitted and c.cost > 0
+  if would then
     used = used + c.cost
   end
   if kind == 'sw' then
     local w, start, curr, prev = c.w, c.start, c.curr, c.prev
     local elapsed = now - start
     reset = start + w - now
-    if admitted then
-      redis.call('HSET', c.key, 's', start, 'c', curr + c.cost, 'p', prev)
-      redis.call('PEXPIRE', c.key, 2 * w)
-    elseif not c.allowed and c.cost <= c.limit then
+    if write then
+      redis.call('HSET', c.key, 's', c.eff, 'c', curr + c.cost, 'p', prev)
+      -- Until both windows are over (2W at most).
+      redis.call('PEXPIRE', c.key, c.eff + 2 * w - now)
+    elseif denied then
       if curr + c.cost <= c.limit then
         local e = cdiv((prev - (c.limit - c.cost - curr)) * w, prev)
         retry = e - elapsed
@@ -200,16 +216,23 @@ for i = 1, n do
     end
   elseif kind == 'sl' then
     local w, entries = c.w, c.entries
-    local oldest = nil
-    if #entries > 0 then oldest = tonumber(entries[2]) end
-    if admitted then
+    if #entries > 0 then
+      reset = tonumber(entries[2]) + w - now
+    elseif would and c.cost > 0 then
+      reset = w
+    end
+    if write then
+      -- A clock that stepped back adds to the newest entry's time.
+      local at = now
+      if #entries > 0 and tonumber(entries[#entries]) > at then
+        at = tonumber(entries[#entries])
+      end
       local seq = redis.call('INCR', c.seq)
-      redis.call('ZADD', c.key, now, num(seq) .. ':' .. c.costs)
+      redis.call('ZADD', c.key, at, num(seq) .. ':' .. c.costs)
       redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now - w)
-      redis.call('PEXPIRE', c.key, w)
-      redis.call('PEXPIRE', c.seq, w)
-      if oldest == nil or now < oldest then oldest = now end
-    elseif not c.allowed and c.cost <= c.limit then
+      redis.call('PEXPIRE', c.key, at + w - now)
+      redis.call('PEXPIRE', c.seq, at + w - now)
+    elseif denied then
       local need = c.used - (c.limit - c.cost)
       local freed = 0
       for j = 1, #entries, 2 do
@@ -220,29 +243,29 @@ for i = 1, n do
         end
       end
     end
-    if oldest ~= nil then reset = oldest + w - now end
   elseif kind == 'cal' then
     reset = c.finish - now
-    if admitted then
-      redis.call('HSET', c.key, 's', c.start, 'c', c.used + c.cost)
+    if write then
+      redis.call('HSET', c.key, 's', c.eff, 'c', c.used + c.cost, 'k', c.param)
       -- Relative expiry (not PEXPIREAT) so that a test clock far from the
       -- server's clock works too; one second of grace.
-      redis.call('PEXPIRE', c.key, c.finish - now + 1000)
-    elseif not c.allowed and c.cost <= c.limit then
+      local _, finish = period_bounds(c.eff, c.param)
+      redis.call('PEXPIRE', c.key, finish - now + 1000)
+    elseif denied then
       retry = reset
     end
   elseif kind == 'cc' then
-    if admitted then
+    if write then
       redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now)
       redis.call('ZADD', c.key, now + c.ttl, lease .. ':' .. c.costs)
       if redis.call('PTTL', c.key) < c.ttl then
         redis.call('PEXPIRE', c.key, c.ttl)
       end
-    elseif not c.allowed and c.cost <= c.limit then
+    elseif denied then
       retry = 1000
     end
   else
-    if admitted then
+    if write then
       redis.call('INCRBY', c.key, c.costs)
     end
   end

@@ -324,7 +324,7 @@ impl RedisStore {
         let has_lease = admit
             && checks
                 .iter()
-                .any(|c| matches!(c.algorithm, Algorithm::Concurrency { .. }));
+                .any(|c| matches!(c.algorithm, Algorithm::Concurrency { .. }) && c.cost > 0);
         let lease_id = if has_lease {
             self.next_lease_id()
         } else {
@@ -359,7 +359,7 @@ impl RedisStore {
                 keys.push(main);
                 keys.push(key(&self.prefix, tenant, "sq", &check.policy));
             } else {
-                if has_lease && k == "cc" {
+                if has_lease && k == "cc" && check.cost > 0 {
                     held.push((main.clone(), format!("{lease_id}:{cost}")));
                 }
                 keys.push(main);
