@@ -57,7 +57,10 @@ impl Target {
     }
 
     fn evalsha_calls(&self) -> u64 {
-        self.nodes().iter().map(|n| n.command_calls("evalsha")).sum()
+        self.nodes()
+            .iter()
+            .map(|n| n.command_calls("evalsha"))
+            .sum()
     }
 
     fn reset_stats(&self) {
@@ -246,16 +249,66 @@ async fn calendar_boundaries(target: &Target, t: &str) {
     let memory = MemoryStore::with_clock(clock.clone());
     // (now, period, period start, period end)
     let cases = [
-        (1_709_251_199_999, Period::Month, 1_706_745_600_000, 1_709_251_200_000), // 2024-02-29T23:59:59.999
-        (1_704_067_199_999, Period::Month, 1_701_388_800_000, 1_704_067_200_000), // 2023-12-31T23:59:59.999
-        (4_107_499_200_000, Period::Month, 4_105_123_200_000, 4_107_542_400_000), // 2100-02-28T12 (no leap day)
-        (951_825_600_000, Period::Month, 949_363_200_000, 951_868_800_000), // 2000-02-29T12
-        (1_704_277_800_000, Period::Week, 1_704_067_200_000, 1_704_672_000_000), // Wed 2024-01-03T10:30
-        (1_704_671_999_999, Period::Week, 1_704_067_200_000, 1_704_672_000_000), // Sun 2024-01-07T23:59:59.999
-        (1_704_067_199_999, Period::Week, 1_703_462_400_000, 1_704_067_200_000), // Sun 2023-12-31T23:59:59.999
-        (1_704_067_200_000, Period::Week, 1_704_067_200_000, 1_704_672_000_000), // Mon 2024-01-01T00:00
-        (1_704_277_800_000, Period::Day, 1_704_240_000_000, 1_704_326_400_000),
-        (1_704_277_800_000, Period::Hour, 1_704_276_000_000, 1_704_279_600_000),
+        (
+            1_709_251_199_999,
+            Period::Month,
+            1_706_745_600_000,
+            1_709_251_200_000,
+        ), // 2024-02-29T23:59:59.999
+        (
+            1_704_067_199_999,
+            Period::Month,
+            1_701_388_800_000,
+            1_704_067_200_000,
+        ), // 2023-12-31T23:59:59.999
+        (
+            4_107_499_200_000,
+            Period::Month,
+            4_105_123_200_000,
+            4_107_542_400_000,
+        ), // 2100-02-28T12 (no leap day)
+        (
+            951_825_600_000,
+            Period::Month,
+            949_363_200_000,
+            951_868_800_000,
+        ), // 2000-02-29T12
+        (
+            1_704_277_800_000,
+            Period::Week,
+            1_704_067_200_000,
+            1_704_672_000_000,
+        ), // Wed 2024-01-03T10:30
+        (
+            1_704_671_999_999,
+            Period::Week,
+            1_704_067_200_000,
+            1_704_672_000_000,
+        ), // Sun 2024-01-07T23:59:59.999
+        (
+            1_704_067_199_999,
+            Period::Week,
+            1_703_462_400_000,
+            1_704_067_200_000,
+        ), // Sun 2023-12-31T23:59:59.999
+        (
+            1_704_067_200_000,
+            Period::Week,
+            1_704_067_200_000,
+            1_704_672_000_000,
+        ), // Mon 2024-01-01T00:00
+        (
+            1_704_277_800_000,
+            Period::Day,
+            1_704_240_000_000,
+            1_704_326_400_000,
+        ),
+        (
+            1_704_277_800_000,
+            Period::Hour,
+            1_704_276_000_000,
+            1_704_279_600_000,
+        ),
     ];
     for (i, &(now, period, start, end)) in cases.iter().enumerate() {
         let tenant = tenant(&format!("{t}-{i}"));
@@ -263,7 +316,11 @@ async fn calendar_boundaries(target: &Target, t: &str) {
         clock.set_ms(now);
         let a = store.admit(&tenant, &check).await.unwrap();
         assert!(a.allowed());
-        assert_eq!(a.decisions[0].reset, Duration::from_millis(end - now), "case {i}");
+        assert_eq!(
+            a.decisions[0].reset,
+            Duration::from_millis(end - now),
+            "case {i}"
+        );
         store.admit(&tenant, &check).await.unwrap();
         store.admit(&tenant, &check).await.unwrap();
         let denied = store.admit(&tenant, &check).await.unwrap();
@@ -281,9 +338,17 @@ async fn calendar_boundaries(target: &Target, t: &str) {
         }
         for (at, used) in [(start, 3), (end - 1, 3), (start - 1, 3), (end, 0)] {
             clock.set_ms(at);
-            assert_eq!(level(&store, &tenant, &check[0]).await, used, "case {i} at {at}");
+            assert_eq!(
+                level(&store, &tenant, &check[0]).await,
+                used,
+                "case {i} at {at}"
+            );
             let d = store.peek(&tenant, &check).await.unwrap();
-            assert_eq!(d, memory.peek(&tenant, &check).await.unwrap(), "case {i} at {at}");
+            assert_eq!(
+                d,
+                memory.peek(&tenant, &check).await.unwrap(),
+                "case {i} at {at}"
+            );
         }
     }
 }
@@ -312,7 +377,10 @@ async fn all_or_nothing(target: &Target, t: &str) {
     // A dry run answers what an admission would, and consumes nothing.
     let peek = store.peek(&tenant, &batch).await.unwrap();
     assert_eq!(peek, store.peek(&tenant, &batch).await.unwrap());
-    assert!(peek[..5].iter().all(|d| d.used == 0 && d.allowed), "{peek:?}");
+    assert!(
+        peek[..5].iter().all(|d| d.used == 0 && d.allowed),
+        "{peek:?}"
+    );
     let peek = store.peek(&tenant, &batch[..5]).await.unwrap();
     assert!(peek.iter().all(|d| d.used == 1 && d.allowed), "{peek:?}");
     let a = store.admit(&tenant, &batch[..5]).await.unwrap();
@@ -336,7 +404,10 @@ async fn leases(target: &Target, t: &str) {
     assert!(a.allowed() && b.allowed());
     let denied = store.admit(&tenant, &check).await.unwrap();
     assert!(!denied.allowed());
-    assert_eq!(denied.decisions[0].retry_after, Some(Duration::from_secs(1)));
+    assert_eq!(
+        denied.decisions[0].retry_after,
+        Some(Duration::from_secs(1))
+    );
     assert_eq!(denied.decisions[0].used, 2);
     drop(a);
     wait_for_used(&store, &tenant, &check, 1).await;
@@ -431,7 +502,12 @@ async fn hammer(target: &Target, t: &str) {
             }
         }
         assert_eq!(admitted, limit, "{:?}", check.algorithm);
-        assert_eq!(level(&stores[0], &tenant, &check).await, limit, "{:?}", check.algorithm);
+        assert_eq!(
+            level(&stores[0], &tenant, &check).await,
+            limit,
+            "{:?}",
+            check.algorithm
+        );
     }
 }
 
@@ -501,7 +577,10 @@ async fn ttls(target: &Target, t: &str) {
         }
     }
     let pttl: i64 = node.cli(&["PTTL", &keys[0]]).trim().parse().unwrap();
-    assert!(pttl > 60_000 && pttl <= 120_000, "sliding window: 2W ({pttl})");
+    assert!(
+        pttl > 60_000 && pttl <= 120_000,
+        "sliding window: 2W ({pttl})"
+    );
     let pttl: i64 = node.cli(&["PTTL", &keys[1]]).trim().parse().unwrap();
     assert!(pttl > 50_000 && pttl <= 60_000, "sliding log: W ({pttl})");
 }
@@ -594,7 +673,10 @@ async fn prefix_and_lease_ids() {
     assert_eq!(members.len(), 2, "two leases under the other prefix");
     assert_ne!(members[0], members[1]);
     let other = server.cli(&["ZRANGE", "tt:{pfx}:cc:c", "0", "-1"]);
-    let ids: Vec<&str> = other.lines().map(|m| m.split(':').next().unwrap()).collect();
+    let ids: Vec<&str> = other
+        .lines()
+        .map(|m| m.split(':').next().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
     assert_ne!(ids[0][..16], members[0][..16], "random prefix per instance");

@@ -17,18 +17,32 @@
 //!
 //! | algorithm | key | type | content | expiry |
 //! |---|---|---|---|---|
-//! | sliding window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | `PEXPIRE 2W` |
-//! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | `PEXPIRE W` |
-//! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | `PEXPIRE W` |
-//! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count | period end + 1 s |
-//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `PEXPIRE lease_ttl` |
+//! | sliding window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
+//! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
+//! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
+//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `lease_ttl` after the last admission |
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
 //!
-//! Expiries are relative (`PEXPIRE`) and refreshed on every admission that
-//! consumes; the period start stored with a calendar count means that a stale
-//! count is never read as the current period's. Expired leases are removed
-//! (`ZREMRANGEBYSCORE`) before a new one is added and never counted. Denied
-//! and dry-run calls write nothing.
+//! Expiries are relative (`PEXPIRE`, so that a test clock far from the
+//! server's works too) and set by every admission that consumes. The window
+//! or period start stored with a count means that a stale count is never
+//! read as the current one. Expired leases are never counted and are removed
+//! (`ZREMRANGEBYSCORE`) before a new one is added. Denied admissions and dry
+//! runs write nothing.
+//!
+//! # Semantics
+//!
+//! The decisions are those of the [`MemoryStore`](crate::store::MemoryStore)
+//! under the same clock (the tests compare both on random batches): a dry run
+//! reports what an admission would (the level after the cost when every check
+//! allows), a check of cost 0 consumes nothing and takes no lease, and the
+//! calendar periods are computed in Lua with the same UTC civil-date
+//! arithmetic. One difference remains, only with a test clock that steps
+//! back: the memory store brings a counter forward to the current window or
+//! period on every call, dry runs and denials included, while Redis does so
+//! only on admissions (which then keep a later window's state, as the memory
+//! store does).
 //!
 //! # Memory per key
 //!
@@ -40,10 +54,10 @@
 //! | key | 1 entry | 100 entries | 1 000 entries |
 //! |---|---|---|---|
 //! | sliding window (hash, 3 fields) | 104 B | 104 B | 104 B |
-//! | sliding log (sorted set) | 104 B | 1 864 B | 94 320 B |
+//! | sliding log (sorted set) | 104 B | 1 864 B | 94 144 B |
 //! | sliding log sequence (string) | 72 B | 72 B | 72 B |
-//! | calendar (hash, 2 fields) | 104 B | 104 B | 104 B |
-//! | concurrency (sorted set of leases) | 120 B | 3 656 B | 117 888 B |
+//! | calendar (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | concurrency (sorted set of leases) | 120 B | 3 656 B | 118 192 B |
 //! | gauge (string) | 72 B | 72 B | 72 B |
 //!
 //! ("entries" are admitted requests in the window, or leases held.) A
@@ -65,8 +79,9 @@
 //! expires after its `lease_ttl`.
 //!
 //! Numbers travel as Lua doubles: limits, costs and durations are clamped to
-//! 2<sup>53</sup> − 1, and the checks of one batch should name distinct
-//! policies.
+//! 2<sup>53</sup> − 1 (products such as `prev × W` in the sliding-window
+//! arithmetic stay exact below that bound), and the checks of one batch
+//! should name distinct policies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -508,7 +523,9 @@ fn key(prefix: &str, tenant: &TenantId, kind: &str, policy: &str) -> String {
 }
 
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(MAX_EXACT)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_EXACT)
 }
 
 /// 64 random bits without a dependency: the standard library's randomly

@@ -349,7 +349,9 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
 
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
         let local = match &self.policy {
-            FailurePolicy::Fallback(local) => Some((local.clone(), tenant.clone(), policy.to_owned())),
+            FailurePolicy::Fallback(local) => {
+                Some((local.clone(), tenant.clone(), policy.to_owned()))
+            }
             _ => None,
         };
         let fail = move |error: StoreError| {
@@ -616,7 +618,11 @@ mod tests {
         assert_eq!(store.breaker_state(), BreakerState::Open);
         let err = store.admit(&tenant(), &checks()).await.unwrap_err();
         assert!(matches!(err, StoreError::BreakerOpen));
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "open breaker calls nothing");
+        assert_eq!(
+            flaky.calls.load(Ordering::SeqCst),
+            3,
+            "open breaker calls nothing"
+        );
 
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(store.breaker_state(), BreakerState::HalfOpen);

@@ -165,7 +165,10 @@ impl RedisServer {
         }
         let _ = child.kill();
         let _ = child.wait();
-        Err(format!("redis-server on port {} did not answer PING within 10 s", self.port))
+        Err(format!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        ))
     }
 
     /// The port.
@@ -204,7 +207,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("could not restart redis-server on port {}: {last}", self.port);
+        panic!(
+            "could not restart redis-server on port {}: {last}",
+            self.port
+        );
     }
 
     /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
