@@ -25,8 +25,9 @@ pub(crate) fn period_bounds(period: Period, now_ms: u64) -> (u64, u64) {
             let days = now_ms / MS_PER_DAY;
             // 1970-01-01 was a Thursday: day 0 is weekday 3 counting from
             // Monday = 0. The first days of 1970 clamp their week start to 0.
-            let start_day = days.saturating_sub((days + 3) % 7);
-            (day_ms(start_day), day_ms(start_day.saturating_add(7)))
+            let since_monday = (days + 3) % 7;
+            let start_day = days.saturating_sub(since_monday);
+            (day_ms(start_day), day_ms(days + 7 - since_monday))
         }
         Period::Month => {
             let days = now_ms / MS_PER_DAY;

@@ -58,9 +58,11 @@
 //! may be dropped: a sliding window two windows after its last use, a sliding
 //! log once its last entry left the window, a calendar counter once its
 //! period is over, a concurrency counter at zero with no lease alive, a gauge
-//! at zero. Each shard sweeps itself after `max(sweep_every, keys in the
-//! shard)` calls (so the cost is amortized to at most one key examined per
-//! call) and shrinks its tables when they are less than a quarter full.
+//! at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
+//! where `n` is the number of counters its previous sweep left (so that the
+//! work is amortized to O(1) per call), and shrinks its tables when they are
+//! less than a quarter full. Memory is so bounded by the counters live in
+//! the longest window plus those created during one sweep interval.
 //! [`MemoryStore::evict_idle`] sweeps every shard at once.
 //!
 //! # Time
@@ -199,7 +201,7 @@ impl MemoryStoreBuilder {
 
     /// The minimum number of calls a shard serves between two sweeps for
     /// idle counters (the actual interval is the larger of this and the
-    /// number of counters in the shard). `0` disables automatic sweeps;
+    /// number of counters the shard kept at its last sweep). `0` disables automatic sweeps;
     /// [`MemoryStore::evict_idle`] still works. Default: 1024.
     pub fn sweep_every(mut self, calls: u64) -> Self {
         self.sweep_every = calls;
@@ -298,14 +300,7 @@ impl MemoryStore {
     /// ```
     pub fn evict_idle(&self) -> usize {
         let now = self.clock.now_ms();
-        self.shards
-            .iter()
-            .map(|s| {
-                let mut tables = s.0.lock();
-                tables.calls = 0;
-                tables.sweep(now)
-            })
-            .sum()
+        self.shards.iter().map(|s| s.0.lock().sweep(now)).sum()
     }
 
     fn shard(&self, tenant: &TenantId) -> &Shard {
@@ -317,8 +312,7 @@ impl MemoryStore {
     /// Counts a call on a shard and sweeps it when due.
     fn after_call(&self, tables: &mut Tables, now: u64) {
         tables.calls = tables.calls.saturating_add(1);
-        if self.sweep_every > 0 && tables.calls >= self.sweep_every.max(tables.len() as u64) {
-            tables.calls = 0;
+        if self.sweep_every > 0 && tables.calls >= self.sweep_every.max(tables.swept_len) {
             tables.sweep(now);
         }
     }
@@ -463,6 +457,10 @@ struct Tables {
     gauges: HashMap<Key, Gauge>,
     /// Calls since the last sweep.
     calls: u64,
+    /// Counters left by the last sweep: the next one is due after as many
+    /// calls (at least `sweep_every`), so that sweeping costs O(1) per call
+    /// however many counters each call creates.
+    swept_len: u64,
 }
 
 impl Tables {
@@ -597,7 +595,10 @@ impl Tables {
         shrink(&mut self.calendars);
         shrink(&mut self.concurrency);
         shrink(&mut self.gauges);
-        before - self.len()
+        let after = self.len();
+        self.calls = 0;
+        self.swept_len = after as u64;
+        before - after
     }
 }
 
@@ -1131,5 +1132,399 @@ impl Counter for Gauge {
     fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
         self.0 = self.0.saturating_add(cost);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ManualClock;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+
+    fn tenant(i: usize) -> TenantId {
+        format!("t{i}").parse().unwrap()
+    }
+
+    fn admit(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) -> Admission {
+        store
+            .admit(tenant, checks)
+            .try_take()
+            .expect("ready")
+            .expect("ok")
+    }
+
+    fn window(ms: u64) -> Algorithm {
+        Algorithm::SlidingWindow {
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn log(ms: u64) -> Algorithm {
+        Algorithm::SlidingLog {
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn concurrency() -> Algorithm {
+        Algorithm::Concurrency {
+            lease_ttl: Duration::from_secs(1),
+        }
+    }
+
+    /// Bytes held by the tables of every shard: buckets × (slot + control
+    /// byte) (hashbrown keeps `capacity = buckets * 7 / 8`).
+    fn table_bytes(store: &MemoryStore) -> usize {
+        fn bytes<K, V>(map: &HashMap<K, V>) -> usize {
+            if map.capacity() == 0 {
+                return 0;
+            }
+            let buckets = (map.capacity() * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
+        }
+        store
+            .shards
+            .iter()
+            .map(|s| {
+                let t = s.0.lock();
+                bytes(&t.windows)
+                    + bytes(&t.logs)
+                    + bytes(&t.calendars)
+                    + bytes(&t.concurrency)
+                    + bytes(&t.gauges)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn small_slots() {
+        assert_eq!(std::mem::size_of::<(Key, WindowState)>(), 56);
+        assert_eq!(std::mem::size_of::<(Key, CalendarState)>(), 56);
+        assert_eq!(std::mem::size_of::<(Key, Box<LogState>)>(), 40);
+        assert_eq!(std::mem::size_of::<(Key, Inflight)>(), 40);
+        assert_eq!(std::mem::size_of::<(Key, Gauge)>(), 40);
+        assert_eq!(std::mem::size_of::<LogState>(), 48);
+    }
+
+    #[test]
+    fn bytes_per_sliding_window_key() {
+        let store = MemoryStore::builder()
+            .shards(8)
+            .clock(Arc::new(ManualClock::new(T0)))
+            .build();
+        let checks = [Check::new("calls", window(60_000), 100, 1)];
+        let n = 100_000;
+        for i in 0..n {
+            assert!(admit(&store, &tenant(i), &checks).allowed());
+        }
+        assert_eq!(store.len(), n);
+        let per_key = table_bytes(&store) as f64 / n as f64;
+        println!("{per_key:.1} bytes per sliding-window key at {n} keys");
+        assert!(per_key <= 100.0, "{per_key}");
+    }
+
+    #[test]
+    fn evicts_idle_keys_of_every_kind() {
+        let clock = Arc::new(ManualClock::new(T0 + 1));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(0)
+            .build();
+        let t = tenant(1);
+        let checks = [
+            Check::new("w", window(1_000), 10, 1),
+            Check::new("l", log(1_000), 10, 1),
+            Check::new(
+                "q",
+                Algorithm::Calendar {
+                    period: Period::Hour,
+                },
+                10,
+                1,
+            ),
+            Check::new("c", concurrency(), 10, 1),
+            Check::new("g", Algorithm::Gauge, 10, 1),
+        ];
+        let admission = admit(&store, &t, &checks);
+        assert!(admission.allowed());
+        assert_eq!(store.len(), 5);
+        assert_eq!(store.evict_idle(), 0, "everything is live");
+        drop(admission);
+        assert_eq!(store.evict_idle(), 1, "the lease is gone");
+        clock.advance_ms(999); // T0 + 1_000
+        assert_eq!(store.evict_idle(), 0);
+        clock.advance_ms(1);
+        assert_eq!(store.evict_idle(), 1, "the log entry (T0 + 1) expired");
+        clock.advance_ms(998); // T0 + 1_999
+        assert_eq!(
+            store.evict_idle(),
+            0,
+            "the window still weighs the previous one"
+        );
+        clock.advance_ms(1);
+        assert_eq!(store.evict_idle(), 1, "two windows after T0");
+        clock.set_ms(T0 + 3_600_000 - 1);
+        assert_eq!(store.evict_idle(), 0);
+        clock.set_ms(T0 + 3_600_000);
+        assert_eq!(store.evict_idle(), 1, "the hour is over");
+        clock.advance_ms(1_000 * 86_400_000);
+        assert_eq!(store.evict_idle(), 0, "gauges never expire");
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.adjust(&t, "g", -1).try_take().unwrap().unwrap(), 0);
+        assert!(store.is_empty(), "a gauge at zero is dropped");
+    }
+
+    #[test]
+    fn eviction_never_changes_decisions() {
+        // A window used with a long and then a short length keeps the longest.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(1)
+            .build();
+        let t = tenant(1);
+        let long = Check::new("w", window(10_000), 2, 1);
+        let short = Check::new("w", window(1_000), 2, 1);
+        assert!(admit(&store, &t, std::slice::from_ref(&long)).allowed());
+        assert!(admit(&store, &t, std::slice::from_ref(&short)).allowed());
+        clock.advance_ms(2_500);
+        // Idle for a 1 s window, but the policy was seen with 10 s: kept.
+        store.evict_idle();
+        assert_eq!(store.len(), 1);
+        assert!(!admit(&store, &t, &[long]).allowed());
+    }
+
+    #[test]
+    fn churn_stays_bounded() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .shards(8)
+            .clock(clock.clone())
+            .build();
+        let mut peak = 0;
+        let mut peak_bytes = 0;
+        for i in 0..200_000 {
+            let t = tenant(i);
+            let checks = [
+                Check::new("w", window(1_000), 10, 1),
+                Check::new("l", log(1_000), 10, 1),
+                Check::new("c", concurrency(), 10, 1),
+            ];
+            assert!(admit(&store, &t, &checks).allowed());
+            assert_eq!(store.adjust(&t, "g", 1).try_take().unwrap().unwrap(), 1);
+            assert_eq!(store.adjust(&t, "g", -1).try_take().unwrap().unwrap(), 0);
+            clock.advance_ms(1);
+            if i % 1_000 == 0 {
+                peak = peak.max(store.len());
+                peak_bytes = peak_bytes.max(table_bytes(&store));
+            }
+        }
+        // Live: 2 000 windows (2 s) and 1 000 logs (1 s), plus what a shard
+        // gathers between two sweeps (1 024 calls per shard).
+        println!("peak {peak} counters, {peak_bytes} bytes of tables");
+        assert!(peak < 30_000, "{peak}");
+        assert!(peak_bytes < 4 << 20, "{peak_bytes}");
+        clock.advance_ms(2_000);
+        store.evict_idle();
+        assert!(store.is_empty());
+        // The tables shrank with the sweep.
+        assert!(table_bytes(&store) < 64 << 10, "{}", table_bytes(&store));
+    }
+
+    #[test]
+    fn log_merges_milliseconds_and_shrinks() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .shards(1)
+            .clock(clock.clone())
+            .build();
+        let t = tenant(1);
+        let c = [Check::new("l", log(10_000), 100_000, 1)];
+        for _ in 0..1_000 {
+            assert!(admit(&store, &t, &c).allowed());
+        }
+        let entries = |store: &MemoryStore| {
+            let tables = store.shards[0].0.lock();
+            let log = tables.logs.values().next().unwrap();
+            (log.entries.len(), log.entries.capacity())
+        };
+        assert_eq!(entries(&store).0, 1);
+        for _ in 0..5_000 {
+            clock.advance_ms(1);
+            assert!(admit(&store, &t, &c).allowed());
+        }
+        assert_eq!(entries(&store).0, 5_001);
+        clock.advance_ms(9_990);
+        store.evict_idle();
+        let (len, capacity) = entries(&store);
+        assert_eq!(len, 10);
+        assert!(capacity < 100, "{capacity}");
+    }
+
+    #[test]
+    fn lease_keeps_concurrency_counter() {
+        let store = MemoryStore::with_clock(Arc::new(ManualClock::new(T0)));
+        let t = tenant(1);
+        let c = [Check::new("c", concurrency(), 1, 1)];
+        let held = admit(&store, &t, &c);
+        assert!(held.allowed());
+        assert_eq!(store.evict_idle(), 0);
+        assert!(!admit(&store, &t, &c).allowed());
+        drop(held);
+        assert_eq!(store.evict_idle(), 1);
+        assert!(admit(&store, &t, &c).allowed());
+    }
+
+    // -----------------------------------------------------------------------
+    // The sliding window and the sliding log against a literal reading of
+    // the spec (module docs of `store`), on random request sequences.
+
+    /// Reference sliding window: counts per fixed window index.
+    #[derive(Default)]
+    struct RefWindow {
+        counts: std::collections::BTreeMap<u64, u64>,
+    }
+
+    impl RefWindow {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, cost: u64) -> Decision {
+            let start = now - now % w;
+            let elapsed = now - start;
+            let curr = self.counts.get(&start).copied().unwrap_or(0);
+            let prev = start
+                .checked_sub(w)
+                .and_then(|p| self.counts.get(&p))
+                .copied()
+                .unwrap_or(0);
+            let used = curr + prev * (w - elapsed) / w;
+            let allowed = used + cost <= limit;
+            let retry_after = if allowed || cost > limit {
+                None
+            } else if curr + cost <= limit {
+                let e = ((prev - (limit - cost - curr)) * w).div_ceil(prev);
+                Some(e - elapsed)
+            } else {
+                let e = ((curr - (limit - cost)) * w).div_ceil(curr);
+                Some(start + w - now + e)
+            };
+            if allowed {
+                *self.counts.entry(start).or_default() += cost;
+            }
+            let used = if allowed { used + cost } else { used };
+            Decision {
+                allowed,
+                limit,
+                used,
+                remaining: limit.saturating_sub(used),
+                reset: Duration::from_millis(start + w - now),
+                retry_after: retry_after.map(Duration::from_millis),
+            }
+        }
+    }
+
+    /// Reference sliding log: every admitted `(t, units)`.
+    #[derive(Default)]
+    struct RefLog {
+        entries: Vec<(u64, u64)>,
+    }
+
+    impl RefLog {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, cost: u64) -> Decision {
+            let live: Vec<(u64, u64)> = self
+                .entries
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t + w > now)
+                .collect();
+            let used: u64 = live.iter().map(|e| e.1).sum();
+            let allowed = used + cost <= limit;
+            let retry_after = if allowed || cost > limit {
+                None
+            } else {
+                let need = used - (limit - cost);
+                let mut freed = 0;
+                live.iter().find_map(|&(t, units)| {
+                    freed += units;
+                    (freed >= need).then_some(t + w - now)
+                })
+            };
+            if allowed && cost > 0 {
+                self.entries.push((now, cost));
+            }
+            let oldest = self.entries.iter().find(|&&(t, _)| t + w > now);
+            let used = if allowed { used + cost } else { used };
+            Decision {
+                allowed,
+                limit,
+                used,
+                remaining: limit.saturating_sub(used),
+                reset: Duration::from_millis(oldest.map_or(0, |&(t, _)| t + w - now)),
+                retry_after: retry_after.map(Duration::from_millis),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_reference(
+            w in 1u64..5_000,
+            limit in 0u64..20,
+            steps in proptest::collection::vec((0u64..3_000, 0u64..6, any::<bool>()), 1..200),
+        ) {
+            let clock = Arc::new(ManualClock::new(T0 + 7));
+            let store = MemoryStore::builder().shards(1).sweep_every(1).clock(clock.clone()).build();
+            let t = tenant(1);
+            let (mut rw, mut rl) = (RefWindow::default(), RefLog::default());
+            for (dt, cost, peek) in steps {
+                clock.advance_ms(dt);
+                let now = clock.now_ms();
+                let checks = [Check::new("w", window(w), limit, cost), Check::new("l", log(w), limit, cost)];
+                for (i, check) in checks.iter().enumerate() {
+                    let batch = std::slice::from_ref(check);
+                    if peek {
+                        let p = store.peek(&t, batch).try_take().unwrap().unwrap()[0];
+                        let a = admit(&store, &t, batch).decisions[0];
+                        prop_assert_eq!(p, a);
+                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
+                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
+                    } else {
+                        let a = admit(&store, &t, batch).decisions[0];
+                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
+                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn retry_after_is_enough(
+            w in 1u64..5_000,
+            limit in 1u64..20,
+            steps in proptest::collection::vec((0u64..3_000, 1u64..6), 1..100),
+        ) {
+            // Replaying the same history, the denied request passes after
+            // `retry_after` (and for the exact log, not a millisecond earlier).
+            let (mut rw, mut rl) = (RefWindow::default(), RefLog::default());
+            let mut now = T0;
+            for (dt, cost) in steps {
+                now += dt;
+                let cost = cost.min(limit);
+                for exact in [false, true] {
+                    let d = if exact { rl.decide(now, w, limit, cost) } else { rw.decide(now, w, limit, cost) };
+                    if let Some(retry) = d.retry_after {
+                        let at = now + retry.as_millis() as u64;
+                        let probe = |at: u64| if exact {
+                            RefLog { entries: rl.entries.clone() }.decide(at, w, limit, cost).allowed
+                        } else {
+                            RefWindow { counts: rw.counts.clone() }.decide(at, w, limit, cost).allowed
+                        };
+                        prop_assert!(probe(at), "exact {}: not allowed after retry {:?}", exact, retry);
+                        if exact {
+                            prop_assert!(!probe(at - 1), "log retry_after not tight");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
