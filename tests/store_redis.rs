@@ -2,6 +2,8 @@
 //! single `redis-server` and a three-master Redis Cluster.
 #![cfg(feature = "redis")]
 
+#[path = "common/conformance.rs"]
+mod conformance;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
@@ -409,25 +411,38 @@ async fn leases(target: &Target, t: &str) {
         Some(Duration::from_secs(1))
     );
     assert_eq!(denied.decisions[0].used, 2);
+    // The next call of the same store sees a dropped lease released, even
+    // before the release task has run.
     drop(a);
-    wait_for_used(&store, &tenant, &check, 1).await;
-    // Dropped on a thread without a runtime: no panic, the lease stays until it expires.
+    assert_eq!(level(&store, &tenant, &check[0]).await, 1);
+    // Dropped on a thread without a runtime: no panic and no task; other
+    // instances see the lease held until this store's next call for the
+    // tenant removes it (or it expires).
+    let other = target.store().await;
     std::thread::spawn(move || drop(b)).join().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(level(&store, &tenant, &check[0]).await, 1);
+    assert_eq!(level(&other, &tenant, &check[0]).await, 1);
+    assert_eq!(level(&store, &tenant, &check[0]).await, 0);
+    assert_eq!(level(&other, &tenant, &check[0]).await, 0);
+    // Released by the task alone: another instance sees it soon.
+    let c = store.admit(&tenant, &check).await.unwrap();
+    assert_eq!(level(&other, &tenant, &check[0]).await, 1);
+    drop(c);
+    wait_for_used(&other, &tenant, &check, 0).await;
 
-    // Expiry, with a test clock.
+    // Expiry after the TTL, on the server's clock even with a test clock
+    // (which only drives windows and periods).
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let store = store.clock(clock.clone());
     let tenant2 = self::tenant(&format!("{t}-ttl"));
-    let check = [cc("conc", 5_000, 3, 2)];
+    let check = [cc("conc", 400, 3, 2)];
     let a = store.admit(&tenant2, &check).await.unwrap();
     assert!(a.allowed());
     assert_eq!(a.decisions[0].used, 2);
     std::mem::forget(a); // a crashed instance never releases
-    clock.advance_ms(4_999);
+    clock.advance_ms(86_400_000);
     assert_eq!(level(&store, &tenant2, &check[0]).await, 2);
-    clock.advance_ms(1);
+    tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(level(&store, &tenant2, &check[0]).await, 0);
     let again = store.admit(&tenant2, &check).await.unwrap();
     assert!(again.allowed());
@@ -583,6 +598,51 @@ async fn ttls(target: &Target, t: &str) {
     );
     let pttl: i64 = node.cli(&["PTTL", &keys[1]]).trim().parse().unwrap();
     assert!(pttl > 50_000 && pttl <= 60_000, "sliding log: W ({pttl})");
+}
+
+// ---------------------------------------------------------------------------
+// The shared store conformance suite: one server per scenario, and the whole
+// suite against the cluster (below).
+
+mod conformance_single {
+    use super::*;
+
+    macro_rules! scenarios {
+        ($($flavor:literal: $($name:ident),* ;)*) => {$($(
+            #[tokio::test(flavor = $flavor)]
+            async fn $name() {
+                let server = RedisServer::new();
+                let clock = Arc::new(ManualClock::new(conformance::T0));
+                let store = RedisStore::connect(server.url()).await.unwrap().clock(clock.clone());
+                conformance::$name(store, clock).await;
+            }
+        )*)*};
+    }
+
+    scenarios! {
+        "current_thread":
+            sliding_window_limit,
+            sliding_window_weighting,
+            sliding_log_limit,
+            sliding_log_costs,
+            calendar_hour,
+            calendar_day,
+            calendar_week,
+            calendar_month_end,
+            calendar_leap_february,
+            calendar_february,
+            calendar_year_end,
+            batch_all_or_nothing,
+            cost_above_limit,
+            zero_cost,
+            peek_consumes_nothing,
+            concurrency_lease,
+            gauge_adjust,
+            isolation;
+        "multi_thread":
+            concurrent_exact,
+            concurrent_batches;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -748,6 +808,20 @@ async fn memory_usage_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scenarios() {
     let target = Target::cluster();
+    let Target::Cluster(cluster) = &target else {
+        unreachable!()
+    };
+    let urls = cluster.urls();
+    conformance::run_all(|clock| {
+        let urls = urls.clone();
+        async move {
+            RedisStore::connect_cluster(urls)
+                .await
+                .expect("connect cluster")
+                .clock(clock)
+        }
+    })
+    .await;
     // Tenants spread over the nodes.
     differential(&target, "c-diff", 5).await;
     calendar_boundaries(&target, "c-cal").await;

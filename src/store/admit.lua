@@ -1,7 +1,8 @@
 -- tower-tenancy: atomic, all-or-nothing admission of a batch of checks.
 --
 -- ARGV[1]  mode: "a" (admit: consume when every check allows) or "p" (peek)
--- ARGV[2]  now in ms since the epoch, or "" to take it from TIME
+-- ARGV[2]  now in ms since the epoch (a test clock), or "" to take it from
+--          TIME; lease expiry always uses TIME
 -- ARGV[3]  lease id (members of concurrency sets), may be ""
 -- ARGV[4]  number of checks n
 -- then 4 arguments per check: kind, limit, cost, param
@@ -10,8 +11,10 @@
 --   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
 --   kind "g" gauge             param = ignored          keys: integer
--- KEYS are consumed in check order (two for "sl", one for the others); all
--- share the tenant's hash tag, so the script touches one cluster slot.
+-- then r, the number of lease members to remove first, and the r members;
+-- KEYS are consumed in check order (two for "sl", one for the others),
+-- followed by the r concurrency sets of those members. All share the
+-- tenant's hash tag, so the script touches one cluster slot.
 --
 -- Returns 4 integers per check: allowed (0/1), used, reset ms, retry ms
 -- (-1 when there is no retry), followed by the admitted flag (0/1). A dry
@@ -99,16 +102,36 @@ local function units_of(member)
   return tonumber(string.match(member, ':(%d+)$')) or 1
 end
 
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local mode = ARGV[1]
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
 else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = server_now()
+end
+-- Leases always expire on the server's clock, even with a test clock: their
+-- TTL guards against crashed clients in real time.
+local lease_now = nil
+local function lease_clock()
+  if lease_now == nil then
+    if ARGV[2] == '' then lease_now = now else lease_now = server_now() end
+  end
+  return lease_now
 end
 local lease = ARGV[3]
 local n = tonumber(ARGV[4])
+
+-- Releases of leases dropped by this client and not confirmed yet: the
+-- last KEYS, with their members after the checks' arguments.
+local r = tonumber(ARGV[5 + n * 4]) or 0
+for j = 1, r do
+  redis.call('ZREM', KEYS[#KEYS - r + j], ARGV[5 + n * 4 + j])
+end
 
 -- Pass 1: read every counter and decide; nothing is written.
 local checks = {}
@@ -166,7 +189,7 @@ for i = 1, n do
       c.used = tonumber(h[2]) or 0
     end
   elseif kind == 'cc' then
-    local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(now), '+inf')
+    local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(lease_clock()), '+inf')
     local used = 0
     for j = 1, #leases do
       used = used + units_of(leases[j])
@@ -256,8 +279,8 @@ for i = 1, n do
     end
   elseif kind == 'cc' then
     if write then
-      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now)
-      redis.call('ZADD', c.key, now + c.ttl, lease .. ':' .. c.costs)
+      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', lease_clock())
+      redis.call('ZADD', c.key, lease_clock() + c.ttl, lease .. ':' .. c.costs)
       if redis.call('PTTL', c.key) < c.ttl then
         redis.call('PEXPIRE', c.key, c.ttl)
       end

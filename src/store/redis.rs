@@ -87,6 +87,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
@@ -139,7 +140,24 @@ struct Shared {
     adjust: Script,
     lease_prefix: String,
     lease_seq: AtomicU64,
+    /// Released leases whose removal has not been confirmed yet. The next
+    /// script call for the same tenant removes them first, so that a call
+    /// made after a lease was dropped never sees it held (the release task
+    /// may not have run yet).
+    pending: Mutex<Vec<Release>>,
 }
+
+/// One member of a concurrency set to remove.
+struct Release {
+    lease: u64,
+    tenant: TenantId,
+    key: String,
+    member: String,
+}
+
+/// Most releases kept pending (a runtime-less process, a long outage); the
+/// oldest beyond are left to expire.
+const MAX_PENDING: usize = 65_536;
 
 /// A single-server or a cluster connection, so that both give one store type.
 #[derive(Clone)]
@@ -262,6 +280,7 @@ impl RedisStore {
                 adjust: Script::new(include_str!("adjust.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
                 lease_seq: AtomicU64::new(0),
+                pending: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -317,9 +336,9 @@ impl RedisStore {
         key(&self.prefix, tenant, kind(algorithm), policy)
     }
 
-    fn next_lease_id(&self) -> String {
+    fn next_lease(&self) -> (u64, String) {
         let n = self.shared.lease_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}{:x}", self.shared.lease_prefix, n)
+        (n, format!("{}{:x}", self.shared.lease_prefix, n))
     }
 
     /// Runs the admission script; returns the decisions, whether the batch
@@ -340,10 +359,10 @@ impl RedisStore {
             && checks
                 .iter()
                 .any(|c| matches!(c.algorithm, Algorithm::Concurrency { .. }) && c.cost > 0);
-        let lease_id = if has_lease {
-            self.next_lease_id()
+        let (lease_no, lease_id) = if has_lease {
+            self.next_lease()
         } else {
-            String::new()
+            (0, String::new())
         };
         let mut keys = Vec::with_capacity(checks.len() + 1);
         let mut args = Vec::with_capacity(4 + checks.len() * 4);
@@ -354,7 +373,14 @@ impl RedisStore {
         let mut held = Vec::new();
         for check in checks {
             let k = kind(&check.algorithm);
-            let cost = check.cost.min(MAX_EXACT).to_string();
+            // Clamped into exact doubles, keeping `cost > limit` when it holds.
+            let limit = check.limit.min(MAX_EXACT - 1);
+            let cost = if check.cost > check.limit {
+                limit + 1
+            } else {
+                check.cost.min(limit)
+            }
+            .to_string();
             let param = match check.algorithm {
                 Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
                     ms(window).max(1).to_string()
@@ -380,13 +406,26 @@ impl RedisStore {
                 keys.push(main);
             }
             args.push(k.to_owned());
-            args.push(check.limit.min(MAX_EXACT).to_string());
+            args.push(limit.to_string());
             args.push(cost);
             args.push(param);
+        }
+        // Releases of this tenant not confirmed yet go first, in the same call.
+        let mut released = Vec::new();
+        {
+            let pending = self.shared.pending.lock();
+            let mine = || pending.iter().filter(|r| r.tenant == *tenant);
+            args.push(mine().count().to_string());
+            for r in mine() {
+                keys.push(r.key.clone());
+                args.push(r.member.clone());
+                released.push(r.lease);
+            }
         }
         let limits: Vec<u64> = checks.iter().map(|c| c.limit).collect();
         let mut conn = self.conn.clone();
         let shared = self.shared.clone();
+        let tenant = tenant.clone();
         async move {
             let mut invocation = shared.admit.prepare_invoke();
             for k in &keys {
@@ -399,6 +438,12 @@ impl RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
+            if !released.is_empty() {
+                shared
+                    .pending
+                    .lock()
+                    .retain(|r| !released.contains(&r.lease));
+            }
             if reply.len() != limits.len() * 4 + 1 {
                 return Err(StoreError::Backend(format!(
                     "admission script answered {} values for {} checks",
@@ -422,21 +467,45 @@ impl RedisStore {
                 })
                 .collect();
             let admitted = reply[reply.len() - 1] == 1;
-            let lease = (admitted && !held.is_empty()).then(|| release_on_drop(conn, held));
+            let lease = (admitted && !held.is_empty())
+                .then(|| release_on_drop(conn, shared, tenant, lease_no, held));
             Ok((decisions, lease))
         }
     }
 }
 
-/// A lease that removes its members from the concurrency sets when dropped,
-/// from a task on the current Tokio runtime (without one, the members
-/// expire after their `lease_ttl`).
-fn release_on_drop(conn: Conn, held: Vec<(String, String)>) -> Lease {
-    let conn = std::sync::Mutex::new(Some(conn));
+/// A lease that removes its members from the concurrency sets when dropped:
+/// it records them as pending (so the next call of this store for the tenant
+/// removes them first) and spawns a task on the current Tokio runtime that
+/// removes them at once. Without a runtime, or while Redis is down, they are
+/// removed by the next call for the tenant or expire after `lease_ttl`.
+fn release_on_drop(
+    conn: Conn,
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    lease: u64,
+    held: Vec<(String, String)>,
+) -> Lease {
+    let conn = Mutex::new(Some(conn));
     Lease::new(move || {
-        let Some(mut conn) = conn.lock().ok().and_then(|mut c| c.take()) else {
+        let Some(mut conn) = conn.lock().take() else {
             return;
         };
+        {
+            let mut pending = shared.pending.lock();
+            if pending.len() + held.len() > MAX_PENDING {
+                let excess = (pending.len() + held.len() - MAX_PENDING).min(pending.len());
+                pending.drain(..excess);
+            }
+            for (key, member) in &held {
+                pending.push(Release {
+                    lease,
+                    tenant: tenant.clone(),
+                    key: key.clone(),
+                    member: member.clone(),
+                });
+            }
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -445,8 +514,11 @@ fn release_on_drop(conn: Conn, held: Vec<(String, String)>) -> Lease {
             for (key, member) in &held {
                 pipe.zrem(key, member).ignore();
             }
-            if let Err(error) = pipe.query_async::<()>(&mut conn).await {
-                tracing::debug!(%error, "releasing a concurrency lease failed; it will expire");
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => shared.pending.lock().retain(|r| r.lease != lease),
+                Err(error) => {
+                    tracing::debug!(%error, "releasing a concurrency lease failed; retried by the next call");
+                }
             }
         });
     })
