@@ -7,7 +7,9 @@
 //! pass reads every counter and decides, a second pass consumes only when
 //! every check allows. [`peek`](CounterStore::peek) runs the same script in
 //! dry-run mode. The time is the server's (`TIME`), so instances with skewed
-//! clocks agree; a test clock can be configured with [`RedisStore::clock`].
+//! clocks agree; a test clock can be configured with [`RedisStore::clock`]
+//! (it drives windows and periods; leases always expire on the server's
+//! clock, since their TTL guards against crashed clients in real time).
 //!
 //! # Key layout
 //!
@@ -38,11 +40,12 @@
 //! reports what an admission would (the level after the cost when every check
 //! allows), a check of cost 0 consumes nothing and takes no lease, and the
 //! calendar periods are computed in Lua with the same UTC civil-date
-//! arithmetic. One difference remains, only with a test clock that steps
-//! back: the memory store brings a counter forward to the current window or
-//! period on every call, dry runs and denials included, while Redis does so
-//! only on admissions (which then keep a later window's state, as the memory
-//! store does).
+//! arithmetic. Leases expire after `lease_ttl` (the memory store's leases
+//! only end when dropped: a crashed process loses them anyway). One more
+//! difference, only with a test clock that steps back: the memory store
+//! brings a counter forward to the current window or period on every call,
+//! dry runs and denials included, while Redis does so only on admissions
+//! (which then keep a later window's state, as the memory store does).
 //!
 //! # Memory per key
 //!
@@ -72,16 +75,30 @@
 //!
 //! A call is not retried by the store: if the connection drops after the
 //! server ran the script but before the reply arrived, a retry would count
-//! twice. Wrap the store in a [`ResilientStore`](crate::store::ResilientStore)
-//! for timeouts, a failure policy and a breaker. Concurrency leases are
-//! released by a task spawned on the current Tokio runtime when the
-//! [`Lease`] is dropped; without a runtime (or if the release fails) the lease
-//! expires after its `lease_ttl`.
+//! twice. For the same reason a call that timed out (for example against a
+//! frozen server) may still be counted once the server answers. Wrap the
+//! store in a [`ResilientStore`](crate::store::ResilientStore) for timeouts,
+//! a failure policy and a breaker.
 //!
-//! Numbers travel as Lua doubles: limits, costs and durations are clamped to
-//! 2<sup>53</sup> − 1 (products such as `prev × W` in the sliding-window
-//! arithmetic stay exact below that bound), and the checks of one batch
-//! should name distinct policies.
+//! # Leases
+//!
+//! Lease ids are a random 64-bit prefix per store (per [`connect`](RedisStore::connect))
+//! and a counter. Dropping a [`Lease`] spawns a task on the current Tokio
+//! runtime that removes its members (`ZREM`), and records them as pending:
+//! the next call of the same store for the same tenant removes them first,
+//! in the same script call, so that a request made after a lease was dropped
+//! never finds it held even if the task has not run yet. Without a runtime,
+//! or while Redis is unreachable, pending releases wait for that next call
+//! (at most 65 536 are kept); a lease never released expires after its
+//! `lease_ttl`.
+//!
+//! # Limits
+//!
+//! Numbers travel as Lua doubles: limits, costs, times and durations are
+//! clamped below 2<sup>53</sup> (a cost above its limit stays above it), and
+//! the sliding-window products `prev × W` are exact only below that bound.
+//! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
+//! of one batch should name distinct policies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
