@@ -18,7 +18,26 @@
 //! * [`Fallback`](FailurePolicy::Fallback): ask a local store instead
 //!   (typically an in-memory store: per-instance limits, better than none).
 //!
-//! Transitions of the breaker are logged with `tracing` at WARN level.
+//! Transitions of the breaker are logged with `tracing` at WARN level; each
+//! failure at DEBUG. A store answer that arrives after the breaker opened
+//! (a call started before) closes it: the store is answering again.
+//!
+//! Typical wiring, Redis with a local fallback:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn wire() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_tenancy::store::{RedisStore, ResilientStore};
+//! use tower_tenancy::MemoryStore;
+//!
+//! let store = ResilientStore::new(RedisStore::connect("redis://127.0.0.1:6379").await?)
+//!     .timeout(Duration::from_millis(50))
+//!     .fallback(MemoryStore::new())
+//!     .breaker(5, Duration::from_secs(2));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
