@@ -1,110 +1,4 @@
-//! [`MemoryStore`]: the in-process [`CounterStore`].
-//!
-//! It implements every algorithm of the [store semantics](crate::store)
-//! synchronously: each call answers with [`MaybeReady::ready`], takes one
-//! mutex, and allocates only the returned `Vec<Decision>` (plus the state of
-//! a counter the first time it is consumed).
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_tenancy::store::{Algorithm, Check, CounterStore};
-//! use tower_tenancy::{MemoryStore, TenantId};
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let store = MemoryStore::new();
-//! let acme: TenantId = "acme".parse().unwrap();
-//! let per_minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
-//! let checks = [Check::new("api_calls", per_minute, 2, 1)];
-//!
-//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
-//! assert!(store.admit(&acme, &checks).await.unwrap().allowed());
-//! let third = store.admit(&acme, &checks).await.unwrap();
-//! assert!(!third.allowed());
-//! assert!(third.decisions[0].retry_after.is_some());
-//! # });
-//! ```
-//!
-//! # Layout
-//!
-//! Counters live in `N` shards (by default the next power of two of four
-//! times the number of cores), each a [`parking_lot::Mutex`] over one hash
-//! map per algorithm. The shard is chosen by a hash of the tenant, so every
-//! counter of a tenant lives in the same shard: a batch is atomic under one
-//! lock, and tenants in different shards never contend. Concurrency counters
-//! are `Arc<AtomicU64>`s: a [`Lease`] releases its units without taking any
-//! lock.
-//!
-//! A counter is keyed by (tenant, algorithm kind, policy name); the key holds
-//! clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-//! nothing of its own. Memory per key, counting the hash map's buckets
-//! (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
-//! between 7/16 and 7/8):
-//!
-//! | algorithm | bytes per bucket | heap besides the map |
-//! |---|---|---|
-//! | sliding window | 57 | — |
-//! | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
-//! | calendar | 57 | — |
-//! | concurrency | 41 | 24-byte `Arc` |
-//! | gauge | 41 | — |
-//!
-//! That is 65 bytes per active sliding-window key when a table is full and
-//! 130 right after it has doubled; 100 000 keys measured 75 bytes per key
-//! (the `bytes_per_sliding_window_key` unit test).
-//!
-//! # Eviction
-//!
-//! A counter whose state has fully expired is equivalent to no counter, so it
-//! may be dropped: a sliding window two windows after its last use, a sliding
-//! log once its last entry left the window, a calendar counter once its
-//! period is over, a concurrency counter at zero with no lease alive, a gauge
-//! at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
-//! where `n` is the number of counters its previous sweep left (so that the
-//! work is amortized to O(1) per call), and shrinks its tables when they are
-//! less than a quarter full. Memory is so bounded by the counters live in
-//! the longest window plus those created during one sweep interval.
-//! [`MemoryStore::evict_idle`] sweeps every shard at once.
-//!
-//! # Time
-//!
-//! The store reads [`Clock::now_ms`] once per call. If the clock steps back,
-//! counters keep the state of the later time (they never forget admissions).
-//! Windows are whole milliseconds: a window shorter than 1 ms counts as 1 ms.
-//! Concurrency leases are released by dropping them; `lease_ttl` is only
-//! used by shared stores (a process that crashes loses its memory store too).
-//!
-//! # Accuracy
-//!
-//! The sliding window counter assumes the requests of the previous fixed
-//! window were spread evenly; the sliding log is exact. `examples/accuracy.rs`
-//! replays request traces through both (limit 100 per 60 s window, one hour
-//! of simulated time, ManualClock, deterministic xorshift PRNG) and compares
-//! their decisions request by request, the log's being the truth. Two
-//! methods:
-//!
-//! * **independent**: each store sees the same arrivals and keeps its own
-//!   state; a request is *wrongly admitted* when the window admits and the
-//!   log rejects, *wrongly rejected* the other way round (shares of all
-//!   requests). The two states diverge after the first disagreement, so this
-//!   compares two limiters as a client would experience them.
-//! * **shadow**: an exact log is fed only the requests the window admitted,
-//!   and judges each request against that same history: *over-admitted* =
-//!   the window admitted although its own history already held `limit`
-//!   units in the last 60 s (the limit was really exceeded), *under-admitted*
-//!   = the window rejected a request that would have fit.
-//!
-//! `cargo run --release --example accuracy` on 2026-11-23 (2 cores; the
-//! example is deterministic, so the figures do not depend on the machine):
-//!
-//! ```text
-//! ACCURACY_TABLE
-//! ```
-//!
-//! In short: the window counter errs rarely, and its errors are biased
-//! towards rejecting (it never lets a steady client exceed the limit by more
-//! than the rounding of `prev`), but a burst right after a quiet window
-//! boundary can briefly admit more than the limit in a true 60 s span. Use
-//! [`Algorithm::SlidingLog`] where that matters.
+//! The in-process [`CounterStore`]: [`MemoryStore`].
 
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::hash_map::RandomState;
@@ -133,8 +27,136 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 
 /// An in-memory, sharded [`CounterStore`] for one process.
 ///
-/// See the [module documentation](self) for the layout, memory use, eviction
-/// and the accuracy of the sliding window counter.
+/// It implements every algorithm of the [store
+/// semantics](crate::store#semantics-every-store-implements-exactly-these)
+/// synchronously: each call answers with [`MaybeReady::ready`], takes one
+/// mutex, and allocates only the returned `Vec<Decision>` (plus the state of
+/// a counter the first time it is consumed). [`peek`](CounterStore::peek)
+/// returns exactly the decisions `admit` would (so `used` includes the cost
+/// when every check allows); peek with cost 0 to read current levels.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_tenancy::store::{Algorithm, Check, CounterStore};
+/// use tower_tenancy::{MemoryStore, TenantId};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let acme: TenantId = "acme".parse().unwrap();
+/// let per_minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+/// let checks = [Check::new("api_calls", per_minute, 2, 1)];
+///
+/// assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+/// assert!(store.admit(&acme, &checks).await.unwrap().allowed());
+/// let third = store.admit(&acme, &checks).await.unwrap();
+/// assert!(!third.allowed());
+/// assert!(third.decisions[0].retry_after.is_some());
+/// # });
+/// ```
+///
+/// # Layout
+///
+/// Counters live in `N` shards (by default the next power of two of four
+/// times the number of cores), each a [`parking_lot::Mutex`] over one hash
+/// map per algorithm. The shard is chosen by a hash of the tenant, so every
+/// counter of a tenant lives in the same shard: a batch is atomic under one
+/// lock, and tenants in different shards never contend. Concurrency counters
+/// are `Arc<AtomicU64>`s: a [`Lease`] releases its units without taking any
+/// lock.
+///
+/// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
+/// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
+/// nothing of its own. Memory per key, counting the hash map's buckets
+/// (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
+/// between 7/16 and 7/8):
+///
+/// | algorithm | bytes per bucket | heap besides the map |
+/// |---|---|---|
+/// | sliding window | 57 | — |
+/// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
+/// | calendar | 57 | — |
+/// | concurrency | 41 | 24-byte `Arc` |
+/// | gauge | 41 | — |
+///
+/// That is 65 bytes per active sliding-window key when a table is full and
+/// 130 right after it has doubled; 100 000 keys measured 75 bytes per key
+/// (the `bytes_per_sliding_window_key` unit test).
+///
+/// # Eviction
+///
+/// A counter whose state has fully expired is equivalent to no counter, so it
+/// may be dropped: a sliding window two windows after the start of the
+/// fixed window of its last use, a sliding
+/// log once its last entry left the window, a calendar counter once its
+/// period is over, a concurrency counter at zero with no lease alive, a gauge
+/// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
+/// where `n` is the number of counters its previous sweep left (so that the
+/// work is amortized to O(1) per call), and shrinks its tables when they are
+/// less than a quarter full. Memory is thus bounded by the counters live in
+/// the longest window plus those created during one sweep interval.
+/// [`MemoryStore::evict_idle`] sweeps every shard at once.
+///
+/// # Time
+///
+/// The store reads [`Clock::now_ms`] once per call. If the clock steps back,
+/// counters keep the state of the later time (they never forget admissions).
+/// Windows are whole milliseconds: a window shorter than 1 ms counts as 1 ms.
+/// Concurrency leases are released by dropping them; `lease_ttl` is only
+/// used by shared stores (a process that crashes loses its memory store too).
+///
+/// # Accuracy
+///
+/// The sliding window counter assumes that the requests of the previous
+/// fixed window were spread evenly over it; the sliding log is exact.
+/// `examples/accuracy.rs` replays request traces through both with a
+/// [`ManualClock`](crate::store::ManualClock) (limit 100 per 60 s window,
+/// one hour of simulated time per trace, cost 1, arrivals from a fixed-seed
+/// xorshift PRNG: Poisson for the steady traces at the given multiple of the
+/// limit; for the bursty ones, bursts of many requests within 1 to 5 s at
+/// Poisson times) and compares the decisions request by request, the log's
+/// being the truth. Two methods:
+///
+/// * **independent** (`wrong +`, `wrong -`): a window store and a log store
+///   see the same arrivals, each with its own state; `wrong +` is the share
+///   of requests the window admits and the log rejects, `wrong -` the other
+///   way round. Once the two disagree their histories differ, so this
+///   compares two limiters as a client experiences them, and counts a
+///   disagreement even when both admit the same number of requests, only
+///   not the same ones.
+/// * **shadow** (`over`, `under`): an exact log is fed only the requests the
+///   window admitted and judges each request against that same history.
+///   `over` is the share of requests the window admitted although its own
+///   admissions of the last 60 s already numbered 100 (the limit was really
+///   exceeded); `under`, those it rejected although they would have fit.
+///   `max/60s` is the most requests the window admitted in any 60 s span.
+///
+/// `cargo run --release --example accuracy`, 2026-11-23, on a 2-core
+/// machine (the example is deterministic: the figures do not depend on the
+/// machine):
+///
+/// ```text
+/// | trace       | requests | log admits | window admits | wrong + | wrong - | over   | under  | max/60s |
+/// |-------------|---------:|-----------:|--------------:|--------:|--------:|-------:|-------:|--------:|
+/// | steady 0.8x |     4855 |       4832 |          4848 |   0.43% |   0.10% |  1.61% |  0.06% |     107 |
+/// | steady 1.0x |     5931 |       5511 |          5589 |   4.64% |   3.32% | 13.78% |  1.92% |     111 |
+/// | steady 1.5x |     9029 |       5904 |          5950 |  15.73% |  15.22% | 18.61% | 10.68% |     107 |
+/// | steady 3x   |    18056 |       5999 |          5996 |  19.11% |  19.12% | 14.64% |  4.16% |     104 |
+/// | bursty 0.9x |     5067 |       3076 |          3095 |   6.02% |   5.64% |  4.91% | 17.76% |     141 |
+/// | bursty 2x   |    12512 |       4269 |          4377 |  10.89% |  10.03% |  6.24% | 30.38% |     176 |
+/// | bursty 5x   |    33139 |       4121 |          4218 |   4.76% |   4.47% |  2.75% | 43.34% |     184 |
+/// ```
+///
+/// Reading: under steady load the window admits within 1.5% as many
+/// requests as the log, and a true 60 s span never held more than 111 (11%
+/// over the limit), but it often picks different requests than the log
+/// (up to 19% each way at 3× the limit). Bursts are its weak case: a burst
+/// at the end of one fixed window is assumed spread over the whole window
+/// and fades too early, so a 60 s span admitted up to 184 (84% over), while
+/// a burst at the start of a window keeps weighing after it left the true
+/// window (`under`). Use [`Algorithm::SlidingLog`] where the limit must hold
+/// exactly; its memory is O(limit) per key instead of O(1).
+///
+/// A daily quota with a controlled clock:
 ///
 /// ```
 /// use std::sync::Arc;
@@ -278,7 +300,7 @@ impl MemoryStore {
     }
 
     /// Removes every counter whose state has fully expired (see
-    /// [Eviction](self#eviction)) and returns how many were removed.
+    /// [Eviction](MemoryStore#eviction)) and returns how many were removed.
     ///
     /// ```
     /// use std::sync::Arc;

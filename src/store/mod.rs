@@ -173,7 +173,7 @@ pub enum StoreError {
 /// Result type of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A counter store. Implementations: [`MemoryStore`](crate::store::MemoryStore)
+/// A counter store. Implementations: [`MemoryStore`]
 /// and, with the `redis` feature, the Redis store.
 ///
 /// Every method takes the checks of one tenant; implementations make the
