@@ -83,7 +83,9 @@ pub use plan::{
     ConcurrencyRule, Limit, Overrides, Period, Plan, QuotaRule, RateAlgorithm, RateRule,
 };
 pub use resolve::AllowedTenants;
-pub use store::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{FailurePolicy, MemoryStore, ResilientStore};
 pub use tenant::{Tenant, TenantId, TenantIdRules, TenantStatus};
 
 /// The tenant of the current request, inserted into the request extensions

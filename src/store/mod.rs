@@ -59,6 +59,14 @@ use crate::future::MaybeReady;
 use crate::plan::{ConcurrencyRule, Period, QuotaRule, RateAlgorithm, RateRule};
 use crate::tenant::TenantId;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod resilient;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+pub use resilient::{BreakerState, FailurePolicy, ResilientStore};
+
 /// How a check counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {

@@ -1,0 +1,307 @@
+-- tower-tenancy: atomic, all-or-nothing admission of a batch of checks.
+--
+-- ARGV[1]  mode: "a" (admit: consume when every check allows) or "p" (peek)
+-- ARGV[2]  now in ms since the epoch (a test clock), or "" to take it from
+--          TIME; lease expiry always uses TIME
+-- ARGV[3]  lease id (members of concurrency sets), may be ""
+-- ARGV[4]  number of checks n
+-- then 4 arguments per check: kind, limit, cost, param
+--   kind "sw" sliding window   param = window ms        keys: hash {s, c, p}
+--   kind "sl" sliding log      param = window ms        keys: zset, sequence
+--   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
+--   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
+--   kind "g" gauge             param = ignored          keys: integer
+-- then r, the number of lease members to remove first, and the r members;
+-- KEYS are consumed in check order (two for "sl", one for the others),
+-- followed by the r concurrency sets of those members. All share the
+-- tenant's hash tag, so the script touches one cluster slot.
+--
+-- Returns 4 integers per check: allowed (0/1), used, reset ms, retry ms
+-- (-1 when there is no retry), followed by the admitted flag (0/1). A dry
+-- run reports what an admission would (used including the cost when every
+-- check allows). A check of cost 0 consumes nothing.
+--
+-- The decisions are those of the in-memory store (src/store/memory.rs),
+-- including its handling of a test clock that steps back: a counter already
+-- in a later window or period keeps that state.
+--
+-- All numbers are integers below 2^53 (the caller clamps), so double
+-- arithmetic is exact; divisions go through fdiv, which is exact too.
+
+if redis.replicate_commands then
+  -- Redis < 5 (script effects replication); a no-op on Redis 7.
+  pcall(redis.replicate_commands)
+end
+
+local function fdiv(a, b)
+  -- floor(a / b) for integers a >= 0, b > 0, exact.
+  return (a - math.fmod(a, b)) / b
+end
+
+local function cdiv(a, b)
+  -- ceil(a / b) for integers a >= 0, b > 0.
+  return fdiv(a + b - 1, b)
+end
+
+local DAY = 86400000
+
+local function days_from_civil(y, m, d)
+  -- Howard Hinnant's days_from_civil (proleptic Gregorian, y >= 0 here).
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp
+  if m > 2 then mp = m - 3 else mp = m + 9 end
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m
+  if mp < 10 then m = mp + 3 else m = mp - 9 end
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function period_bounds(now, p)
+  if p == 'h' then
+    local s = now - math.fmod(now, 3600000)
+    return s, s + 3600000
+  end
+  local days = fdiv(now, DAY)
+  if p == 'd' then
+    return days * DAY, (days + 1) * DAY
+  elseif p == 'w' then
+    -- 1970-01-01 was a Thursday; ISO weeks start on Monday.
+    local monday = days - math.fmod(days + 3, 7)
+    if monday < 0 then monday = 0 end -- the first days of 1970, as the memory store
+    return monday * DAY, (monday + 7) * DAY
+  else
+    local y, m = civil_from_days(days)
+    local ny, nm = y, m + 1
+    if nm > 12 then ny = y + 1; nm = 1 end
+    return days_from_civil(y, m, 1) * DAY, days_from_civil(ny, nm, 1) * DAY
+  end
+end
+
+local function num(x)
+  -- An integer as a decimal string (tostring would switch to exponents).
+  return string.format('%.0f', x)
+end
+
+local function units_of(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 1
+end
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local mode = ARGV[1]
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  now = server_now()
+end
+-- Leases always expire on the server's clock, even with a test clock: their
+-- TTL guards against crashed clients in real time.
+local lease_now = nil
+local function lease_clock()
+  if lease_now == nil then
+    if ARGV[2] == '' then lease_now = now else lease_now = server_now() end
+  end
+  return lease_now
+end
+local lease = ARGV[3]
+local n = tonumber(ARGV[4])
+
+-- Releases of leases dropped by this client and not confirmed yet: the
+-- last KEYS, with their members after the checks' arguments.
+local r = tonumber(ARGV[5 + n * 4]) or 0
+for j = 1, r do
+  redis.call('ZREM', KEYS[#KEYS - r + j], ARGV[5 + n * 4 + j])
+end
+
+-- Pass 1: read every counter and decide; nothing is written.
+local checks = {}
+local all = true
+local k = 1
+for i = 1, n do
+  local a = 4 + (i - 1) * 4
+  local c = {
+    kind = ARGV[a + 1],
+    limit = tonumber(ARGV[a + 2]),
+    cost = tonumber(ARGV[a + 3]),
+    costs = ARGV[a + 3],
+    param = ARGV[a + 4],
+    key = KEYS[k],
+  }
+  k = k + 1
+  local kind = c.kind
+  if kind == 'sw' then
+    local w = tonumber(c.param)
+    local start = now - math.fmod(now, w)
+    local h = redis.call('HMGET', c.key, 's', 'c', 'p')
+    local s = tonumber(h[1])
+    local eff, curr, prev = start, 0, 0
+    if s ~= nil and s >= start then
+      -- The current window (or, when the clock stepped back, a later
+      -- one: its state is kept).
+      eff, curr, prev = s, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    elseif s == start - w then
+      prev = tonumber(h[2]) or 0
+    end
+    c.w, c.start, c.eff, c.curr, c.prev = w, start, eff, curr, prev
+    c.used = curr + fdiv(prev * (w - (now - start)), w)
+  elseif kind == 'sl' then
+    c.seq = KEYS[k]
+    k = k + 1
+    local w = tonumber(c.param)
+    c.w = w
+    local entries = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(now - w), '+inf', 'WITHSCORES')
+    local used = 0
+    for j = 1, #entries, 2 do
+      used = used + units_of(entries[j])
+    end
+    c.entries = entries
+    c.used = used
+  elseif kind == 'cal' then
+    local s, e = period_bounds(now, c.param)
+    c.start, c.finish = s, e
+    local h = redis.call('HMGET', c.key, 's', 'c', 'k')
+    local stored = tonumber(h[1])
+    c.eff = s
+    c.used = 0
+    if h[3] == c.param and stored ~= nil and stored >= s then
+      -- This period (or, when the clock stepped back, a later one).
+      c.eff = stored
+      c.used = tonumber(h[2]) or 0
+    end
+  elseif kind == 'cc' then
+    local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(lease_clock()), '+inf')
+    local used = 0
+    for j = 1, #leases do
+      used = used + units_of(leases[j])
+    end
+    c.ttl = tonumber(c.param)
+    c.used = used
+  else
+    c.used = tonumber(redis.call('GET', c.key)) or 0
+  end
+  c.allowed = c.used + c.cost <= c.limit
+  if not c.allowed then all = false end
+  checks[i] = c
+end
+
+-- A dry run reports the same decisions as an admission would.
+local would = all
+local admitted = all and mode == 'a'
+
+-- Pass 2: consume (when admitted) and report.
+local out = {}
+for i = 1, n do
+  local c = checks[i]
+  local kind = c.kind
+  local used = c.used
+  local reset, retry = 0, -1
+  local denied = not c.allowed and c.cost <= c.limit
+  local write = admitted and c.cost > 0
+  if would then
+    used = used + c.cost
+  end
+  if kind == 'sw' then
+    local w, start, curr, prev = c.w, c.start, c.curr, c.prev
+    local elapsed = now - start
+    reset = start + w - now
+    if write then
+      redis.call('HSET', c.key, 's', c.eff, 'c', curr + c.cost, 'p', prev)
+      -- Until both windows are over (2W at most).
+      redis.call('PEXPIRE', c.key, c.eff + 2 * w - now)
+    elseif denied then
+      if curr + c.cost <= c.limit then
+        local e = cdiv((prev - (c.limit - c.cost - curr)) * w, prev)
+        retry = e - elapsed
+      else
+        local e = cdiv((curr - (c.limit - c.cost)) * w, curr)
+        retry = start + w - now + e
+      end
+    end
+  elseif kind == 'sl' then
+    local w, entries = c.w, c.entries
+    if #entries > 0 then
+      reset = tonumber(entries[2]) + w - now
+    elseif would and c.cost > 0 then
+      reset = w
+    end
+    if write then
+      -- A clock that stepped back adds to the newest entry's time.
+      local at = now
+      if #entries > 0 and tonumber(entries[#entries]) > at then
+        at = tonumber(entries[#entries])
+      end
+      local seq = redis.call('INCR', c.seq)
+      redis.call('ZADD', c.key, at, num(seq) .. ':' .. c.costs)
+      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now - w)
+      redis.call('PEXPIRE', c.key, at + w - now)
+      redis.call('PEXPIRE', c.seq, at + w - now)
+    elseif denied then
+      local need = c.used - (c.limit - c.cost)
+      local freed = 0
+      for j = 1, #entries, 2 do
+        freed = freed + units_of(entries[j])
+        if freed >= need then
+          retry = tonumber(entries[j + 1]) + w - now
+          break
+        end
+      end
+    end
+  elseif kind == 'cal' then
+    reset = c.finish - now
+    if write then
+      redis.call('HSET', c.key, 's', c.eff, 'c', c.used + c.cost, 'k', c.param)
+      -- Relative expiry (not PEXPIREAT) so that a test clock far from the
+      -- server's clock works too; one second of grace.
+      local _, finish = period_bounds(c.eff, c.param)
+      redis.call('PEXPIRE', c.key, finish - now + 1000)
+    elseif denied then
+      retry = reset
+    end
+  elseif kind == 'cc' then
+    if write then
+      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', lease_clock())
+      redis.call('ZADD', c.key, lease_clock() + c.ttl, lease .. ':' .. c.costs)
+      if redis.call('PTTL', c.key) < c.ttl then
+        redis.call('PEXPIRE', c.key, c.ttl)
+      end
+    elseif denied then
+      retry = 1000
+    end
+  else
+    if write then
+      redis.call('INCRBY', c.key, c.costs)
+    end
+  end
+  local a = 0
+  if c.allowed then a = 1 end
+  out[#out + 1] = a
+  out[#out + 1] = used
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if admitted then
+  out[#out + 1] = 1
+else
+  out[#out + 1] = 0
+end
+return out

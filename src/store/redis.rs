@@ -1,0 +1,629 @@
+//! The Redis counter store: [`RedisStore`], for single servers and Redis
+//! Cluster.
+//!
+//! Every [`admit`](CounterStore::admit) is **one** `EVALSHA` of one Lua
+//! script (loaded with `SCRIPT LOAD` on `NOSCRIPT`) that evaluates all checks
+//! of the batch atomically with the semantics of [`crate::store`]: a first
+//! pass reads every counter and decides, a second pass consumes only when
+//! every check allows. [`peek`](CounterStore::peek) runs the same script in
+//! dry-run mode. The time is the server's (`TIME`), so instances with skewed
+//! clocks agree; a test clock can be configured with [`RedisStore::clock`]
+//! (it drives windows and periods; leases always expire on the server's
+//! clock, since their TTL guards against crashed clients in real time).
+//!
+//! # Key layout
+//!
+//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sw:api_calls_per_minute`.
+//! The tenant is a hash tag, so all keys of a tenant live in one Redis Cluster
+//! slot and a batch is cluster-safe. The default prefix is `tt:`.
+//!
+//! | algorithm | key | type | content | expiry |
+//! |---|---|---|---|---|
+//! | sliding window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
+//! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
+//! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
+//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `lease_ttl` after the last admission |
+//! | gauge | `tt:{t}:g:p` | string | integer level | none |
+//!
+//! Expiries are relative (`PEXPIRE`, so that a test clock far from the
+//! server's works too) and set by every admission that consumes. The window
+//! or period start stored with a count means that a stale count is never
+//! read as the current one. Expired leases are never counted and are removed
+//! (`ZREMRANGEBYSCORE`) before a new one is added. Denied admissions and dry
+//! runs write nothing.
+//!
+//! # Semantics
+//!
+//! The decisions are those of the [`MemoryStore`](crate::store::MemoryStore)
+//! under the same clock (the tests compare both on random batches): a dry run
+//! reports what an admission would (the level after the cost when every check
+//! allows), a check of cost 0 consumes nothing and takes no lease, and the
+//! calendar periods are computed in Lua with the same UTC civil-date
+//! arithmetic. Leases expire after `lease_ttl` (the memory store's leases
+//! only end when dropped: a crashed process loses them anyway). One more
+//! difference, only with a test clock that steps back: the memory store
+//! brings a counter forward to the current window or period on every call,
+//! dry runs and denials included, while Redis does so only on admissions
+//! (which then keep a later window's state, as the memory store does).
+//!
+//! # Memory per key
+//!
+//! Measured with `MEMORY USAGE key SAMPLES 0` on Redis 7.0.15 (jemalloc
+//! 5.3.0, default configuration) on an x86-64 Linux VM with 2 AMD EPYC cores,
+//! 2026-11-23, key names like `tt:{tenant-42}:sw:api_calls` (the test
+//! `memory_usage_per_key` in `tests/store_redis.rs` prints these figures):
+//!
+//! | key | 1 entry | 100 entries | 1 000 entries |
+//! |---|---|---|---|
+//! | sliding window (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | sliding log (sorted set) | 104 B | 1 864 B | 94 144 B |
+//! | sliding log sequence (string) | 72 B | 72 B | 72 B |
+//! | calendar (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | concurrency (sorted set of leases) | 120 B | 3 656 B | 118 192 B |
+//! | gauge (string) | 72 B | 72 B | 72 B |
+//!
+//! ("entries" are admitted requests in the window, or leases held.) A
+//! sorted set stays a compact listpack (about 18 B per sliding-log entry, 35 B
+//! per lease) up to `zset-max-listpack-entries` members (128 by default);
+//! beyond that Redis converts it to a skip list of roughly 95 B per entry
+//! (sliding log) or 118 B per lease. Sliding logs with large limits cost
+//! accordingly: prefer the sliding window (104 B whatever the limit) unless
+//! exactness matters, or raise `zset-max-listpack-entries`.
+//!
+//! # Atomicity and retries
+//!
+//! A call is not retried by the store: if the connection drops after the
+//! server ran the script but before the reply arrived, a retry would count
+//! twice. For the same reason a call that timed out (for example against a
+//! frozen server) may still be counted once the server answers. Wrap the
+//! store in a [`ResilientStore`](crate::store::ResilientStore) for timeouts,
+//! a failure policy and a breaker.
+//!
+//! # Leases
+//!
+//! Lease ids are a random 64-bit prefix per store (per [`connect`](RedisStore::connect))
+//! and a counter. Dropping a [`Lease`] spawns a task on the current Tokio
+//! runtime that removes its members (`ZREM`), and records them as pending:
+//! the next call of the same store for the same tenant removes them first,
+//! in the same script call, so that a request made after a lease was dropped
+//! never finds it held even if the task has not run yet. Without a runtime,
+//! or while Redis is unreachable, pending releases wait for that next call
+//! (at most 65 536 are kept); a lease never released expires after its
+//! `lease_ttl`.
+//!
+//! # Limits
+//!
+//! Numbers travel as Lua doubles: limits, costs, times and durations are
+//! clamped below 2<sup>53</sup> (a cost above its limit stays above it), and
+//! the sliding-window products `prev × W` are exact only below that bound.
+//! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
+//! of one batch should name distinct policies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
+
+use super::{
+    Admission, Algorithm, Check, Clock, CounterStore, Decision, Lease, StoreError, StoreResult,
+};
+use crate::future::MaybeReady;
+use crate::plan::Period;
+use crate::tenant::TenantId;
+
+/// Largest integer a Lua double represents exactly.
+const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// A [`CounterStore`] in Redis or Redis Cluster, shared by every instance of
+/// a service. See the [module documentation](self) for the key layout.
+///
+/// Cloning is cheap and shares the connection.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_tenancy::store::{Algorithm, Check, CounterStore, RedisStore};
+/// use tower_tenancy::TenantId;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?.prefix("myapp:");
+/// let tenant: TenantId = "acme".parse()?;
+/// let checks = [
+///     Check::new("api_calls_per_minute", Algorithm::SlidingWindow { window: Duration::from_secs(60) }, 600, 1),
+///     Check::new("concurrent", Algorithm::Concurrency { lease_ttl: Duration::from_secs(300) }, 4, 1),
+/// ];
+/// let admission = store.admit(&tenant, &checks).await?;
+/// if admission.allowed() {
+///     // serve the request; dropping `admission.lease` frees the concurrency slot
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: Arc<str>,
+    clock: Option<Arc<dyn Clock>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    admit: Script,
+    adjust: Script,
+    lease_prefix: String,
+    lease_seq: AtomicU64,
+    /// Released leases whose removal has not been confirmed yet. The next
+    /// script call for the same tenant removes them first, so that a call
+    /// made after a lease was dropped never sees it held (the release task
+    /// may not have run yet).
+    pending: Mutex<Vec<Release>>,
+}
+
+/// One member of a concurrency set to remove.
+struct Release {
+    lease: u64,
+    tenant: TenantId,
+    key: String,
+    member: String,
+}
+
+/// Most releases kept pending (a runtime-less process, a long outage); the
+/// oldest beyond are left to expire.
+const MAX_PENDING: usize = 65_536;
+
+/// A single-server or a cluster connection, so that both give one store type.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects to one Redis server (`redis://host:port/db`, `rediss://…`)
+    /// through a [`ConnectionManager`], which reconnects by itself (retries
+    /// with exponential backoff capped at one second).
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: impl IntoConnectionInfo) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self::from_connection_manager(manager))
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes`.
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// let store = RedisStore::connect_cluster([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    ///     "redis://10.0.0.3:6379",
+    /// ])
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::new(nodes)?;
+        let conn = client.get_async_connection().await?;
+        Ok(Self::from_cluster_connection(conn))
+    }
+
+    /// A store over a [`ConnectionManager`] configured by the caller
+    /// (timeouts, retries, TLS, …).
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let config = ConnectionManagerConfig::new().set_number_of_retries(2);
+    /// let manager = ConnectionManager::new_with_config(client, config).await?;
+    /// let store = RedisStore::from_connection_manager(manager);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_connection_manager(manager: ConnectionManager) -> Self {
+        Self::from_conn(Conn::Single(manager))
+    }
+
+    /// A store over a cluster connection configured by the caller.
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// use std::time::Duration;
+    /// let client = redis::cluster::ClusterClient::builder(["redis://127.0.0.1:7000"])
+    ///     .response_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// let store = RedisStore::from_cluster_connection(client.get_async_connection().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_cluster_connection(conn: ClusterConnection) -> Self {
+        Self::from_conn(Conn::Cluster(conn))
+    }
+
+    fn from_conn(conn: Conn) -> Self {
+        Self {
+            conn,
+            prefix: Arc::from("tt:"),
+            clock: None,
+            shared: Arc::new(Shared {
+                admit: Script::new(include_str!("admit.lua")),
+                adjust: Script::new(include_str!("adjust.lua")),
+                lease_prefix: format!("{:016x}", random_u64()),
+                lease_seq: AtomicU64::new(0),
+                pending: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Sets the key prefix (default `tt:`), to share a database between
+    /// applications.
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?.prefix("billing:");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Arc::from(prefix.into());
+        self
+    }
+
+    /// Takes the time from `clock` instead of the server's `TIME` (for
+    /// tests: calendar boundaries, windows sliding). Every instance sharing
+    /// the counters must then use the same clock.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use tower_tenancy::store::{ManualClock, RedisStore};
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?.clock(clock.clone());
+    /// clock.advance_ms(60_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The Redis key of `policy`'s counter of `tenant` for `algorithm` (for
+    /// inspection and tooling).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tower_tenancy::store::{Algorithm, RedisStore};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// let key = store.key(&"acme".parse()?, &Algorithm::SlidingWindow { window: Duration::from_secs(60) }, "api");
+    /// assert_eq!(key, "tt:{acme}:sw:api");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key(&self, tenant: &TenantId, algorithm: &Algorithm, policy: &str) -> String {
+        key(&self.prefix, tenant, kind(algorithm), policy)
+    }
+
+    fn next_lease(&self) -> (u64, String) {
+        let n = self.shared.lease_seq.fetch_add(1, Ordering::Relaxed);
+        (n, format!("{}{:x}", self.shared.lease_prefix, n))
+    }
+
+    /// Runs the admission script; returns the decisions, whether the batch
+    /// was admitted, and the lease when it holds concurrency units.
+    fn run(
+        &self,
+        tenant: &TenantId,
+        checks: &[Check],
+        admit: bool,
+    ) -> impl std::future::Future<Output = StoreResult<(Vec<Decision>, Option<Lease>)>> + Send + 'static
+    {
+        let now = self
+            .clock
+            .as_ref()
+            .map(|c| c.now_ms().min(MAX_EXACT).to_string())
+            .unwrap_or_default();
+        let has_lease = admit
+            && checks
+                .iter()
+                .any(|c| matches!(c.algorithm, Algorithm::Concurrency { .. }) && c.cost > 0);
+        let (lease_no, lease_id) = if has_lease {
+            self.next_lease()
+        } else {
+            (0, String::new())
+        };
+        let mut keys = Vec::with_capacity(checks.len() + 1);
+        let mut args = Vec::with_capacity(4 + checks.len() * 4);
+        args.push(if admit { "a" } else { "p" }.to_owned());
+        args.push(now);
+        args.push(lease_id.clone());
+        args.push(checks.len().to_string());
+        let mut held = Vec::new();
+        for check in checks {
+            let k = kind(&check.algorithm);
+            // Clamped into exact doubles, keeping `cost > limit` when it holds.
+            let limit = check.limit.min(MAX_EXACT - 1);
+            let cost = if check.cost > check.limit {
+                limit + 1
+            } else {
+                check.cost.min(limit)
+            }
+            .to_string();
+            let param = match check.algorithm {
+                Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
+                    ms(window).max(1).to_string()
+                }
+                Algorithm::Calendar { period } => match period {
+                    Period::Hour => "h",
+                    Period::Day => "d",
+                    Period::Week => "w",
+                    Period::Month => "m",
+                }
+                .to_owned(),
+                Algorithm::Concurrency { lease_ttl } => ms(lease_ttl).max(1).to_string(),
+                Algorithm::Gauge => String::new(),
+            };
+            let main = key(&self.prefix, tenant, k, &check.policy);
+            if let Algorithm::SlidingLog { .. } = check.algorithm {
+                keys.push(main);
+                keys.push(key(&self.prefix, tenant, "sq", &check.policy));
+            } else {
+                if has_lease && k == "cc" && check.cost > 0 {
+                    held.push((main.clone(), format!("{lease_id}:{cost}")));
+                }
+                keys.push(main);
+            }
+            args.push(k.to_owned());
+            args.push(limit.to_string());
+            args.push(cost);
+            args.push(param);
+        }
+        // Releases of this tenant not confirmed yet go first, in the same call.
+        let mut released = Vec::new();
+        {
+            let pending = self.shared.pending.lock();
+            let mine = || pending.iter().filter(|r| r.tenant == *tenant);
+            args.push(mine().count().to_string());
+            for r in mine() {
+                keys.push(r.key.clone());
+                args.push(r.member.clone());
+                released.push(r.lease);
+            }
+        }
+        let limits: Vec<u64> = checks.iter().map(|c| c.limit).collect();
+        let mut conn = self.conn.clone();
+        let shared = self.shared.clone();
+        let tenant = tenant.clone();
+        async move {
+            let mut invocation = shared.admit.prepare_invoke();
+            for k in &keys {
+                invocation.key(k);
+            }
+            for a in &args {
+                invocation.arg(a);
+            }
+            let reply: Vec<i64> = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            if !released.is_empty() {
+                shared
+                    .pending
+                    .lock()
+                    .retain(|r| !released.contains(&r.lease));
+            }
+            if reply.len() != limits.len() * 4 + 1 {
+                return Err(StoreError::Backend(format!(
+                    "admission script answered {} values for {} checks",
+                    reply.len(),
+                    limits.len()
+                )));
+            }
+            let decisions = limits
+                .iter()
+                .zip(reply.chunks_exact(4))
+                .map(|(&limit, r)| {
+                    let used = r[1].max(0) as u64;
+                    Decision {
+                        allowed: r[0] == 1,
+                        limit,
+                        used,
+                        remaining: limit.saturating_sub(used),
+                        reset: Duration::from_millis(r[2].max(0) as u64),
+                        retry_after: (r[3] >= 0).then(|| Duration::from_millis(r[3] as u64)),
+                    }
+                })
+                .collect();
+            let admitted = reply[reply.len() - 1] == 1;
+            let lease = (admitted && !held.is_empty())
+                .then(|| release_on_drop(conn, shared, tenant, lease_no, held));
+            Ok((decisions, lease))
+        }
+    }
+}
+
+/// A lease that removes its members from the concurrency sets when dropped:
+/// it records them as pending (so the next call of this store for the tenant
+/// removes them first) and spawns a task on the current Tokio runtime that
+/// removes them at once. Without a runtime, or while Redis is down, they are
+/// removed by the next call for the tenant or expire after `lease_ttl`.
+fn release_on_drop(
+    conn: Conn,
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    lease: u64,
+    held: Vec<(String, String)>,
+) -> Lease {
+    let conn = Mutex::new(Some(conn));
+    Lease::new(move || {
+        let Some(mut conn) = conn.lock().take() else {
+            return;
+        };
+        {
+            let mut pending = shared.pending.lock();
+            if pending.len() + held.len() > MAX_PENDING {
+                let excess = (pending.len() + held.len() - MAX_PENDING).min(pending.len());
+                pending.drain(..excess);
+            }
+            for (key, member) in &held {
+                pending.push(Release {
+                    lease,
+                    tenant: tenant.clone(),
+                    key: key.clone(),
+                    member: member.clone(),
+                });
+            }
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let mut pipe = redis::pipe();
+            for (key, member) in &held {
+                pipe.zrem(key, member).ignore();
+            }
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => shared.pending.lock().retain(|r| r.lease != lease),
+                Err(error) => {
+                    tracing::debug!(%error, "releasing a concurrency lease failed; retried by the next call");
+                }
+            }
+        });
+    })
+}
+
+impl CounterStore for RedisStore {
+    fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
+        let run = self.run(tenant, checks, true);
+        MaybeReady::boxed(async move {
+            let (decisions, lease) = run.await?;
+            Ok(Admission { decisions, lease })
+        })
+    }
+
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+        let run = self.run(tenant, checks, false);
+        MaybeReady::boxed(async move { Ok(run.await?.0) })
+    }
+
+    fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
+        let key = key(&self.prefix, tenant, "g", policy);
+        let mut conn = self.conn.clone();
+        let shared = self.shared.clone();
+        MaybeReady::boxed(async move {
+            let level: i64 = shared
+                .adjust
+                .key(key)
+                .arg(delta)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok(level.max(0) as u64)
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field(
+                "connection",
+                &match self.conn {
+                    Conn::Single(_) => "single",
+                    Conn::Cluster(_) => "cluster",
+                },
+            )
+            .field("prefix", &self.prefix)
+            .field("test_clock", &self.clock.is_some())
+            .finish()
+    }
+}
+
+fn kind(algorithm: &Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingWindow { .. } => "sw",
+        Algorithm::SlidingLog { .. } => "sl",
+        Algorithm::Calendar { .. } => "cal",
+        Algorithm::Concurrency { .. } => "cc",
+        Algorithm::Gauge => "g",
+    }
+}
+
+fn key(prefix: &str, tenant: &TenantId, kind: &str, policy: &str) -> String {
+    let tenant = tenant.as_str();
+    let mut k = String::with_capacity(prefix.len() + tenant.len() + kind.len() + policy.len() + 4);
+    k.push_str(prefix);
+    k.push('{');
+    k.push_str(tenant);
+    k.push_str("}:");
+    k.push_str(kind);
+    k.push(':');
+    k.push_str(policy);
+    k
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_EXACT)
+}
+
+/// 64 random bits without a dependency: the standard library's randomly
+/// keyed SipHash over the time and the process id.
+fn random_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    std::time::SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    h.finish()
+}

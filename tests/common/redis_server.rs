@@ -1,0 +1,398 @@
+//! Throw-away Redis servers for integration tests.
+//!
+//! Include with `#[path = "common/redis_server.rs"] mod redis_server;`.
+//!
+//! Every server is started by the test on a free port of 127.0.0.1, in its
+//! own temporary directory, without persistence (`--save "" --appendonly
+//! no`), and killed on drop. A server someone left running (for example on
+//! 6379) is never used. `redis-server` and `redis-cli` must be on the PATH
+//! (Debian: `apt-get install redis-server`); otherwise the tests fail with a
+//! clear message.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const MISSING: &str = "redis-server / redis-cli not found on PATH: these tests start their own \
+     Redis servers; install them (Debian/Ubuntu: `apt-get install -y redis-server`)";
+
+fn check_binaries() {
+    for bin in ["redis-server", "redis-cli"] {
+        let found = Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(found, "{MISSING}");
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "tt-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+/// Whether `port` (and `port + 10000`, the cluster bus, when `bus`) can be
+/// bound on 127.0.0.1 right now.
+fn port_free(port: u16, bus: bool) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+        && (!bus
+            || port
+                .checked_add(10000)
+                .is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
+}
+
+/// A free port, from the kernel (single servers) or from 20000..30000 (cluster
+/// nodes, whose bus port is `port + 10000`).
+fn free_port(bus: bool) -> u16 {
+    if !bus {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        return l.local_addr().unwrap().port();
+    }
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(37) % 10000;
+    for _ in 0..10000 {
+        let offset = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 10000;
+        let port = 20000 + offset as u16;
+        if port_free(port, true) {
+            return port;
+        }
+    }
+    panic!("no free port pair found in 20000..40000");
+}
+
+/// Sends one command over RESP and returns the raw reply (no redis-cli).
+fn raw_command(port: u16, args: &[&str], timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn pings(port: u16) -> bool {
+    raw_command(port, &["PING"], Duration::from_millis(200))
+        .map(|r| r.starts_with("+PONG"))
+        .unwrap_or(false)
+}
+
+/// One `redis-server` process on 127.0.0.1.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl RedisServer {
+    /// Starts a standalone server on a free port and waits until it answers PING.
+    pub fn new() -> Self {
+        Self::with_args(&[])
+    }
+
+    /// Starts a server with extra command-line arguments.
+    pub fn with_args(extra: &[&str]) -> Self {
+        check_binaries();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let bus = extra.iter().any(|a| a == "--cluster-enabled");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(bus),
+                dir: temp_dir("redis"),
+                extra: extra.clone(),
+                child: None,
+                paused: false,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last = e, // port taken meanwhile: try another one
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.dir.join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(["--daemonize", "no", "--protected-mode", "no"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("{MISSING} ({e})"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("redis-server exited with {status}: {log}"));
+            }
+            if pings(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        ))
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server (SIGKILL: a crash; all data is lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    /// Starts the server again on the same port.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "could not restart redis-server on port {}: {last}",
+            self.port
+        );
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+        self.paused = true;
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+        self.paused = false;
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("server not running");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Runs `redis-cli -p PORT args…` and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+
+    /// `INFO section` parsed into `(field, value)` lines.
+    pub fn info(&self, section: &str) -> Vec<(String, String)> {
+        self.cli(&["INFO", section])
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// The `calls` of `cmdstat_<command>` in `INFO commandstats` (0 when absent).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        command_calls(self.port, command)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `redis-cli -p port args…`.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{MISSING} ({e})"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `calls` of `cmdstat_<command>` on the server at `port`.
+pub fn command_calls(port: u16, command: &str) -> u64 {
+    let needle = format!("cmdstat_{}:", command.to_ascii_lowercase());
+    cli(port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&needle).map(str::to_owned))
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix("calls=").map(|v| v.parse().unwrap()))
+        })
+        .unwrap_or(0)
+}
+
+/// A Redis Cluster of three masters (no replicas), torn down on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three `--cluster-enabled` servers, joins them with
+    /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on
+    /// every node.
+    pub fn new() -> Self {
+        check_binaries();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::with_args(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{MISSING} ({e})"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not reach cluster_state:ok within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node serving `key`'s slot.
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT");
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            for range in &fields[8..] {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((lo, hi)) => (lo.parse().unwrap_or(1), hi.parse().unwrap_or(0)),
+                    None => {
+                        let s = range.parse().unwrap_or(1);
+                        (s, s)
+                    }
+                };
+                if (lo..=hi).contains(&slot) {
+                    return self
+                        .nodes
+                        .iter()
+                        .find(|n| n.port() == port)
+                        .expect("slot owner is one of ours");
+                }
+            }
+        }
+        panic!("no node serves slot {slot}");
+    }
+
+    /// The sum over the nodes of `cmdstat_<command>` calls.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        self.nodes.iter().map(|n| n.command_calls(command)).sum()
+    }
+}
