@@ -5,6 +5,9 @@
 //! cargo run --release --example accuracy
 //! ```
 //!
+//! `benches/accuracy.rs` reuses this file (the same traces and replay) for
+//! `scripts/bench.sh`, and checks the exact algorithms against brute force.
+//!
 //! Deterministic (a fixed-seed xorshift PRNG and a `ManualClock`; no timing):
 //! every run prints the same table. Limit 100 per 60 s window, one hour of
 //! simulated time per trace, cost 1 per request. Two comparisons, the log's
@@ -27,17 +30,17 @@ use std::time::Duration;
 use tower_tenancy::store::{Algorithm, Check, Clock, CounterStore, ManualClock};
 use tower_tenancy::{MemoryStore, TenantId};
 
-const LIMIT: u64 = 100;
-const WINDOW_MS: u64 = 60_000;
-const HOUR_MS: u64 = 3_600_000;
+pub const LIMIT: u64 = 100;
+pub const WINDOW_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 3_600_000;
 /// 2026-11-23T00:00:00Z.
-const T0: u64 = 1_795_392_000_000;
+pub const T0: u64 = 1_795_392_000_000;
 
 /// xorshift64*: a tiny deterministic PRNG.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -45,22 +48,22 @@ impl Rng {
     }
 
     /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
     }
 
     /// Exponential with the given mean.
-    fn exp(&mut self, mean: f64) -> f64 {
+    pub fn exp(&mut self, mean: f64) -> f64 {
         -self.unit().ln() * mean
     }
 
-    fn range(&mut self, low: u64, high: u64) -> u64 {
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
         low + self.next_u64() % (high - low + 1)
     }
 }
 
 /// Poisson arrivals at `per_minute` on average, for one hour.
-fn steady(seed: u64, per_minute: f64) -> Vec<u64> {
+pub fn steady(seed: u64, per_minute: f64) -> Vec<u64> {
     let mut rng = Rng(seed);
     let mean_gap = 60_000.0 / per_minute;
     let mut t = 0.0;
@@ -76,7 +79,7 @@ fn steady(seed: u64, per_minute: f64) -> Vec<u64> {
 
 /// Bursts of `size` requests (uniform in the range) spread over `spread_ms`,
 /// starting at Poisson times `mean_gap_ms` apart on average.
-fn bursty(seed: u64, size: (u64, u64), spread_ms: u64, mean_gap_ms: f64) -> Vec<u64> {
+pub fn bursty(seed: u64, size: (u64, u64), spread_ms: u64, mean_gap_ms: f64) -> Vec<u64> {
     let mut rng = Rng(seed);
     let mut start = 0.0;
     let mut arrivals = Vec::new();
@@ -96,19 +99,20 @@ fn bursty(seed: u64, size: (u64, u64), spread_ms: u64, mean_gap_ms: f64) -> Vec<
     arrivals
 }
 
+/// The comparison of one trace.
 #[derive(Default)]
-struct Tally {
-    requests: u64,
-    log_admits: u64,
-    window_admits: u64,
-    wrongly_admitted: u64,
-    wrongly_rejected: u64,
-    over: u64,
-    under: u64,
-    max_per_window: u64,
+pub struct Tally {
+    pub requests: u64,
+    pub log_admits: u64,
+    pub window_admits: u64,
+    pub wrongly_admitted: u64,
+    pub wrongly_rejected: u64,
+    pub over: u64,
+    pub under: u64,
+    pub max_per_window: u64,
 }
 
-fn replay(arrivals: &[u64]) -> Tally {
+pub fn replay(arrivals: &[u64]) -> Tally {
     let clock = Arc::new(ManualClock::new(T0));
     let dyn_clock: Arc<dyn Clock> = clock.clone();
     let window_store = MemoryStore::with_clock(dyn_clock.clone());
@@ -169,7 +173,7 @@ fn replay(arrivals: &[u64]) -> Tally {
     tally
 }
 
-fn pct(n: u64, of: u64) -> f64 {
+pub fn pct(n: u64, of: u64) -> f64 {
     if of == 0 {
         0.0
     } else {
@@ -177,8 +181,9 @@ fn pct(n: u64, of: u64) -> f64 {
     }
 }
 
-fn main() {
-    let traces: Vec<(&str, Vec<u64>)> = vec![
+/// The traces: arrival times in ms from `T0`, sorted.
+pub fn traces() -> Vec<(&'static str, Vec<u64>)> {
+    vec![
         ("steady 0.8x", steady(1, 80.0)),
         ("steady 1.0x", steady(2, 100.0)),
         ("steady 1.5x", steady(3, 150.0)),
@@ -186,7 +191,11 @@ fn main() {
         ("bursty 0.9x", bursty(5, (30, 90), 2_000, 40_000.0)),
         ("bursty 2x", bursty(6, (50, 150), 5_000, 30_000.0)),
         ("bursty 5x", bursty(7, (200, 300), 1_000, 30_000.0)),
-    ];
+    ]
+}
+
+fn main() {
+    let traces = traces();
     println!(
         "limit {LIMIT} per {} s, 1 h per trace; shares of all requests\n",
         WINDOW_MS / 1000

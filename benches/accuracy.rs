@@ -1,0 +1,272 @@
+//! Accuracy of the sliding window counter against the exact sliding log, and
+//! of the exact algorithms (sliding log, calendar quotas) against brute
+//! force (issue 7, item 5).
+//!
+//! ```text
+//! cargo bench --bench accuracy
+//! ```
+//!
+//! The traces and the replay are those of `examples/accuracy.rs` (included
+//! below): deterministic, the figures do not depend on the machine. Then:
+//!
+//! * the `MemoryStore` sliding log replays every trace and is compared,
+//!   request by request, with a brute-force log (a list of admitted
+//!   timestamps, counted anew for every request);
+//! * the calendar quotas (hour, day, week, month) replay a 75-day trace
+//!   that crosses months and a year end and are compared with brute-force
+//!   counts per period, the period found by walking the calendar day by day
+//!   from 1970 (independent of the store's date arithmetic).
+//!
+//! Writes `target/bench-results/accuracy.{csv,json}`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[path = "../examples/accuracy.rs"]
+#[allow(dead_code)]
+mod example;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use example::{Rng, LIMIT, T0, WINDOW_MS};
+use tower_tenancy::store::{Algorithm, Check, Clock, CounterStore, ManualClock};
+use tower_tenancy::{MemoryStore, Period, TenantId};
+
+fn admit(store: &MemoryStore, tenant: &TenantId, check: &Check) -> bool {
+    store
+        .admit(tenant, std::slice::from_ref(check))
+        .try_take()
+        .expect("ready")
+        .expect("ok")
+        .allowed()
+}
+
+/// Requests where the store's sliding log and a brute-force log disagree.
+fn log_vs_brute_force(arrivals: &[u64]) -> u64 {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = MemoryStore::with_clock(clock.clone() as Arc<dyn Clock>);
+    let tenant: TenantId = "acme".parse().expect("id");
+    let check = Check::new(
+        "calls",
+        Algorithm::SlidingLog {
+            window: Duration::from_millis(WINDOW_MS),
+        },
+        LIMIT,
+        1,
+    );
+    let mut admitted: Vec<u64> = Vec::new();
+    let mut mismatches = 0;
+    for &t in arrivals {
+        let now = T0 + t;
+        clock.set_ms(now);
+        let by_store = admit(&store, &tenant, &check);
+        let in_window = admitted.iter().filter(|&&a| a + WINDOW_MS > now).count() as u64;
+        let by_reference = in_window < LIMIT;
+        if by_reference {
+            admitted.push(now);
+        }
+        mismatches += u64::from(by_store != by_reference);
+    }
+    mismatches
+}
+
+/// (year, month) of day `days` since 1970-01-01, by walking month by month.
+fn year_month_walk(days: u64) -> (u64, u64) {
+    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let (mut y, mut m, mut left) = (1970, 1, days);
+    loop {
+        let len = match m {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            _ if leap(y) => 29,
+            _ => 28,
+        };
+        if left < len {
+            return (y, m);
+        }
+        left -= len;
+        m += 1;
+        if m == 13 {
+            m = 1;
+            y += 1;
+        }
+    }
+}
+
+/// The brute-force period key of `now`.
+fn period_key(period: Period, now: u64) -> u64 {
+    let day = now / 86_400_000;
+    match period {
+        Period::Hour => now / 3_600_000,
+        Period::Day => day,
+        // Monday-based weeks; 1970-01-01 was a Thursday.
+        Period::Week => (day + 3) / 7,
+        Period::Month => {
+            let (y, m) = year_month_walk(day);
+            y * 12 + m
+        }
+    }
+}
+
+/// A 75-day trace from 2026-11-23: Poisson arrivals about every 10 minutes
+/// with bursts of 5 to 40 requests about twice a day.
+fn calendar_trace() -> Vec<u64> {
+    let mut rng = Rng(99);
+    let end = 75 * 86_400_000u64;
+    let mut arrivals = Vec::new();
+    let mut t = 0.0;
+    while (t as u64) < end {
+        t += rng.exp(600_000.0);
+        arrivals.push(t as u64);
+        if rng.range(0, 72) == 0 {
+            for _ in 0..rng.range(5, 40) {
+                arrivals.push(t as u64 + rng.range(0, 60_000));
+            }
+        }
+    }
+    arrivals.retain(|&a| a < end);
+    arrivals.sort_unstable();
+    arrivals
+}
+
+/// Requests where the store's calendar quota and brute-force counts per
+/// period disagree; also returns how many requests each denied.
+fn calendar_vs_brute_force(arrivals: &[u64], period: Period, limit: u64) -> (u64, u64) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = MemoryStore::with_clock(clock.clone() as Arc<dyn Clock>);
+    let tenant: TenantId = "acme".parse().expect("id");
+    let check = Check::new("quota", Algorithm::Calendar { period }, limit, 1);
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    let mut month_cache: VecDeque<(u64, u64)> = VecDeque::new();
+    let (mut mismatches, mut denied) = (0, 0);
+    for &t in arrivals {
+        let now = T0 + t;
+        clock.set_ms(now);
+        let by_store = admit(&store, &tenant, &check);
+        let key = if period == Period::Month {
+            let day = now / 86_400_000;
+            match month_cache.iter().find(|(d, _)| *d == day) {
+                Some(&(_, k)) => k,
+                None => {
+                    let k = period_key(period, now);
+                    month_cache.push_back((day, k));
+                    k
+                }
+            }
+        } else {
+            period_key(period, now)
+        };
+        let count = counts.entry(key).or_default();
+        let by_reference = *count < limit;
+        if by_reference {
+            *count += 1;
+        } else {
+            denied += 1;
+        }
+        mismatches += u64::from(by_store != by_reference);
+    }
+    (mismatches, denied)
+}
+
+fn main() {
+    let full = common::full_run();
+    let traces = example::traces();
+    let mut rows = Vec::new();
+    let mut json_traces = Vec::new();
+    println!("limit {LIMIT} per 60 s, 1 h per trace; shares of all requests");
+    println!("| trace | requests | log admits | window admits | wrongly admitted | wrongly rejected | over | under | max/60s | log vs brute force |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, arrivals) in &traces {
+        let arrivals = if full { &arrivals[..] } else { &arrivals[..arrivals.len().min(500)] };
+        let t = example::replay(arrivals);
+        let log_mismatches = log_vs_brute_force(arrivals);
+        let cells = vec![
+            name.to_string(),
+            t.requests.to_string(),
+            t.log_admits.to_string(),
+            t.window_admits.to_string(),
+            format!("{:.2}%", example::pct(t.wrongly_admitted, t.requests)),
+            format!("{:.2}%", example::pct(t.wrongly_rejected, t.requests)),
+            format!("{:.2}%", example::pct(t.over, t.requests)),
+            format!("{:.2}%", example::pct(t.under, t.requests)),
+            t.max_per_window.to_string(),
+            log_mismatches.to_string(),
+        ];
+        println!("{}", common::md_row(&cells));
+        assert_eq!(log_mismatches, 0, "the sliding log must be exact");
+        rows.push(
+            cells
+                .iter()
+                .map(|c| c.trim_end_matches('%').to_owned())
+                .collect(),
+        );
+        json_traces.push(serde_json::json!({
+            "trace": name,
+            "requests": t.requests,
+            "log_admits": t.log_admits,
+            "window_admits": t.window_admits,
+            "wrongly_admitted_pct": example::pct(t.wrongly_admitted, t.requests),
+            "wrongly_rejected_pct": example::pct(t.wrongly_rejected, t.requests),
+            "over_pct": example::pct(t.over, t.requests),
+            "under_pct": example::pct(t.under, t.requests),
+            "max_per_60s": t.max_per_window,
+            "log_vs_brute_force_mismatches": log_mismatches,
+        }));
+    }
+
+    let trace = calendar_trace();
+    let trace = if full { &trace[..] } else { &trace[..trace.len().min(500)] };
+    let mut json_calendar = Vec::new();
+    println!(
+        "\ncalendar quotas vs brute force, {} requests over 75 days from 2026-11-23",
+        trace.len()
+    );
+    println!("| period | limit | denied | mismatches |");
+    println!("|---|---:|---:|---:|");
+    for (period, limit) in [
+        (Period::Hour, 8),
+        (Period::Day, 120),
+        (Period::Week, 800),
+        (Period::Month, 3_000),
+    ] {
+        let (mismatches, denied) = calendar_vs_brute_force(trace, period, limit);
+        println!("| {period:?} | {limit} | {denied} | {mismatches} |");
+        assert_eq!(mismatches, 0, "calendar quotas must be exact");
+        json_calendar.push(serde_json::json!({
+            "period": format!("{period:?}"), "limit": limit,
+            "requests": trace.len(), "denied": denied, "mismatches": mismatches,
+        }));
+    }
+    if !full {
+        return;
+    }
+    common::write_result(
+        "accuracy.csv",
+        &common::csv(
+            &[
+                "trace",
+                "requests",
+                "log_admits",
+                "window_admits",
+                "wrongly_admitted_pct",
+                "wrongly_rejected_pct",
+                "over_pct",
+                "under_pct",
+                "max_per_60s",
+                "log_vs_brute_force_mismatches",
+            ],
+            &rows,
+        ),
+    );
+    let out = serde_json::json!({
+        "limit": LIMIT, "window_ms": WINDOW_MS,
+        "traces": json_traces,
+        "calendar": json_calendar,
+    });
+    common::write_result(
+        "accuracy.json",
+        &serde_json::to_string_pretty(&out).expect("json"),
+    );
+}
