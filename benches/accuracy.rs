@@ -179,7 +179,11 @@ fn main() {
     println!("| trace | requests | log admits | window admits | wrongly admitted | wrongly rejected | over | under | max/60s | log vs brute force |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, arrivals) in &traces {
-        let arrivals = if full { &arrivals[..] } else { &arrivals[..arrivals.len().min(500)] };
+        let arrivals = if full {
+            &arrivals[..]
+        } else {
+            &arrivals[..arrivals.len().min(500)]
+        };
         let t = example::replay(arrivals);
         let log_mismatches = log_vs_brute_force(arrivals);
         let cells = vec![
@@ -217,7 +221,11 @@ fn main() {
     }
 
     let trace = calendar_trace();
-    let trace = if full { &trace[..] } else { &trace[..trace.len().min(500)] };
+    let trace = if full {
+        &trace[..]
+    } else {
+        &trace[..trace.len().min(500)]
+    };
     let mut json_calendar = Vec::new();
     println!(
         "\ncalendar quotas vs brute force, {} requests over 75 days from 2026-11-23",

@@ -92,7 +92,11 @@ struct WrkRun {
 }
 
 fn to_ms(value: &str) -> f64 {
-    let (num, unit) = value.split_at(value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len()));
+    let (num, unit) = value.split_at(
+        value
+            .find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(value.len()),
+    );
     let n: f64 = num.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => n / 1000.0,
@@ -204,7 +208,12 @@ fn main() {
     let memory = serve(&rt, app(Arc::new(MemoryStore::new())));
     wrk("warm-up", memory, "/v1/reports", 1);
     runs.push(wrk("driver, no layers", memory, "/bare", seconds));
-    runs.push(wrk("driver, layers, MemoryStore", memory, "/v1/reports", seconds));
+    runs.push(wrk(
+        "driver, layers, MemoryStore",
+        memory,
+        "/v1/reports",
+        seconds,
+    ));
 
     #[cfg(feature = "redis")]
     let _redis = {
@@ -214,28 +223,53 @@ fn main() {
             .expect("connect");
         let port = serve(&rt, app(Arc::new(store)));
         wrk("warm-up", port, "/v1/reports", 1);
-        runs.push(wrk("driver, layers, RedisStore", port, "/v1/reports", seconds));
+        runs.push(wrk(
+            "driver, layers, RedisStore",
+            port,
+            "/v1/reports",
+            seconds,
+        ));
         server
     };
 
     match Demo::start() {
         Some(demo) => {
             wrk("warm-up", demo.1, "/v1/me", 1);
-            runs.push(wrk("demo axum_server, /health (no layers)", demo.1, "/health", seconds));
-            runs.push(wrk("demo axum_server, /v1/me (layers, MemoryStore)", demo.1, "/v1/me", seconds));
+            runs.push(wrk(
+                "demo axum_server, /health (no layers)",
+                demo.1,
+                "/health",
+                seconds,
+            ));
+            runs.push(wrk(
+                "demo axum_server, /v1/me (layers, MemoryStore)",
+                demo.1,
+                "/v1/me",
+                seconds,
+            ));
         }
         None => eprintln!("demo not built (cargo build --release --example axum_server): skipped"),
     }
 
     let bare = runs.first().map_or(f64::NAN, |r| r.rps);
-    println!("wrk -t2 -c64 -d{seconds}s on {} cores (load {})", machine["nproc"], common::load_average());
+    println!(
+        "wrk -t2 -c64 -d{seconds}s on {} cores (load {})",
+        machine["nproc"],
+        common::load_average()
+    );
     println!("| setup | path | requests/s | vs driver bare | p50 ms | p99 ms | non-2xx |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for r in &runs {
         println!(
             "| {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {} |",
-            r.setup, r.path, r.rps, r.rps / bare, r.p50_ms, r.p99_ms, r.non_2xx
+            r.setup,
+            r.path,
+            r.rps,
+            r.rps / bare,
+            r.p50_ms,
+            r.p99_ms,
+            r.non_2xx
         );
         assert_eq!(r.non_2xx, 0, "{} answered non-2xx", r.setup);
         rows.push(vec![
@@ -254,7 +288,15 @@ fn main() {
     common::write_result(
         "e2e.csv",
         &common::csv(
-            &["setup", "path", "requests_per_s", "vs_bare", "p50_ms", "p99_ms", "requests"],
+            &[
+                "setup",
+                "path",
+                "requests_per_s",
+                "vs_bare",
+                "p50_ms",
+                "p99_ms",
+                "requests",
+            ],
             &rows,
         ),
     );
@@ -268,5 +310,8 @@ fn main() {
             "requests": r.requests, "non_2xx": r.non_2xx,
         })).collect::<Vec<_>>(),
     });
-    common::write_result("e2e.json", &serde_json::to_string_pretty(&out).expect("json"));
+    common::write_result(
+        "e2e.json",
+        &serde_json::to_string_pretty(&out).expect("json"),
+    );
 }

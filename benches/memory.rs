@@ -53,7 +53,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            CURRENT.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            CURRENT.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -93,8 +96,9 @@ fn main() {
         1_000,
         1,
     )];
-    let mut rows = Vec::new();
-    let mut points = Vec::new();
+    // Reserved before the baseline so that the checkpoints allocate nothing.
+    let mut points: Vec<(usize, isize, f64)> = Vec::with_capacity(max / step + 1);
+    let baseline = baseline + (allocated() - baseline - empty_store);
     for (i, tenant) in tenants.iter().enumerate() {
         let admission = store
             .admit(tenant, &checks)
@@ -106,9 +110,7 @@ fn main() {
         let n = i + 1;
         if n % step == 0 {
             let bytes = allocated() - baseline - empty_store;
-            let per_key = bytes as f64 / n as f64;
-            rows.push(vec![n.to_string(), bytes.to_string(), format!("{per_key:.1}")]);
-            points.push((n, bytes, per_key));
+            points.push((n, bytes, bytes as f64 / n as f64));
         }
     }
     assert_eq!(store.len(), max);
@@ -122,10 +124,14 @@ fn main() {
     drop(store);
     let after_drop = allocated() - baseline;
 
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|(n, bytes, per_key)| vec![n.to_string(), bytes.to_string(), format!("{per_key:.1}")])
+        .collect();
     let at = |n: usize| points.iter().find(|p| p.0 == n).map(|p| p.2);
-    let (lo, hi) = points.iter().fold((f64::MAX, 0f64), |(lo, hi), p| {
-        (lo.min(p.2), hi.max(p.2))
-    });
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.2), hi.max(p.2)));
     println!(
         "sliding-window keys in a MemoryStore ({} shards by default); tenant ids not counted ({id_bytes:.1} B each, owned by the directory)",
         "4 x cores, power of two"

@@ -283,7 +283,9 @@ fn main() {
     // Instruction-count mode: one variant, a fixed number of requests, no
     // criterion (run under `valgrind --tool=callgrind`).
     if let Ok(spec) = std::env::var("OVERHEAD_INSTR") {
-        let (name, n) = spec.split_once(':').expect("OVERHEAD_INSTR=variant:requests");
+        let (name, n) = spec
+            .split_once(':')
+            .expect("OVERHEAD_INSTR=variant:requests");
         let n: u64 = n.parse().expect("a number of requests");
         let mut svc = variant(name);
         single_thread().block_on(serve(&mut svc, n));
@@ -301,6 +303,9 @@ fn main() {
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
+        // No HTML report: criterion's plots need fonts (and the figures are
+        // collected into overhead.json below).
+        .without_plots()
         .configure_from_args();
     benches(&mut criterion);
     criterion.final_summary();

@@ -45,7 +45,11 @@ fn read_csv(path: &Path) -> Option<Vec<Vec<String>>> {
     Some(
         text.lines()
             .skip(1)
-            .map(|l| l.split(',').map(|c| c.trim_matches('"').to_owned()).collect())
+            .map(|l| {
+                l.split(',')
+                    .map(|c| c.trim_matches('"').to_owned())
+                    .collect()
+            })
             .collect(),
     )
 }
@@ -98,7 +102,9 @@ fn redis_plot(rows: &[Vec<String>], out: &Path, load: &str) {
         root.fill(&WHITE).expect("fill");
         let root = root
             .titled(
-                &format!("Redis admission: one sliding-window check per call (2 cores, load {load})"),
+                &format!(
+                    "Redis admission: one sliding-window check per call (2 cores, load {load})"
+                ),
                 ("sans-serif", 20),
             )
             .expect("title");
@@ -128,7 +134,9 @@ fn redis_plot(rows: &[Vec<String>], out: &Path, load: &str) {
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
                 .expect("line")
                 .label(label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                });
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .expect("points");
@@ -245,14 +253,19 @@ fn overhead_plot(rows: &[Vec<String>], out: &Path, load: &str) {
                 .filter_map(|(i, v)| {
                     let y = value(v, mode)?;
                     let x0 = i as f64 + 0.1 + m as f64 * width;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.95, y)], color.filled()))
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + width * 0.95, y)],
+                        color.filled(),
+                    ))
                 })
                 .collect();
             chart
                 .draw_series(bars)
                 .expect("bars")
                 .label(mode.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -288,9 +301,11 @@ fn main() {
     let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
     std::fs::create_dir_all(&docs).expect("create docs/bench");
     match read_csv(&results.join("redis.csv")) {
-        Some(rows) if !rows.is_empty() => {
-            redis_plot(&rows, &docs.join("redis.png"), &load_of(&results, "redis.json"))
-        }
+        Some(rows) if !rows.is_empty() => redis_plot(
+            &rows,
+            &docs.join("redis.png"),
+            &load_of(&results, "redis.json"),
+        ),
         _ => eprintln!("no redis.csv: skipped redis.png"),
     }
     match read_csv(&results.join("overhead.csv")) {

@@ -105,8 +105,16 @@ fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64) -> Run {
     let window = WINDOW_MS.to_string();
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", &concurrency.to_string(), "-n", &n.to_string(), "--csv"])
-        .args(["EVALSHA", sha, "1", key, "a", "", "", "1", "sw", &limit, "1", &window, "0"])
+        .args([
+            "-c",
+            &concurrency.to_string(),
+            "-n",
+            &n.to_string(),
+            "--csv",
+        ])
+        .args([
+            "EVALSHA", sha, "1", key, "a", "", "", "1", "sw", &limit, "1", &window, "0",
+        ])
         .output()
         .expect("run redis-benchmark (Debian: apt-get install redis-tools)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -300,7 +308,11 @@ fn main() {
             }
         }
     }
-    let trips = rt.block_on(round_trips(&server, &store, if full { 10_000 } else { 100 }));
+    let trips = rt.block_on(round_trips(
+        &server,
+        &store,
+        if full { 10_000 } else { 100 },
+    ));
     drop(store);
     drop(rt);
 

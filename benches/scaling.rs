@@ -50,7 +50,8 @@ fn run(
             let (store, tenants, checks) = (store.clone(), tenants.clone(), checks.clone());
             let (stop, barrier) = (stop.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+                let mut rng =
+                    0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
                 let n = tenants.len() as u64;
                 let mut calls = 0u64;
                 barrier.wait();
@@ -152,7 +153,13 @@ fn main() {
     common::write_result(
         "scaling.csv",
         &common::csv(
-            &["tenants", "threads", "calls_per_s", "ns_per_call_per_thread", "speedup"],
+            &[
+                "tenants",
+                "threads",
+                "calls_per_s",
+                "ns_per_call_per_thread",
+                "speedup",
+            ],
             &rows,
         ),
     );

@@ -393,6 +393,28 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Appends `"name"`.
+fn quoted(out: &mut Vec<u8>, name: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(name);
+    out.push(b'"');
+}
+
+/// Appends the decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Percent-encodes a grpc-message per the gRPC HTTP/2 spec.
 fn grpc_percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -462,14 +484,27 @@ impl RateLimitFields {
             return;
         }
         let reset = ceil_secs(self.reset);
-        let mut policy = format!("\"{}\";q={}", self.policy, self.limit);
+        // Written byte by byte into buffers of the right size, each handed to
+        // the header value without a copy: this runs on every metered
+        // response (`format!` cost about as much as the rest of admission).
+        let name = self.policy.as_bytes();
+        let mut policy = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
+        quoted(&mut policy, name);
+        policy.extend_from_slice(b";q=");
+        push_u64(&mut policy, self.limit);
         if let Some(w) = self.window {
-            let _ = write!(policy, ";w={}", ceil_secs(w));
+            policy.extend_from_slice(b";w=");
+            push_u64(&mut policy, ceil_secs(w));
         }
-        let state = format!("\"{}\";r={};t={}", self.policy, self.remaining, reset);
+        let mut state = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
+        quoted(&mut state, name);
+        state.extend_from_slice(b";r=");
+        push_u64(&mut state, self.remaining);
+        state.extend_from_slice(b";t=");
+        push_u64(&mut state, reset);
         if let (Ok(p), Ok(s)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
+            HeaderValue::from_maybe_shared(Bytes::from(policy)),
+            HeaderValue::from_maybe_shared(Bytes::from(state)),
         ) {
             headers.insert(HeaderName::from_static("ratelimit-policy"), p);
             headers.insert(HeaderName::from_static("ratelimit"), s);
@@ -494,6 +529,15 @@ impl RateLimitFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits() {
+        for n in [0, 7, 10, 99, 1_234_567_890, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn grpc_message_is_percent_encoded() {

@@ -66,21 +66,23 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 ///
 /// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
 /// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-/// nothing of its own. Memory per key, counting the hash map's buckets
-/// (`size_of::<(Key, Value)>() + 1` control byte per bucket, at a load factor
-/// between 7/16 and 7/8):
+/// nothing of its own. Sliding windows, the default rate limit, have one
+/// table per policy keyed by the tenant alone (the policy is found by a
+/// short scan of the shard's policy names). Memory per key, counting the
+/// hash map's buckets (`size_of::<(Key, Value)>() + 1` control byte per
+/// bucket, at a load factor between 7/16 and 7/8):
 ///
 /// | algorithm | bytes per bucket | heap besides the map |
 /// |---|---|---|
-/// | sliding window | 57 | — |
+/// | sliding window | 41 | — |
 /// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
 /// | calendar | 57 | — |
 /// | concurrency | 41 | 24-byte `Arc` |
 /// | gauge | 41 | — |
 ///
-/// That is 65 bytes per active sliding-window key when a table is full and
-/// 130 right after it has doubled; 100 000 keys measured 75 bytes per key
-/// (the `bytes_per_sliding_window_key` unit test).
+/// That is 47 bytes per active sliding-window key when a table is full and
+/// 94 right after it has doubled; `benches/memory.rs` (see BENCHMARKS.md)
+/// measures the heap from 25 000 to 1 000 000 keys.
 ///
 /// # Eviction
 ///
@@ -469,10 +471,11 @@ struct Shard(Mutex<Tables>);
 /// The counters of one shard, one map per algorithm kind.
 #[derive(Default)]
 struct Tables {
-    windows: HashMap<Key, WindowState>,
-    /// Per sliding-window policy, the longest window it was used with: the
-    /// sweep needs it and the 24-byte window state does not keep it.
-    window_lengths: HashMap<Arc<str>, u64>,
+    /// Sliding windows, one table per policy keyed by tenant alone: a
+    /// 40-byte slot instead of 56 with the policy in every key. A request
+    /// finds its policy by a short scan (pointer comparison first: checks
+    /// carry the rule's own `Arc<str>`), there being few policy names.
+    windows: Vec<PolicyWindows>,
     logs: HashMap<Key, Box<LogState>>,
     calendars: HashMap<Key, CalendarState>,
     concurrency: HashMap<Key, Inflight>,
@@ -485,31 +488,71 @@ struct Tables {
     swept_len: u64,
 }
 
+/// The sliding-window counters of one policy.
+struct PolicyWindows {
+    policy: Arc<str>,
+    /// The longest window the policy was used with: the sweep needs it and
+    /// the 24-byte window state does not keep it.
+    longest: u64,
+    counters: HashMap<TenantId, WindowState>,
+}
+
 impl Tables {
     fn len(&self) -> usize {
-        self.windows.len()
+        self.windows.iter().map(|p| p.counters.len()).sum::<usize>()
             + self.logs.len()
             + self.calendars.len()
             + self.concurrency.len()
             + self.gauges.len()
     }
 
+    /// The sliding-window table of `policy`, created when missing, noting
+    /// that it is used with window `w`.
+    fn windows(&mut self, policy: &Arc<str>, w: u64) -> &mut HashMap<TenantId, WindowState> {
+        let found = self
+            .windows
+            .iter()
+            .position(|p| Arc::ptr_eq(&p.policy, policy) || p.policy == *policy);
+        let index = found.unwrap_or_else(|| {
+            self.windows.push(PolicyWindows {
+                policy: policy.clone(),
+                longest: w,
+                counters: HashMap::new(),
+            });
+            self.windows.len() - 1
+        });
+        let table = &mut self.windows[index];
+        table.longest = table.longest.max(w);
+        &mut table.counters
+    }
+
     /// The decision for `check` as if the batch were denied (nothing consumed).
     fn check(&mut self, tenant: &TenantId, check: &Check, now: u64) -> Decision {
         match check.algorithm {
             Algorithm::SlidingWindow { window } => {
-                evaluate(&mut self.windows, tenant, check, window_ms(window), now)
+                let w = window_ms(window);
+                evaluate(
+                    self.windows(&check.policy, w),
+                    tenant.as_str(),
+                    check,
+                    w,
+                    now,
+                )
             }
-            Algorithm::SlidingLog { window } => {
-                evaluate::<LogState, _>(&mut self.logs, tenant, check, window_ms(window), now)
-            }
+            Algorithm::SlidingLog { window } => evaluate::<LogState, _, _, _>(
+                &mut self.logs,
+                view(tenant, check),
+                check,
+                window_ms(window),
+                now,
+            ),
             Algorithm::Calendar { period } => {
-                evaluate(&mut self.calendars, tenant, check, period, now)
+                evaluate(&mut self.calendars, view(tenant, check), check, period, now)
             }
             Algorithm::Concurrency { .. } => {
-                evaluate(&mut self.concurrency, tenant, check, (), now)
+                evaluate(&mut self.concurrency, view(tenant, check), check, (), now)
             }
-            Algorithm::Gauge => evaluate(&mut self.gauges, tenant, check, (), now),
+            Algorithm::Gauge => evaluate(&mut self.gauges, view(tenant, check), check, (), now),
         }
     }
 
@@ -518,14 +561,22 @@ impl Tables {
         match check.algorithm {
             Algorithm::SlidingWindow { window } => {
                 let w = window_ms(window);
-                if consume(&mut self.windows, tenant, check, w, now, leases) {
-                    note_window(&mut self.window_lengths, &check.policy, w);
-                }
+                let table = self.windows(&check.policy, w);
+                consume(
+                    table,
+                    tenant.as_str(),
+                    || tenant.clone(),
+                    check,
+                    w,
+                    now,
+                    leases,
+                );
             }
             Algorithm::SlidingLog { window } => {
-                consume::<LogState, _>(
+                consume::<LogState, _, _, _>(
                     &mut self.logs,
-                    tenant,
+                    view(tenant, check),
+                    || Key::new(tenant, check),
                     check,
                     window_ms(window),
                     now,
@@ -533,13 +584,37 @@ impl Tables {
                 );
             }
             Algorithm::Calendar { period } => {
-                consume(&mut self.calendars, tenant, check, period, now, leases);
+                consume(
+                    &mut self.calendars,
+                    view(tenant, check),
+                    || Key::new(tenant, check),
+                    check,
+                    period,
+                    now,
+                    leases,
+                );
             }
             Algorithm::Concurrency { .. } => {
-                consume(&mut self.concurrency, tenant, check, (), now, leases);
+                consume(
+                    &mut self.concurrency,
+                    view(tenant, check),
+                    || Key::new(tenant, check),
+                    check,
+                    (),
+                    now,
+                    leases,
+                );
             }
             Algorithm::Gauge => {
-                consume(&mut self.gauges, tenant, check, (), now, leases);
+                consume(
+                    &mut self.gauges,
+                    view(tenant, check),
+                    || Key::new(tenant, check),
+                    check,
+                    (),
+                    now,
+                    leases,
+                );
             }
         }
     }
@@ -556,54 +631,62 @@ impl Tables {
         match check.algorithm {
             Algorithm::SlidingWindow { window } => {
                 let w = window_ms(window);
-                let (decision, inserted) =
-                    single(&mut self.windows, tenant, check, w, now, commit, leases);
-                if inserted {
-                    note_window(&mut self.window_lengths, &check.policy, w);
-                }
-                decision
+                let table = self.windows(&check.policy, w);
+                let key = || tenant.clone();
+                single(table, tenant.as_str(), key, check, w, now, commit, leases)
             }
-            Algorithm::SlidingLog { window } => {
-                let w = window_ms(window);
-                single::<LogState, _>(&mut self.logs, tenant, check, w, now, commit, leases).0
-            }
-            Algorithm::Calendar { period } => {
-                single(
-                    &mut self.calendars,
-                    tenant,
-                    check,
-                    period,
-                    now,
-                    commit,
-                    leases,
-                )
-                .0
-            }
-            Algorithm::Concurrency { .. } => {
-                single(
-                    &mut self.concurrency,
-                    tenant,
-                    check,
-                    (),
-                    now,
-                    commit,
-                    leases,
-                )
-                .0
-            }
-            Algorithm::Gauge => single(&mut self.gauges, tenant, check, (), now, commit, leases).0,
+            Algorithm::SlidingLog { window } => single::<LogState, _, _, _>(
+                &mut self.logs,
+                view(tenant, check),
+                || Key::new(tenant, check),
+                check,
+                window_ms(window),
+                now,
+                commit,
+                leases,
+            ),
+            Algorithm::Calendar { period } => single(
+                &mut self.calendars,
+                view(tenant, check),
+                || Key::new(tenant, check),
+                check,
+                period,
+                now,
+                commit,
+                leases,
+            ),
+            Algorithm::Concurrency { .. } => single(
+                &mut self.concurrency,
+                view(tenant, check),
+                || Key::new(tenant, check),
+                check,
+                (),
+                now,
+                commit,
+                leases,
+            ),
+            Algorithm::Gauge => single(
+                &mut self.gauges,
+                view(tenant, check),
+                || Key::new(tenant, check),
+                check,
+                (),
+                now,
+                commit,
+                leases,
+            ),
         }
     }
 
     /// Removes the counters whose state has fully expired; returns how many.
     fn sweep(&mut self, now: u64) -> usize {
         let before = self.len();
-        let lengths = &self.window_lengths;
-        self.windows.retain(|key, state| {
-            lengths
-                .get(&*key.policy)
-                .is_none_or(|&w| !state.idle(now, w))
-        });
+        for table in &mut self.windows {
+            let longest = table.longest;
+            table.counters.retain(|_, state| !state.idle(now, longest));
+            shrink(&mut table.counters);
+        }
+        self.windows.retain(|table| !table.counters.is_empty());
         self.logs.retain(|_, log| {
             log.expire(now);
             log.shrink();
@@ -612,7 +695,6 @@ impl Tables {
         self.calendars.retain(|_, state| !state.idle(now));
         self.concurrency.retain(|_, inflight| !inflight.idle());
         self.gauges.retain(|_, gauge| gauge.0 != 0);
-        shrink(&mut self.windows);
         shrink(&mut self.logs);
         shrink(&mut self.calendars);
         shrink(&mut self.concurrency);
@@ -630,15 +712,6 @@ fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
     }
 }
 
-fn note_window(lengths: &mut HashMap<Arc<str>, u64>, policy: &Arc<str>, w: u64) {
-    match lengths.get_mut(&**policy) {
-        Some(longest) => *longest = (*longest).max(w),
-        None => {
-            lengths.insert(policy.clone(), w);
-        }
-    }
-}
-
 /// A window in whole milliseconds, at least 1.
 fn window_ms(window: Duration) -> u64 {
     u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -651,6 +724,15 @@ fn window_ms(window: Duration) -> u64 {
 struct Key {
     tenant: TenantId,
     policy: Arc<str>,
+}
+
+impl Key {
+    fn new(tenant: &TenantId, check: &Check) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            policy: check.policy.clone(),
+        }
+    }
 }
 
 trait KeyView {
@@ -779,18 +861,38 @@ fn admitted(decision: &mut Decision, check: &Check) {
     decision.remaining = check.limit.saturating_sub(decision.used);
 }
 
+/// The lookup key of the maps keyed by [`Key`].
 fn view<'a>(tenant: &'a TenantId, check: &'a Check) -> (&'a str, &'a str) {
     (tenant.as_str(), &check.policy)
 }
 
-fn evaluate<S: Counter, V: BorrowMut<S>>(
-    map: &mut HashMap<Key, V>,
-    tenant: &TenantId,
+/// How a map is looked up without building its key: `&str` (the tenant) for
+/// the sliding-window tables, `(tenant, policy)` as a [`KeyView`] for the
+/// others.
+trait Lookup<K> {
+    fn get_mut<'m, V>(&self, map: &'m mut HashMap<K, V>) -> Option<&'m mut V>;
+}
+
+impl Lookup<TenantId> for &str {
+    fn get_mut<'m, V>(&self, map: &'m mut HashMap<TenantId, V>) -> Option<&'m mut V> {
+        map.get_mut(*self)
+    }
+}
+
+impl Lookup<Key> for (&str, &str) {
+    fn get_mut<'m, V>(&self, map: &'m mut HashMap<Key, V>) -> Option<&'m mut V> {
+        map.get_mut(self as &dyn KeyView)
+    }
+}
+
+fn evaluate<S: Counter, V: BorrowMut<S>, K, L: Lookup<K>>(
+    map: &mut HashMap<K, V>,
+    lookup: L,
     check: &Check,
     ctx: S::Ctx,
     now: u64,
 ) -> Decision {
-    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+    match lookup.get_mut(map) {
         Some(state) => {
             let state = state.borrow_mut();
             state.normalize(now, ctx);
@@ -800,35 +902,32 @@ fn evaluate<S: Counter, V: BorrowMut<S>>(
     }
 }
 
-/// Consumes `check.cost`; returns whether a counter was created.
-fn consume<S: Counter, V: BorrowMut<S> + From<S>>(
-    map: &mut HashMap<Key, V>,
-    tenant: &TenantId,
+/// Consumes `check.cost`, creating the counter (keyed `key()`) when missing.
+fn consume<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
+    map: &mut HashMap<K, V>,
+    lookup: L,
+    key: impl FnOnce() -> K,
     check: &Check,
     ctx: S::Ctx,
     now: u64,
     leases: &mut Leases,
-) -> bool {
+) {
     if check.cost == 0 {
-        return false;
+        return;
     }
-    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+    match lookup.get_mut(map) {
         Some(state) => {
             if let Some(lease) = state.borrow_mut().consume(now, check.cost) {
                 leases.push(lease);
             }
-            false
         }
-        None => {
-            insert_consumed::<S, V>(map, tenant, check, ctx, now, leases);
-            true
-        }
+        None => insert_consumed::<S, V, K>(map, key(), check, ctx, now, leases),
     }
 }
 
-fn insert_consumed<S: Counter, V: BorrowMut<S> + From<S>>(
-    map: &mut HashMap<Key, V>,
-    tenant: &TenantId,
+fn insert_consumed<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash>(
+    map: &mut HashMap<K, V>,
+    key: K,
     check: &Check,
     ctx: S::Ctx,
     now: u64,
@@ -838,25 +937,23 @@ fn insert_consumed<S: Counter, V: BorrowMut<S> + From<S>>(
     if let Some(lease) = state.consume(now, check.cost) {
         leases.push(lease);
     }
-    let key = Key {
-        tenant: tenant.clone(),
-        policy: check.policy.clone(),
-    };
     map.insert(key, V::from(state));
 }
 
 /// Evaluates one check and consumes it when allowed and `commit`, with one
-/// lookup; returns the decision and whether a counter was created.
-fn single<S: Counter, V: BorrowMut<S> + From<S>>(
-    map: &mut HashMap<Key, V>,
-    tenant: &TenantId,
+/// lookup.
+#[allow(clippy::too_many_arguments)]
+fn single<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
+    map: &mut HashMap<K, V>,
+    lookup: L,
+    key: impl FnOnce() -> K,
     check: &Check,
     ctx: S::Ctx,
     now: u64,
     commit: bool,
     leases: &mut Leases,
-) -> (Decision, bool) {
-    match map.get_mut(&view(tenant, check) as &dyn KeyView) {
+) -> Decision {
+    match lookup.get_mut(map) {
         Some(state) => {
             let state = state.borrow_mut();
             state.normalize(now, ctx);
@@ -869,19 +966,17 @@ fn single<S: Counter, V: BorrowMut<S> + From<S>>(
                 }
                 admitted(&mut decision, check);
             }
-            (decision, false)
+            decision
         }
         None => {
             let mut decision = S::eval_missing(now, ctx, check);
-            let mut inserted = false;
             if decision.allowed {
                 if commit && check.cost > 0 {
-                    insert_consumed::<S, V>(map, tenant, check, ctx, now, leases);
-                    inserted = true;
+                    insert_consumed::<S, V, K>(map, key(), check, ctx, now, leases);
                 }
                 admitted(&mut decision, check);
             }
-            (decision, inserted)
+            decision
         }
     }
 }
@@ -1210,7 +1305,7 @@ mod tests {
             .iter()
             .map(|s| {
                 let t = s.0.lock();
-                bytes(&t.windows)
+                t.windows.iter().map(|p| bytes(&p.counters)).sum::<usize>()
                     + bytes(&t.logs)
                     + bytes(&t.calendars)
                     + bytes(&t.concurrency)
@@ -1221,7 +1316,7 @@ mod tests {
 
     #[test]
     fn small_slots() {
-        assert_eq!(std::mem::size_of::<(Key, WindowState)>(), 56);
+        assert_eq!(std::mem::size_of::<(TenantId, WindowState)>(), 40);
         assert_eq!(std::mem::size_of::<(Key, CalendarState)>(), 56);
         assert_eq!(std::mem::size_of::<(Key, Box<LogState>)>(), 40);
         assert_eq!(std::mem::size_of::<(Key, Inflight)>(), 40);
@@ -1315,6 +1410,25 @@ mod tests {
         store.evict_idle();
         assert_eq!(store.len(), 1);
         assert!(!admit(&store, &t, &[long]).allowed());
+    }
+
+    #[test]
+    fn longer_window_on_an_existing_counter_is_kept() {
+        // A policy first used with 1 s, then (say after a plan reload) with
+        // 10 s on the same counter: the sweep keeps it for the 10 s window.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(0)
+            .build();
+        let t = tenant(1);
+        let short = [Check::new("w", window(1_000), 2, 1)];
+        let long = [Check::new("w", window(10_000), 2, 1)];
+        assert!(admit(&store, &t, &short).allowed());
+        assert!(admit(&store, &t, &long).allowed());
+        clock.advance_ms(2_500);
+        assert_eq!(store.evict_idle(), 0);
+        assert!(!admit(&store, &t, &long).allowed());
     }
 
     #[test]
