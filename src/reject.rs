@@ -393,6 +393,14 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The number of decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Appends `"name"`.
 fn quoted(out: &mut Vec<u8>, name: &[u8]) {
     out.push(b'"');
@@ -487,16 +495,22 @@ impl RateLimitFields {
         // Written byte by byte into buffers of the right size, each handed to
         // the header value without a copy: this runs on every metered
         // response (`format!` cost about as much as the rest of admission).
+        // Exact capacities: a full `Vec` becomes `Bytes` without another
+        // allocation.
         let name = self.policy.as_bytes();
-        let mut policy = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
+        let window = self.window.map(ceil_secs);
+        let policy_len =
+            name.len() + 2 + 3 + digits(self.limit) + window.map_or(0, |w| 3 + digits(w));
+        let mut policy = Vec::with_capacity(policy_len);
         quoted(&mut policy, name);
         policy.extend_from_slice(b";q=");
         push_u64(&mut policy, self.limit);
-        if let Some(w) = self.window {
+        if let Some(w) = window {
             policy.extend_from_slice(b";w=");
-            push_u64(&mut policy, ceil_secs(w));
+            push_u64(&mut policy, w);
         }
-        let mut state = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
+        let state_len = name.len() + 2 + 3 + digits(self.remaining) + 3 + digits(reset);
+        let mut state = Vec::with_capacity(state_len);
         quoted(&mut state, name);
         state.extend_from_slice(b";r=");
         push_u64(&mut state, self.remaining);
@@ -506,8 +520,8 @@ impl RateLimitFields {
             HeaderValue::from_maybe_shared(Bytes::from(policy)),
             HeaderValue::from_maybe_shared(Bytes::from(state)),
         ) {
-            headers.insert(HeaderName::from_static("ratelimit-policy"), p);
-            headers.insert(HeaderName::from_static("ratelimit"), s);
+            headers.insert(RATELIMIT_POLICY, p);
+            headers.insert(RATELIMIT, s);
         }
         if self.style == HeaderStyle::IetfAndLegacy {
             headers.insert(
@@ -531,11 +545,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digits() {
+    fn decimal_digits() {
         for n in [0, 7, 10, 99, 1_234_567_890, u64::MAX] {
             let mut out = Vec::new();
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(digits(n), out.len());
         }
     }
 

@@ -510,7 +510,8 @@ fn most_restrictive<'a>(
         })
         .min_by_key(|(_, d, _)| (d.allowed, d.remaining))?;
     Some(RateLimitFields {
-        policy: check.policy.to_string(),
+        // Not `to_string()`: `Arc<str>` would go through `Display`.
+        policy: String::from(&*check.policy),
         limit: decision.limit,
         remaining: decision.remaining,
         reset: decision.reset,
