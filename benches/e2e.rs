@@ -203,17 +203,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut runs = Vec::new();
-
+    // (setup, port, path); every target is run `rounds` times, interleaved,
+    // and the run with the median requests/s is kept.
+    let mut targets: Vec<(&str, u16, &str)> = Vec::new();
     let memory = serve(&rt, app(Arc::new(MemoryStore::new())));
-    wrk("warm-up", memory, "/v1/reports", 1);
-    runs.push(wrk("driver, no layers", memory, "/bare", seconds));
-    runs.push(wrk(
-        "driver, layers, MemoryStore",
-        memory,
-        "/v1/reports",
-        seconds,
-    ));
+    targets.push(("driver, no layers", memory, "/bare"));
+    targets.push(("driver, layers, MemoryStore", memory, "/v1/reports"));
 
     #[cfg(feature = "redis")]
     let _redis = {
@@ -222,34 +217,36 @@ fn main() {
             .block_on(tower_tenancy::store::RedisStore::connect(server.url()))
             .expect("connect");
         let port = serve(&rt, app(Arc::new(store)));
-        wrk("warm-up", port, "/v1/reports", 1);
-        runs.push(wrk(
-            "driver, layers, RedisStore",
-            port,
-            "/v1/reports",
-            seconds,
-        ));
+        targets.push(("driver, layers, RedisStore", port, "/v1/reports"));
         server
     };
 
-    match Demo::start() {
+    let demo = Demo::start();
+    match &demo {
         Some(demo) => {
-            wrk("warm-up", demo.1, "/v1/me", 1);
-            runs.push(wrk(
-                "demo axum_server, /health (no layers)",
-                demo.1,
-                "/health",
-                seconds,
-            ));
-            runs.push(wrk(
-                "demo axum_server, /v1/me (layers, MemoryStore)",
-                demo.1,
-                "/v1/me",
-                seconds,
-            ));
+            targets.push(("demo axum_server, no layers", demo.1, "/health"));
+            targets.push(("demo axum_server, layers, MemoryStore", demo.1, "/v1/me"));
         }
         None => eprintln!("demo not built (cargo build --release --example axum_server): skipped"),
     }
+    for (_, port, path) in &targets {
+        wrk("warm-up", *port, path, 1);
+    }
+    let rounds = if full { 3 } else { 1 };
+    let mut samples: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
+    for _ in 0..rounds {
+        for (i, (setup, port, path)) in targets.iter().enumerate() {
+            samples[i].push(wrk(setup, *port, path, seconds));
+        }
+    }
+    let runs: Vec<WrkRun> = samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            s.swap_remove(s.len() / 2)
+        })
+        .collect();
+    drop(demo);
 
     let bare = runs.first().map_or(f64::NAN, |r| r.rps);
     println!(
@@ -304,6 +301,7 @@ fn main() {
         "machine": machine,
         "load_1m_at_end": common::load_average(),
         "wrk": format!("wrk -t2 -c64 -d{seconds}s --latency -H 'x-tenant-id: acme'"),
+        "rounds": rounds,
         "runs": runs.iter().map(|r| serde_json::json!({
             "setup": r.setup, "path": r.path, "requests_per_s": r.rps,
             "vs_driver_bare": r.rps / bare, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,

@@ -49,6 +49,8 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Server time per EVALSHA (`usec` / `calls` of `cmdstat_evalsha`).
+    server_us: f64,
 }
 
 fn rate_check() -> Check {
@@ -96,25 +98,21 @@ async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
         rps: n as f64 / elapsed.as_secs_f64(),
         p50_ms: common::percentile(&latencies, 50.0) as f64 / 1e6,
         p99_ms: common::percentile(&latencies, 99.0) as f64 / 1e6,
+        server_us: f64::NAN,
     }
 }
 
-/// `redis-benchmark` sending our script call.
-fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64) -> Run {
+/// `redis-benchmark` sending our script call (plus `extra` options).
+fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64, extra: &[&str]) -> Run {
     let limit = LIMIT.to_string();
     let window = WINDOW_MS.to_string();
+    let (c, n_arg) = (concurrency.to_string(), n.to_string());
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args([
-            "-c",
-            &concurrency.to_string(),
-            "-n",
-            &n.to_string(),
-            "--csv",
-        ])
-        .args([
-            "EVALSHA", sha, "1", key, "a", "", "", "1", "sw", &limit, "1", &window, "0",
-        ])
+        .args(["-c", &c, "-n", &n_arg, "--csv"])
+        .args(extra)
+        .args(["EVALSHA", sha, "1", key, "a", "", "", "1", "sw"])
+        .args([&limit, "1", &window, "0"])
         .output()
         .expect("run redis-benchmark (Debian: apt-get install redis-tools)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,6 +134,7 @@ fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64) -> Run {
         rps: fields[0],
         p50_ms: fields[3],
         p99_ms: fields[5],
+        server_us: f64::NAN,
     }
 }
 
@@ -168,7 +167,34 @@ fn peer(port: u16, concurrency: usize, n: u64) -> Option<Run> {
         rps: v["rps"].as_f64()?,
         p50_ms: v["p50_ms"].as_f64()?,
         p99_ms: v["p99_ms"].as_f64()?,
+        server_us: f64::NAN,
     })
+}
+
+/// `calls` and `usec` of `cmdstat_evalsha`.
+fn evalsha_stats(port: u16) -> (f64, f64) {
+    let info = redis_server::cli(port, &["INFO", "commandstats"]);
+    let line = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or("")
+        .to_owned();
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (field("calls="), field("usec="))
+}
+
+/// Runs `f` and sets the run's server time per EVALSHA.
+fn timed<F: FnOnce() -> Option<Run>>(port: u16, f: F) -> Option<Run> {
+    let (calls0, usec0) = evalsha_stats(port);
+    let mut run = f()?;
+    let (calls1, usec1) = evalsha_stats(port);
+    run.server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
+    Some(run)
 }
 
 /// All `cmdstat_*` calls, by command.
@@ -198,8 +224,57 @@ fn delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)
         .collect()
 }
 
-/// Round trips of `n` admissions with a rate limit, a quota and a
-/// concurrency limit; each lease is dropped before the next call.
+type Counts = std::collections::BTreeMap<String, u64>;
+
+/// The commands of `n` admissions seen by `MONITOR`: those sent by the
+/// client (round trips) and those run inside the script.
+async fn monitor(port: u16, store: &RedisStore, checks: &[Check], n: u64) -> (Counts, Counts) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "MONITOR"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli MONITOR");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tenant: TenantId = "monitored".parse().expect("id");
+    for _ in 0..n {
+        let admission = store.admit(&tenant, checks).await.expect("admit");
+        assert!(admission.allowed());
+        drop(admission);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = reader.join().expect("monitor reader");
+    let (mut from_client, mut in_script) = (Counts::new(), Counts::new());
+    for line in &lines {
+        // 1700000000.123456 [0 127.0.0.1:5555] "evalsha" … / [0 lua] "hmget" …
+        let Some((source, rest)) = line.split_once("] ") else {
+            continue;
+        };
+        let command = rest.split('"').nth(1).unwrap_or("").to_ascii_lowercase();
+        if command.is_empty() || !line.contains("{monitored}") {
+            continue;
+        }
+        let map = if source.ends_with("lua") {
+            &mut in_script
+        } else {
+            &mut from_client
+        };
+        *map.entry(command).or_default() += 1;
+    }
+    (from_client, in_script)
+}
+
+/// Round trips of admissions with a rate limit, a quota and a concurrency
+/// limit; each lease is dropped before the next call.
 async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_json::Value {
     let tenant: TenantId = "round-trips".parse().expect("id");
     let checks = [
@@ -235,19 +310,29 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
     let mut d = delta(&before, &after);
     d.retain(|(name, _)| name != "info");
     let evalsha = d.iter().find(|(n, _)| n == "evalsha").map_or(0, |x| x.1);
-    let total: u64 = d.iter().map(|x| x.1).sum();
     println!(
         "\n{n} admissions with 3 policies (sliding window + daily quota + concurrency): \
-         cmdstat_evalsha +{evalsha} ({:.2} per admission); all commands: {d:?}",
+         cmdstat_evalsha +{evalsha} ({:.2} per admission); every cmdstat (commands inside \
+         scripts included): {d:?}",
         evalsha as f64 / n as f64
+    );
+    let m = 200;
+    let (from_client, in_script) = monitor(server.port(), store, &checks, m).await;
+    println!(
+        "MONITOR, {m} admissions with 3 policies: sent by the client {from_client:?}; \
+         run inside the script {in_script:?}"
     );
     serde_json::json!({
         "admissions": n,
         "checks_per_admission": 3,
         "evalsha_calls": evalsha,
         "evalsha_per_admission": evalsha as f64 / n as f64,
-        "all_commands": d.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-        "commands_per_admission": total as f64 / n as f64,
+        "cmdstat_deltas_including_script_commands": d.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "monitor": {
+            "admissions": m,
+            "sent_by_client": from_client,
+            "inside_script": in_script,
+        },
     })
 }
 
@@ -300,13 +385,38 @@ fn main() {
                 (true, 1) => 30_000,
                 (true, _) => 100_000,
             };
-            keep(rt.block_on(ours(&store, c, n)));
-            keep(ceiling(port, &sha, &key, c, n));
-            match peer(port, c, n) {
+            keep(timed(port, || Some(rt.block_on(ours(&store, c, n)))).expect("ours"));
+            keep(timed(port, || Some(ceiling(port, &sha, &key, c, n, &[]))).expect("ceiling"));
+            match timed(port, || peer(port, c, n)) {
                 Some(run) => keep(run),
                 None => peer_missing = true,
             }
         }
+    }
+    // What the server reaches when pipelining hides the round trips.
+    let n_max = if full { 200_000 } else { 1_000 };
+    let server_max = timed(port, || {
+        Some(ceiling(port, &sha, &key, 64, n_max, &["-P", "16"]))
+    })
+    .expect("pipelined");
+    // Where the server time of one call goes: the same call (same key and
+    // arguments, pipelined) to scripts doing less.
+    let mut script_costs = Vec::new();
+    for (label, script) in [
+        ("EVALSHA of `return 1`", "return 1"),
+        (
+            "TIME + HMGET + HSET + PEXPIRE only (the commands of admit.lua's sliding-window path, none of its logic)",
+            "redis.call('TIME') local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p') \
+             redis.call('HSET', KEYS[1], 's', 1795392000000, 'c', (tonumber(h[2]) or 0) + 1, 'p', 0) \
+             redis.call('PEXPIRE', KEYS[1], 120000) return {1, 1, 1, -1, 1}",
+        ),
+        ("admit.lua, one sliding-window check", include_str!("../src/store/admit.lua")),
+    ] {
+        let sha = server.cli(&["SCRIPT", "LOAD", script]).trim().to_owned();
+        let run = timed(port, || Some(ceiling(port, &sha, &key, 32, n_max / 2, &["-P", "16"])))
+            .expect("script cost");
+        println!("server time per call, {label}: {:.2} µs", run.server_us);
+        script_costs.push(serde_json::json!({"script": label, "server_us_per_call": run.server_us}));
     }
     let trips = rt.block_on(round_trips(
         &server,
@@ -321,8 +431,8 @@ fn main() {
         "\nredis-server {version} on 127.0.0.1:{port}; best of {rounds} (load {})",
         common::load_average()
     );
-    println!("| concurrency | client | decisions/s | p50 ms | p99 ms | vs ceiling |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("| concurrency | client | decisions/s | p50 ms | p99 ms | vs ceiling | server µs per call |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     let ceiling_of = |c: usize| {
         best.iter()
             .find(|r| r.client == "redis-benchmark" && r.concurrency == c)
@@ -332,13 +442,14 @@ fn main() {
     for r in &best {
         let share = r.rps / ceiling_of(r.concurrency);
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0}% |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0}% | {:.2} |",
             r.concurrency,
             r.client,
             r.rps,
             r.p50_ms,
             r.p99_ms,
-            share * 100.0
+            share * 100.0,
+            r.server_us,
         );
         rows.push(vec![
             r.client.to_owned(),
@@ -348,8 +459,13 @@ fn main() {
             format!("{:.4}", r.p50_ms),
             format!("{:.4}", r.p99_ms),
             format!("{:.3}", share),
+            format!("{:.2}", r.server_us),
         ]);
     }
+    println!(
+        "redis-benchmark -c 64 -P 16 (pipelined: the server's limit for this script): {:.0}/s, {:.2} µs per call in the server",
+        server_max.rps, server_max.server_us
+    );
     if peer_missing {
         println!("rate-limiter-flexible: skipped (run `npm install` in benches/node)");
     }
@@ -367,6 +483,7 @@ fn main() {
                 "p50_ms",
                 "p99_ms",
                 "share_of_ceiling",
+                "server_us_per_call",
             ],
             &rows,
         ),
@@ -383,8 +500,15 @@ fn main() {
             "client": r.client, "concurrency": r.concurrency, "requests": r.requests,
             "decisions_per_s": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "share_of_ceiling": r.rps / ceiling_of(r.concurrency),
+            "server_us_per_call": r.server_us,
         })).collect::<Vec<_>>(),
+        "server_max_pipelined": {
+            "command": "redis-benchmark -c 64 -P 16 -n 200000 EVALSHA <same call>",
+            "decisions_per_s": server_max.rps,
+            "server_us_per_call": server_max.server_us,
+        },
         "round_trips": trips,
+        "script_costs": script_costs,
     });
     common::write_result(
         "redis.json",
