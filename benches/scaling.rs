@@ -10,7 +10,9 @@
 //! once before timing (so calls update existing counters), each thread
 //! picking tenants at random (xorshift); "hot": every call on one tenant.
 //! Each configuration runs `ROUNDS` times for `SECONDS` each, 1 and N
-//! threads interleaved; the median is reported. Writes
+//! threads interleaved; the median is reported, in wall time and per CPU
+//! time of the threads (`/proc/thread-self/stat`), which discounts the
+//! cores other processes take on a shared machine. Writes
 //! `target/bench-results/scaling.{csv,json}`.
 
 #[path = "common/mod.rs"]
@@ -34,15 +36,42 @@ fn admit(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) {
     black_box(admission);
 }
 
+/// CPU time (user + system) of the calling thread, in clock ticks, from
+/// `/proc/thread-self/stat` (0 where unavailable).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// One measurement: calls per second of wall time, and CPU ticks used.
+struct Sample {
+    rate: f64,
+    calls: u64,
+    cpu_ticks: u64,
+}
+
 /// Calls per second of `threads` threads for `duration`, each on random
-/// tenants of `tenants`.
+/// tenants of `tenants`, and the CPU time the threads used.
 fn run(
     store: &Arc<MemoryStore>,
     tenants: &Arc<Vec<TenantId>>,
     checks: &Arc<[Check]>,
     threads: usize,
     duration: Duration,
-) -> f64 {
+) -> Sample {
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
@@ -55,6 +84,7 @@ fn run(
                 let n = tenants.len() as u64;
                 let mut calls = 0u64;
                 barrier.wait();
+                let cpu_start = thread_cpu_ticks();
                 while !stop.load(Ordering::Relaxed) {
                     // 64 calls between two looks at the flag.
                     for _ in 0..64 {
@@ -66,7 +96,7 @@ fn run(
                     }
                     calls += 64;
                 }
-                calls
+                (calls, thread_cpu_ticks() - cpu_start)
             })
         })
         .collect();
@@ -74,11 +104,23 @@ fn run(
     let start = Instant::now();
     std::thread::sleep(duration);
     stop.store(true, Ordering::Relaxed);
-    let calls: u64 = handles.into_iter().map(|h| h.join().expect("thread")).sum();
-    calls as f64 / start.elapsed().as_secs_f64()
+    let (mut calls, mut cpu_ticks) = (0, 0);
+    for handle in handles {
+        let (c, t) = handle.join().expect("thread");
+        calls += c;
+        cpu_ticks += t;
+    }
+    Sample {
+        rate: calls as f64 / start.elapsed().as_secs_f64(),
+        calls,
+        cpu_ticks,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -118,32 +160,56 @@ fn main() {
         "MemoryStore::admit, {cores} cores, {rounds} rounds of {seconds} s, median (load {})",
         common::load_average()
     );
-    println!("| tenants | threads | calls/s | ns/call per thread | speedup vs 1 thread |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| tenants | threads | calls/s (wall) | speedup (wall) | CPU ns per call | CPU share of the threads | speedup per CPU time |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (label, tenants) in [(format!("{many}"), &many_tenants), ("1 (hot)".into(), &hot)] {
         let thread_counts = [1, cores];
-        let mut samples = vec![Vec::new(); thread_counts.len()];
+        let mut samples: Vec<Vec<Sample>> = thread_counts.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (k, &threads) in thread_counts.iter().enumerate() {
                 samples[k].push(run(&store, tenants, &checks, threads, duration));
             }
         }
-        let medians: Vec<f64> = samples.into_iter().map(median).collect();
+        // Per thread count: the median wall rate, and the median CPU time per
+        // call (clock ticks of 10 ms, /proc/thread-self/stat).
+        let summary: Vec<(f64, f64)> = samples
+            .iter()
+            .map(|s| {
+                let rate = median(s.iter().map(|x| x.rate).collect());
+                let cpu_ns = median(
+                    s.iter()
+                        .map(|x| x.cpu_ticks as f64 * 1e7 / x.calls.max(1) as f64)
+                        .collect(),
+                );
+                (rate, cpu_ns)
+            })
+            .collect();
         for (k, &threads) in thread_counts.iter().enumerate() {
-            let rate = medians[k];
-            let speedup = rate / medians[0];
-            let ns = 1e9 / rate * threads as f64;
-            println!("| {label} | {threads} | {rate:.0} | {ns:.1} | {speedup:.2}x |");
+            let (rate, cpu_ns) = summary[k];
+            let speedup = rate / summary[0].0;
+            // The wall speedup the threads would reach with their cores to
+            // themselves: N x (CPU time per call with 1 thread / with N).
+            let cpu_speedup = threads as f64 * summary[0].1 / cpu_ns;
+            // How much of the wall time the threads were on a CPU (less than
+            // 100% when other processes share the cores).
+            let share = rate * cpu_ns / 1e9 / threads as f64;
+            println!(
+                "| {label} | {threads} | {rate:.0} | {speedup:.2}x | {cpu_ns:.0} | {:.0}% | {cpu_speedup:.2}x |",
+                share * 100.0
+            );
             rows.push(vec![
                 label.clone(),
                 threads.to_string(),
                 format!("{rate:.0}"),
-                format!("{ns:.1}"),
                 format!("{speedup:.3}"),
+                format!("{cpu_ns:.1}"),
+                format!("{share:.3}"),
+                format!("{cpu_speedup:.3}"),
             ]);
             json.push(serde_json::json!({
                 "tenants": label, "threads": threads, "calls_per_s": rate,
-                "ns_per_call_per_thread": ns, "speedup": speedup,
+                "speedup_wall": speedup, "cpu_ns_per_call": cpu_ns,
+                "cpu_share": share, "speedup_per_cpu_time": cpu_speedup,
             }));
         }
     }
@@ -157,8 +223,10 @@ fn main() {
                 "tenants",
                 "threads",
                 "calls_per_s",
-                "ns_per_call_per_thread",
-                "speedup",
+                "speedup_wall",
+                "cpu_ns_per_call",
+                "cpu_share",
+                "speedup_per_cpu_time",
             ],
             &rows,
         ),
