@@ -74,7 +74,7 @@ fn log_vs_brute_force(arrivals: &[u64]) -> u64 {
 
 /// (year, month) of day `days` since 1970-01-01, by walking month by month.
 fn year_month_walk(days: u64) -> (u64, u64) {
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let (mut y, mut m, mut left) = (1970, 1, days);
     loop {
         let len = match m {

@@ -133,8 +133,8 @@ fn main() {
         .iter()
         .fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.2), hi.max(p.2)));
     println!(
-        "sliding-window keys in a MemoryStore ({} shards by default); tenant ids not counted ({id_bytes:.1} B each, owned by the directory)",
-        "4 x cores, power of two"
+        "sliding-window keys in a MemoryStore (default shards: 4 x cores, power of two); \
+         tenant ids not counted ({id_bytes:.1} B each, owned by the directory)"
     );
     println!("| keys | store bytes | bytes per key |");
     println!("|---:|---:|---:|");
