@@ -90,6 +90,11 @@ fn classify(result: Result<Option<TenantId>, ResolveError>) -> Got {
     }
 }
 
+/// Raw header values, by name.
+type Headers<'a> = Vec<(&'a str, Vec<u8>)>;
+/// A table row: URI, headers, expected outcome.
+type Row<'a, W> = (String, Headers<'a>, W);
+
 /// Builds a request from a URI and raw header values; `None` when `http`
 /// refuses the URI or a header value.
 fn build(uri: &str, headers: &[(&str, &[u8])]) -> Option<Request<()>> {
@@ -111,7 +116,7 @@ fn run(resolver: &dyn Resolver, uri: &str, headers: &[(&str, &[u8])]) -> Got {
     }
 }
 
-fn check_table(name: &str, resolver: &dyn Resolver, rows: &[(String, Vec<(&str, Vec<u8>)>, Want)]) {
+fn check_table(name: &str, resolver: &dyn Resolver, rows: &[Row<'_, Want>]) {
     let mut failures = Vec::new();
     for (uri, headers, want) in rows {
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
@@ -155,7 +160,7 @@ const MB1: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------
 // header
 
-fn header_rows(values: &[(&[u8], Want)]) -> Vec<(String, Vec<(&'static str, Vec<u8>)>, Want)> {
+fn header_rows(values: &[(&[u8], Want)]) -> Vec<Row<'static, Want>> {
     values
         .iter()
         .map(|(v, want)| {
@@ -322,7 +327,7 @@ fn header_resolver_with_rules() {
 // ---------------------------------------------------------------------------
 // path
 
-fn uri_rows(rows: &[(&str, Want)]) -> Vec<(String, Vec<(&'static str, Vec<u8>)>, Want)> {
+fn uri_rows(rows: &[(&str, Want)]) -> Vec<Row<'static, Want>> {
     rows.iter()
         .map(|(u, w)| ((*u).to_owned(), vec![], w.clone()))
         .collect()
@@ -574,7 +579,7 @@ fn query_resolver_odd_names() {
 // ---------------------------------------------------------------------------
 // host
 
-fn host_rows(values: &[(&[u8], Want)]) -> Vec<(String, Vec<(&'static str, Vec<u8>)>, Want)> {
+fn host_rows(values: &[(&[u8], Want)]) -> Vec<Row<'static, Want>> {
     values
         .iter()
         .map(|(v, want)| ("/".to_owned(), vec![("host", v.to_vec())], want.clone()))
@@ -981,7 +986,7 @@ enum Expect {
     Problem(u16, &'static str),
 }
 
-async fn check_layer(name: &str, svc: &Svc, rows: &[(String, Vec<(&str, Vec<u8>)>, Expect)]) {
+async fn check_layer(name: &str, svc: &Svc, rows: &[Row<'_, Expect>]) {
     let mut failures = Vec::new();
     for (uri, headers, expect) in rows {
         let headers_ref: Vec<(&str, &[u8])> =
@@ -1325,7 +1330,7 @@ fn peak_allocated_by(f: impl FnOnce()) -> usize {
 fn resolving_hostile_input_allocates_a_small_bounded_amount() {
     const BOUND: usize = 1024;
     let big_host = format!("{}.example.com", "a".repeat(MB1));
-    let cases: Vec<(String, Vec<(&str, Vec<u8>)>)> = vec![
+    let cases: Vec<(String, Headers<'_>)> = vec![
         (format!("/tenants/{}", "%61".repeat(KB60 / 3)), vec![]),
         (format!("/tenants/{}", "%ff".repeat(KB60 / 3)), vec![]),
         (format!("/tenants/{}", "a".repeat(KB60)), vec![]),

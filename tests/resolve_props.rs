@@ -534,7 +534,7 @@ fn catalogs_refuse_deep_nesting_without_overflowing_the_stack() {
                 "{{\"plans\":[{{\"name\":\"x\",\"features\":{}",
                 "[".repeat(n)
             ),
-            format!("{}", "{\"a\":".repeat(n)),
+            "{\"a\":".repeat(n),
         ];
         for doc in &docs {
             assert!(Catalog::from_json_str(doc).is_err());
