@@ -21,8 +21,18 @@ struct Input {
     policy: Option<String>,
     usage: Option<(u64, u64)>,
     retry_after: Option<(u64, u32)>,
-    rate: Option<(String, u64, u64, (u64, u32), Option<(u64, u32)>, u8)>,
+    rate: Option<Rate>,
     grpc: bool,
+}
+
+#[derive(Debug, Arbitrary)]
+struct Rate {
+    policy: String,
+    limit: u64,
+    remaining: u64,
+    reset: (u64, u32),
+    window: Option<(u64, u32)>,
+    style: u8,
 }
 
 const KINDS: [RejectionKind; 14] = [
@@ -79,18 +89,19 @@ fuzz_target!(|input: Input| {
     if let Some(d) = input.retry_after {
         r = r.retry_after(duration(d));
     }
-    if let Some((policy, limit, remaining, reset, window, style)) = input.rate {
+    if let Some(rate) = input.rate {
+        let styles = [
+            HeaderStyle::Ietf,
+            HeaderStyle::IetfAndLegacy,
+            HeaderStyle::None,
+        ];
         r = r.rate_limit(RateLimitFields {
-            policy,
-            limit,
-            remaining,
-            reset: duration(reset),
-            window: window.map(duration),
-            style: [
-                HeaderStyle::Ietf,
-                HeaderStyle::IetfAndLegacy,
-                HeaderStyle::None,
-            ][usize::from(style % 3)],
+            policy: rate.policy,
+            limit: rate.limit,
+            remaining: rate.remaining,
+            reset: duration(rate.reset),
+            window: rate.window.map(duration),
+            style: styles[usize::from(rate.style % 3)],
         });
     }
     let _ = r.to_string();
