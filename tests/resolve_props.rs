@@ -646,23 +646,18 @@ proptest! {
     }
 }
 
-/// `ceil_secs` in src/reject.rs computes `as_secs() + 1` for a fractional
-/// duration, which overflows for `Duration::MAX` (a panic in debug builds,
-/// a wrap to 0 in release). Outside this branch's files; kept as a record.
+/// Regression: `Retry-After` of `Duration::MAX` once overflowed while
+/// rounding up to whole seconds.
 #[test]
-#[ignore = "known bug in src/reject.rs: ceil_secs overflows on Duration::MAX"]
 fn retry_after_of_duration_max_overflows() {
     let r = Rejection::new(RejectionKind::RateLimited).retry_after(Duration::MAX);
     let res = r.to_response(false);
     assert_eq!(res.headers()["retry-after"], u64::MAX.to_string().as_str());
 }
 
-/// `duration_serde` in src/plan.rs refuses every integer that reaches it as
-/// an `i64` ("duration must be positive (got 30)"), and TOML integers always
-/// do: `window = 30` (documented as "integer seconds") loads from JSON but
-/// never from TOML. Outside this branch's files; kept as a record.
+/// Regression: TOML integers arrive as `i64`, and integer-second windows
+/// (`window = 30`) were once refused from TOML while JSON accepted them.
 #[test]
-#[ignore = "known bug in src/plan.rs: integer durations are refused in TOML"]
 fn toml_integer_seconds_load() {
     let doc = "[[plans]]\nname = \"free\"\nrates = { api = { limit = 5, window = 30 } }\n";
     Catalog::from_toml_str(doc).unwrap();
