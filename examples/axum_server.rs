@@ -95,7 +95,6 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let directory = MemoryDirectory::from_catalog(&catalog);
     let store = match store_from_env().await {
         Ok(store) => store,
         Err(e) => {
@@ -103,15 +102,8 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let admin = Admin {
-        token: Arc::from(std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into())),
-        plans_path: Arc::from(plans.as_str()),
-        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
-        directory: directory.clone(),
-        store: store.clone(),
-        db: Db::default(),
-    };
-    let app = app(directory, store, admin.db.clone()).merge(admin_routes(admin));
+    let token = std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into());
+    let app = demo(&catalog, &plans, &token, store);
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -125,6 +117,25 @@ async fn main() {
         catalog.tenants().len()
     );
     axum::serve(listener, app).await.unwrap();
+}
+
+/// The whole demo: the tenant API and the admin API (tests build it too).
+pub fn demo(
+    catalog: &Catalog,
+    plans_path: &str,
+    admin_token: &str,
+    store: Arc<dyn CounterStore>,
+) -> Router {
+    let directory = MemoryDirectory::from_catalog(catalog);
+    let admin = Admin {
+        token: Arc::from(admin_token),
+        plans_path: Arc::from(plans_path),
+        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
+        directory: directory.clone(),
+        store: store.clone(),
+        db: Db::default(),
+    };
+    app(directory, store, admin.db.clone()).merge(admin_routes(admin))
 }
 
 /// The memory store, or Redis (single node or cluster) behind a timeout, a
