@@ -8,7 +8,6 @@ mod example;
 #[path = "common/http.rs"]
 mod http_util;
 #[path = "common/redis_server.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 use std::sync::Arc;
