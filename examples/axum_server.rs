@@ -9,6 +9,13 @@
 //! Environment: `ADDR` (default `127.0.0.1:3000`), `PLANS` (default the
 //! shipped `examples/plans.toml`), `ADMIN_TOKEN` (default `admin-secret`).
 //!
+//! Counters are in memory unless `REDIS_URL` is set (build with
+//! `--features redis`): `REDIS_URL=redis://127.0.0.1:6379` for one server,
+//! or a comma-separated list of nodes for a Redis Cluster. `STORE_FAILURE`
+//! chooses what happens when Redis fails: `fallback` (default: a local
+//! in-memory limiter), `open` (admit) or `closed` (503); each call has a
+//! 100 ms timeout (`STORE_TIMEOUT_MS`).
+//!
 //! Tenants come from the `X-Tenant-ID` header, else the `tenant` query
 //! parameter. Policies, by route:
 //!
@@ -88,17 +95,15 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let directory = MemoryDirectory::from_catalog(&catalog);
-    let store: Arc<dyn CounterStore> = Arc::new(MemoryStore::new());
-    let admin = Admin {
-        token: Arc::from(std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into())),
-        plans_path: Arc::from(plans.as_str()),
-        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
-        directory: directory.clone(),
-        store: store.clone(),
-        db: Db::default(),
+    let store = match store_from_env().await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("cannot set up the counter store: {e}");
+            std::process::exit(2);
+        }
     };
-    let app = app(directory, store, admin.db.clone()).merge(admin_routes(admin));
+    let token = std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into());
+    let app = demo(&catalog, &plans, &token, store);
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -112,6 +117,74 @@ async fn main() {
         catalog.tenants().len()
     );
     axum::serve(listener, app).await.unwrap();
+}
+
+/// The whole demo: the tenant API and the admin API (tests build it too).
+pub fn demo(
+    catalog: &Catalog,
+    plans_path: &str,
+    admin_token: &str,
+    store: Arc<dyn CounterStore>,
+) -> Router {
+    let directory = MemoryDirectory::from_catalog(catalog);
+    let admin = Admin {
+        token: Arc::from(admin_token),
+        plans_path: Arc::from(plans_path),
+        catalog: Arc::new(ArcSwap::from_pointee(catalog.clone())),
+        directory: directory.clone(),
+        store: store.clone(),
+        db: Db::default(),
+    };
+    app(directory, store, admin.db.clone()).merge(admin_routes(admin))
+}
+
+/// The memory store, or Redis (single node or cluster) behind a timeout, a
+/// breaker and a failure policy when `REDIS_URL` is set.
+async fn store_from_env() -> Result<Arc<dyn CounterStore>, String> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    #[cfg(feature = "redis")]
+    {
+        use tower_tenancy::{FailurePolicy, RedisStore, ResilientStore};
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let redis = if nodes.len() > 1 {
+            RedisStore::connect_cluster(nodes).await
+        } else {
+            RedisStore::connect(url.as_str()).await
+        }
+        .map_err(|e| e.to_string())?;
+        let timeout_ms = std::env::var("STORE_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let policy = match std::env::var("STORE_FAILURE").as_deref() {
+            Ok("open") => FailurePolicy::FailOpen,
+            Ok("closed") => FailurePolicy::FailClosed,
+            Ok("fallback") | Err(_) => FailurePolicy::Fallback(Arc::new(MemoryStore::new())),
+            Ok(other) => {
+                return Err(format!(
+                    "STORE_FAILURE={other:?}: use open, closed or fallback"
+                ))
+            }
+        };
+        tracing::info!(%url, ?policy, timeout_ms, "counters in Redis");
+        Ok(Arc::new(
+            ResilientStore::new(redis)
+                .timeout(Duration::from_millis(timeout_ms))
+                .policy(policy),
+        ))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(format!(
+            "REDIS_URL={url} is set, but the demo was built without `--features redis`"
+        ))
+    }
 }
 
 fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {

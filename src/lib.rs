@@ -52,7 +52,7 @@ pub mod future;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod layer;
-mod observe;
+pub mod observe;
 pub mod plan;
 pub mod reject;
 pub mod resolve;

@@ -1,27 +1,56 @@
-//! Tracing events and (with the `metrics` feature) counters for admissions
-//! and rejections. One place, so every layer reports the same way.
+//! Tracing events and, with the `metrics` feature, counters for admissions
+//! and rejections — one place, so every layer reports the same way.
+//!
+//! * every rejection: a `tracing` event (`info` for 4xx, `warn` for 503)
+//!   with `tenant.id`, `code`, `policy`, `limit` and `usage`;
+//! * `tenancy_admitted_total{policy}`: one increment per admitted check;
+//! * `tenancy_rejected_total{code,policy}`: one increment per rejection.
+//!
+//! Counters carry no tenant label by default (one series per tenant can be
+//! too many); [`label_tenants`] adds it where the number of tenants allows.
+
+#[cfg(feature = "metrics")]
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::reject::Rejection;
 use crate::store::Check;
 use crate::tenant::TenantId;
 
-/// Records an admitted request: the counter
-/// `tenancy_admitted_total{policy}` per check (no tenant label: unbounded
-/// cardinality), and a `trace` event.
+#[cfg(feature = "metrics")]
+static TENANT_LABELS: AtomicBool = AtomicBool::new(false);
+
+/// Adds (or removes) the `tenant` label on the counters of this module.
+///
+/// ```
+/// tower_tenancy::observe::label_tenants(true);
+/// # tower_tenancy::observe::label_tenants(false);
+/// ```
+#[cfg(feature = "metrics")]
+pub fn label_tenants(on: bool) {
+    TENANT_LABELS.store(on, Ordering::Relaxed);
+}
+
+#[cfg(feature = "metrics")]
+fn tenant_label(tenant: &str) -> Option<(&'static str, String)> {
+    TENANT_LABELS
+        .load(Ordering::Relaxed)
+        .then(|| ("tenant", tenant.to_owned()))
+}
+
+/// Records an admitted request.
 pub(crate) fn admitted(tenant: &TenantId, checks: &[Check]) {
     tracing::trace!(tenant.id = %tenant, checks = checks.len(), "request admitted");
     #[cfg(feature = "metrics")]
     for check in checks {
-        metrics::counter!("tenancy_admitted_total", "policy" => check.policy.to_string())
-            .increment(1);
+        let mut labels = vec![("policy", check.policy.to_string())];
+        labels.extend(tenant_label(tenant.as_str()));
+        metrics::counter!("tenancy_admitted_total", &labels).increment(1);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = checks;
 }
 
-/// Records a rejection: a `tracing` event at `info` (client errors) or
-/// `warn` (503) with tenant, code, policy, limit and usage, and the counter
-/// `tenancy_rejected_total{code, policy}`.
+/// Records a rejection.
 pub(crate) fn rejected(rejection: &Rejection) {
     let tenant = rejection.tenant_id().map(|t| t.as_str()).unwrap_or("");
     let code = rejection.kind().code();
@@ -39,6 +68,9 @@ pub(crate) fn rejected(rejection: &Rejection) {
         );
     }
     #[cfg(feature = "metrics")]
-    metrics::counter!("tenancy_rejected_total", "code" => code, "policy" => policy.to_owned())
-        .increment(1);
+    {
+        let mut labels = vec![("code", code.to_owned()), ("policy", policy.to_owned())];
+        labels.extend(tenant_label(tenant));
+        metrics::counter!("tenancy_rejected_total", &labels).increment(1);
+    }
 }

@@ -161,7 +161,11 @@ mod duration_serde {
                 parse_duration(&format!("{v}s")).map_err(E::custom)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!("duration must be positive (got {v})")))
+                // TOML integers arrive signed.
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("duration must be positive (got {v})"))),
+                }
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
                 parse_duration(v).map_err(E::custom)

@@ -146,6 +146,11 @@ impl TenantIdRules {
         self
     }
 
+    /// The maximum length in bytes (for resolvers that bound their work).
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_len
+    }
+
     /// Lowercases ASCII letters before storing, making ids case-insensitive.
     pub fn lowercase(mut self, lowercase: bool) -> Self {
         self.lowercase = lowercase;

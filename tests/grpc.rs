@@ -383,7 +383,8 @@ async fn rate_limit_and_quota_exhausted_with_metadata() {
     let (name, r, t) = parse_ratelimit(meta(&status, "ratelimit").unwrap());
     assert_eq!((name.as_str(), r), ("calls", 0));
     let retry: u64 = meta(&status, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    // Sliding window counter: the wait can reach into the next window (< 2W).
+    assert!((1..=120).contains(&retry), "retry-after {retry}");
     assert!(t <= 60);
     // Other tenants have their own counters.
     client.check(check_req("globex")).await.unwrap();

@@ -5,7 +5,7 @@ use http::Extensions;
 use percent_encoding::percent_decode_str;
 
 use super::{RequestHead, ResolveError, ResolveErrorReason, Resolver};
-use crate::tenant::{TenantId, TenantIdRules};
+use crate::tenant::{InvalidTenantId, TenantId, TenantIdRules};
 
 /// Reads the tenant from a header, e.g. `X-Tenant-ID`.
 ///
@@ -142,6 +142,16 @@ impl Resolver for PathResolver {
             }
         };
         let Some(raw) = raw else { return Ok(None) };
+        // A decoded byte takes at most three input bytes (`%XX`): a longer
+        // segment cannot be a valid id. Refuse it before decoding, so the work
+        // and allocation stay bounded whatever the path's size.
+        let max = self.rules.max_bytes();
+        if raw.len() > max.saturating_mul(3) {
+            return Err(ResolveError::new(
+                &self.source,
+                InvalidTenantId::TooLong { max }.into(),
+            ));
+        }
         let decoded = percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| ResolveError::new(&self.source, ResolveErrorReason::BadEncoding))?;
@@ -194,24 +204,55 @@ impl Resolver for QueryResolver {
         let Some(query) = head.uri.query() else {
             return Ok(None);
         };
-        let mut found: Option<Cow<'_, str>> = None;
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            if key == self.name.as_str() {
-                if found.is_some() {
-                    return Err(ResolveError::new(
-                        &self.source,
-                        ResolveErrorReason::Ambiguous,
-                    ));
-                }
-                found = Some(value);
+        // Same pairs and decoding as `form_urlencoded::parse`, but only what
+        // can matter is decoded: a key whose raw form is too long to decode to
+        // `name`, or a value too long to decode to a valid id, is never
+        // decoded (a decoded byte takes at most three input bytes). Work and
+        // allocation stay bounded whatever the query's size.
+        let max = self.rules.max_bytes();
+        let key_bound = self.name.len().saturating_mul(3);
+        let value_bound = max.saturating_mul(3);
+        // Some(None): the parameter is present with a value too long to be an id.
+        let mut found: Option<Option<Cow<'_, str>>> = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            if raw_key.len() > key_bound || form_decode(raw_key) != self.name.as_str() {
+                continue;
             }
+            if found.is_some() {
+                return Err(ResolveError::new(
+                    &self.source,
+                    ResolveErrorReason::Ambiguous,
+                ));
+            }
+            found = Some((raw_value.len() <= value_bound).then(|| {
+                form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(_, value)| value)
+                    .unwrap_or_default()
+            }));
         }
-        let Some(value) = found else { return Ok(None) };
-        self.rules
-            .parse(&value)
-            .map(Some)
-            .map_err(|e| ResolveError::new(&self.source, e.into()))
+        match found {
+            None => Ok(None),
+            Some(None) => Err(ResolveError::new(
+                &self.source,
+                InvalidTenantId::TooLong { max }.into(),
+            )),
+            Some(Some(value)) => self
+                .rules
+                .parse(&value)
+                .map(Some)
+                .map_err(|e| ResolveError::new(&self.source, e.into())),
+        }
     }
+}
+
+/// Form-decodes one key (no `&`, no `=`) exactly as `form_urlencoded::parse` does.
+fn form_decode(raw: &str) -> Cow<'_, str> {
+    form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(key, _)| key)
+        .unwrap_or_default()
 }
 
 /// Reads the tenant from the subdomain of a base domain:
@@ -290,7 +331,7 @@ impl Resolver for HostResolver {
             return Ok(None);
         }
         if label.contains('.') {
-            return Err(err(crate::tenant::InvalidTenantId::BadCharacter {
+            return Err(err(InvalidTenantId::BadCharacter {
                 position: label.find('.').unwrap_or(0),
             }
             .into()));
