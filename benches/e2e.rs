@@ -2,7 +2,7 @@
 //! without the layers, on the memory store and on Redis (issue 7, item 6).
 //!
 //! ```text
-//! cargo build --release --example axum_server      # for the demo rows
+//! cargo build --release --features redis --example axum_server   # demo rows
 //! cargo bench --features redis --bench e2e
 //! ```
 //!
@@ -15,7 +15,10 @@
 //!   started here on a free port.
 //! * **demo** (`target/release/examples/axum_server`, when built): `GET
 //!   /health` (no layers) against `GET /v1/me` (tenancy + rate limit), with
-//!   `PLANS` pointing at a catalog whose limit is never reached, `RUST_LOG=warn`.
+//!   `PLANS` pointing at a catalog whose limit is never reached,
+//!   `RUST_LOG=warn`; and a second instance with `REDIS_URL` on the bench's
+//!   redis-server (`STORE_FAILURE=closed`: a store failure is a 503, which
+//!   fails the bench, never a silent fallback to memory).
 //!
 //! `wrk -t2 -c64 -d5s --latency -H 'x-tenant-id: acme'`, on the same
 //! 2-core machine as the server. Writes `target/bench-results/e2e.{csv,json}`.
@@ -152,7 +155,10 @@ fn free_port() -> u16 {
 struct Demo(Child, u16);
 
 impl Demo {
-    fn start() -> Option<Self> {
+    /// The demo on the memory store, or on Redis at `redis_url` (the demo
+    /// must then be built with `--features redis`; a store failure is a 503,
+    /// not a silent fallback to memory).
+    fn start(redis_url: Option<&str>) -> Option<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
@@ -164,10 +170,19 @@ impl Demo {
         let plans = common::results_dir().join("e2e-plans.toml");
         std::fs::write(&plans, PLANS).expect("write plans");
         let port = free_port();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .env("ADDR", format!("127.0.0.1:{port}"))
             .env("PLANS", &plans)
             .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL");
+        if let Some(url) = redis_url {
+            command
+                .env("REDIS_URL", url)
+                .env("STORE_FAILURE", "closed")
+                .env("STORE_TIMEOUT_MS", "1000");
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -221,13 +236,19 @@ fn main() {
         server
     };
 
-    let demo = Demo::start();
+    let demo = Demo::start(None);
     match &demo {
         Some(demo) => {
             targets.push(("demo axum_server, no layers", demo.1, "/health"));
             targets.push(("demo axum_server, layers, MemoryStore", demo.1, "/v1/me"));
         }
         None => eprintln!("demo not built (cargo build --release --example axum_server): skipped"),
+    }
+    #[cfg(feature = "redis")]
+    let demo_redis = demo.as_ref().and_then(|_| Demo::start(Some(&_redis.url())));
+    #[cfg(feature = "redis")]
+    if let Some(demo) = &demo_redis {
+        targets.push(("demo axum_server, layers, RedisStore", demo.1, "/v1/me"));
     }
     for (_, port, path) in &targets {
         wrk("warm-up", *port, path, 1);
@@ -247,6 +268,8 @@ fn main() {
         })
         .collect();
     drop(demo);
+    #[cfg(feature = "redis")]
+    drop(demo_redis);
 
     let bare = runs.first().map_or(f64::NAN, |r| r.rps);
     println!(
