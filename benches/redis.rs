@@ -51,6 +51,9 @@ struct Run {
     p99_ms: f64,
     /// Server time per EVALSHA (`usec` / `calls` of `cmdstat_evalsha`).
     server_us: f64,
+    /// Client CPU time per call: this process (ours) or its waited-for
+    /// children (redis-benchmark, node), from `/proc/self/stat`.
+    client_us: f64,
 }
 
 fn rate_check() -> Check {
@@ -99,6 +102,7 @@ async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
         p50_ms: common::percentile(&latencies, 50.0) as f64 / 1e6,
         p99_ms: common::percentile(&latencies, 99.0) as f64 / 1e6,
         server_us: f64::NAN,
+        client_us: f64::NAN,
     }
 }
 
@@ -135,6 +139,7 @@ fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64, extra: &
         p50_ms: fields[3],
         p99_ms: fields[5],
         server_us: f64::NAN,
+        client_us: f64::NAN,
     }
 }
 
@@ -168,6 +173,7 @@ fn peer(port: u16, concurrency: usize, n: u64) -> Option<Run> {
         p50_ms: v["p50_ms"].as_f64()?,
         p99_ms: v["p99_ms"].as_f64()?,
         server_us: f64::NAN,
+        client_us: f64::NAN,
     })
 }
 
@@ -188,12 +194,36 @@ fn evalsha_stats(port: u16) -> (f64, f64) {
     (field("calls="), field("usec="))
 }
 
-/// Runs `f` and sets the run's server time per EVALSHA.
+/// CPU time in clock ticks (10 ms) of this process (utime + stime) and of
+/// its waited-for children (cutime + cstime), from `/proc/self/stat`.
+fn cpu_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    // Fields 14..17 of the line (utime, stime, cutime, cstime) are 11..14 here.
+    (at(11) + at(12), at(13) + at(14))
+}
+
+/// Runs `f` and sets the run's server time per EVALSHA and the client's CPU
+/// time per call.
 fn timed<F: FnOnce() -> Option<Run>>(port: u16, f: F) -> Option<Run> {
     let (calls0, usec0) = evalsha_stats(port);
+    let (own0, children0) = cpu_ticks();
     let mut run = f()?;
+    let (own1, children1) = cpu_ticks();
     let (calls1, usec1) = evalsha_stats(port);
     run.server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
+    let ticks = if run.client == "ours" {
+        own1 - own0
+    } else {
+        children1 - children0
+    };
+    run.client_us = ticks * 10_000.0 / run.requests.max(1) as f64;
     Some(run)
 }
 
@@ -431,8 +461,8 @@ fn main() {
         "\nredis-server {version} on 127.0.0.1:{port}; best of {rounds} (load {})",
         common::load_average()
     );
-    println!("| concurrency | client | decisions/s | p50 ms | p99 ms | vs ceiling | server µs per call |");
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("| concurrency | client | decisions/s | p50 ms | p99 ms | vs ceiling | server µs per call | client CPU µs per call |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let ceiling_of = |c: usize| {
         best.iter()
             .find(|r| r.client == "redis-benchmark" && r.concurrency == c)
@@ -442,7 +472,7 @@ fn main() {
     for r in &best {
         let share = r.rps / ceiling_of(r.concurrency);
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0}% | {:.2} |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0}% | {:.2} | {:.1} |",
             r.concurrency,
             r.client,
             r.rps,
@@ -450,6 +480,7 @@ fn main() {
             r.p99_ms,
             share * 100.0,
             r.server_us,
+            r.client_us,
         );
         rows.push(vec![
             r.client.to_owned(),
@@ -460,6 +491,7 @@ fn main() {
             format!("{:.4}", r.p99_ms),
             format!("{:.3}", share),
             format!("{:.2}", r.server_us),
+            format!("{:.1}", r.client_us),
         ]);
     }
     println!(
@@ -484,6 +516,7 @@ fn main() {
                 "p99_ms",
                 "share_of_ceiling",
                 "server_us_per_call",
+                "client_cpu_us_per_call",
             ],
             &rows,
         ),
@@ -501,6 +534,7 @@ fn main() {
             "decisions_per_s": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
             "share_of_ceiling": r.rps / ceiling_of(r.concurrency),
             "server_us_per_call": r.server_us,
+            "client_cpu_us_per_call": r.client_us,
         })).collect::<Vec<_>>(),
         "server_max_pipelined": {
             "command": "redis-benchmark -c 64 -P 16 -n 200000 EVALSHA <same call>",
