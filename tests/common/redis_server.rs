@@ -421,8 +421,14 @@ impl RedisCluster {
 
     /// The index of the node serving `key`'s slot, as the running nodes see it.
     pub fn index_for(&self, key: &str) -> usize {
-        let port = self.node_for(key).port();
-        self.nodes.iter().position(|n| n.port() == port).unwrap()
+        self.try_index_for(key)
+            .unwrap_or_else(|| panic!("no node serves the slot of {key}"))
+    }
+
+    /// [`index_for`](Self::index_for), `None` while no running master serves it.
+    pub fn try_index_for(&self, key: &str) -> Option<usize> {
+        let port = self.try_node_for(key)?.port();
+        self.nodes.iter().position(|n| n.port() == port)
     }
 
     /// The nodes.
@@ -437,6 +443,13 @@ impl RedisCluster {
 
     /// The node serving `key`'s slot.
     pub fn node_for(&self, key: &str) -> &RedisServer {
+        self.try_node_for(key)
+            .unwrap_or_else(|| panic!("no node serves the slot of {key}"))
+    }
+
+    /// The running master serving `key`'s slot, as the running nodes see
+    /// it; `None` while its master has failed and no replica has taken over.
+    pub fn try_node_for(&self, key: &str) -> Option<&RedisServer> {
         let any = self.running().next().expect("a running node");
         let slot: u16 = any
             .cli(&["CLUSTER", "KEYSLOT", key])
@@ -467,11 +480,11 @@ impl RedisCluster {
                         .nodes
                         .iter()
                         .find(|n| n.port() == port)
-                        .expect("slot owner is one of ours");
+                        .filter(|n| n.is_running());
                 }
             }
         }
-        panic!("no node serves slot {slot}");
+        None
     }
 
     /// The sum over the nodes of `cmdstat_<command>` calls.

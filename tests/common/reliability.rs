@@ -20,7 +20,7 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -230,7 +230,13 @@ fn endless() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible>> + Se
         .map(|i| Ok(Bytes::from(format!("{i}\n"))))
 }
 
-/// Keeps deliberate panics (`on purpose`) out of the test output.
+/// Panics seen by the hook of [`silence_deliberate_panics`], deliberate or not.
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+/// Panics that were not deliberate (`on purpose`).
+pub static UNEXPECTED_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps deliberate panics (`on purpose`) out of the test output, and
+/// counts every panic ([`PANICS`], [`UNEXPECTED_PANICS`]).
 pub fn silence_deliberate_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -241,7 +247,9 @@ pub fn silence_deliberate_panics() {
                 .downcast_ref::<&str>()
                 .copied()
                 .unwrap_or_default();
+            PANICS.fetch_add(1, Ordering::SeqCst);
             if !msg.contains("on purpose") {
+                UNEXPECTED_PANICS.fetch_add(1, Ordering::SeqCst);
                 default(info);
             }
         }));
@@ -320,6 +328,8 @@ pub struct Shot {
     pub status: Option<u16>,
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
+    /// The `RateLimit` field.
+    pub ratelimit: Option<String>,
     /// `code` of a problem+json body.
     pub code: Option<String>,
     pub error: Option<String>,
@@ -337,6 +347,8 @@ pub struct Load {
     pub pause: Duration,
     /// Longest wait for a whole answer; longer counts as no answer.
     pub timeout: Duration,
+    /// Stops the run when set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Load {
@@ -347,6 +359,7 @@ impl Default for Load {
             until: None,
             pause: Duration::ZERO,
             timeout: Duration::from_secs(10),
+            stop: None,
         }
     }
 }
@@ -369,6 +382,10 @@ pub async fn drive(bases: &[String], load: Load, make: MakeRequest) -> Vec<Shot>
                 loop {
                     if load.per_client.is_some_and(|n| shots.len() >= n)
                         || load.until.is_some_and(|u| Instant::now() >= u)
+                        || load
+                            .stop
+                            .as_ref()
+                            .is_some_and(|s| s.load(Ordering::Relaxed))
                     {
                         break;
                     }
@@ -407,6 +424,7 @@ pub async fn shoot(
         status: None,
         content_type: None,
         retry_after: None,
+        ratelimit: None,
         code: None,
         error: None,
     };
@@ -432,6 +450,7 @@ pub async fn shoot(
             };
             shot.content_type = h("content-type");
             shot.retry_after = h("retry-after");
+            shot.ratelimit = h("ratelimit");
             if shot.content_type.as_deref() == Some("application/problem+json") {
                 shot.code = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
@@ -502,4 +521,14 @@ pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Optio
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `r` of a `RateLimit` field (`"name";r=12;t=30`).
+pub fn remaining(shot: &Shot) -> Option<u64> {
+    shot.ratelimit
+        .as_deref()?
+        .split(';')
+        .find_map(|p| p.strip_prefix("r="))?
+        .parse()
+        .ok()
 }
