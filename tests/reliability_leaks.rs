@@ -18,6 +18,8 @@
 //! Run with `--nocapture` for the figures (lines starting with `FIGURES`).
 #![cfg(all(feature = "redis", feature = "tonic"))]
 
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 #[path = "../examples/axum_server.rs"]
 #[allow(dead_code)]
 mod demo;
@@ -28,8 +30,7 @@ mod redis_server;
 #[path = "common/reliability.rs"]
 mod rel;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,48 +50,7 @@ use tower_tenancy::resolve::HeaderResolver;
 use tower_tenancy::store::{Algorithm, Check, CounterStore, MemoryStore, RedisStore};
 use tower_tenancy::{Catalog, MemoryDirectory, TenancyLayer};
 
-/// Counts live heap bytes.
-struct Counting;
-
-static LIVE: AtomicI64 = AtomicI64::new(0);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_kib() -> i64 {
-    LIVE.load(Ordering::Relaxed) / 1024
-}
+use counting_alloc::live_kib;
 
 const LIMIT: u64 = 8;
 
