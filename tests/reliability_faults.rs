@@ -41,8 +41,8 @@ const TIMEOUT: Duration = Duration::from_millis(100);
 const SLACK: Duration = Duration::from_millis(400);
 const BIG: u64 = 1_000_000;
 
-/// `big`: the load; `small`: 20 a minute, to see local limits under the
-/// fallback; `probe`: bursts that show every instance counting in Redis;
+/// `big`: the load; `small0`..`small15`: 20 a minute, to see local limits
+/// under the fallback (one per outage); `probe`: bursts that show every instance counting in Redis;
 /// `t0`..`t15`: tenants spread over the cluster's slots.
 fn catalog() -> String {
     let mut c = format!(
@@ -59,13 +59,13 @@ plan = "big"
 [[tenants]]
 id = "probe"
 plan = "big"
-[[tenants]]
-id = "small"
-plan = "small"
 "#
     );
     for i in 0..16 {
         c.push_str(&format!("[[tenants]]\nid = \"t{i}\"\nplan = \"big\"\n"));
+        c.push_str(&format!(
+            "[[tenants]]\nid = \"small{i}\"\nplan = \"small\"\n"
+        ));
     }
     c
 }
@@ -235,7 +235,7 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
     let mut outages = Vec::new();
     let mut figures = Vec::new();
     let mut small = Vec::new();
-    for _ in 0..cycles {
+    for cycle in 0..cycles {
         let down = unix_ms();
         match fault {
             Fault::Kill => server.stop(),
@@ -251,7 +251,13 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
                     per_client: Some(30),
                     ..Load::default()
                 },
-                Arc::new(|base, _| request(Method::GET, &format!("{base}/v1/me"), "small")),
+                Arc::new(move |base, _| {
+                    request(
+                        Method::GET,
+                        &format!("{base}/v1/me"),
+                        &format!("small{cycle}"),
+                    )
+                }),
             )
             .await;
             for i in 0..INSTANCES {
