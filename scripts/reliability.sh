@@ -57,7 +57,7 @@ for t in reliability_multi reliability_faults reliability_leaks reliability_boun
 done
 run cargo test --all-features --test reliability_processes -- --ignored --nocapture --test-threads=1
 
-grep -E '^(FIGURES|== )' "$log" | sed 's/^.*FIGURES /FIGURES /' > "$figures"
+grep -E 'FIGURES|^== ' "$log" | sed 's/^.*FIGURES /FIGURES /' > "$figures"
 echo
 echo "figures: $figures   log: $log"
 [ "$status" -eq 0 ] && echo "reliability.sh: all passed" || echo "reliability.sh: FAILURES (see $log)"

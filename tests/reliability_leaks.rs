@@ -317,7 +317,7 @@ async fn http_mix(what: &str, backend: Option<Backend>) {
     );
     // And the slots are usable: exactly LIMIT held at once again.
     let shots = rel::drive(
-        &[base.clone()],
+        std::slice::from_ref(&base),
         rel::Load {
             clients: 8,
             per_client: Some(1),
@@ -663,7 +663,7 @@ async fn http_requests_timed_out_during_a_redis_stall_leak_nothing() {
         per_client: Some(1),
         ..rel::Load::default()
     };
-    let ok = rel::drive(&[base.clone()], burst.clone(), jobs(100)).await;
+    let ok = rel::drive(std::slice::from_ref(&base), burst.clone(), jobs(100)).await;
     assert_eq!(rel::count(&ok, 200), LIMIT as usize, "{}", histogram(&ok));
     Slots::Redis(&backend).until_zero().await.unwrap();
 
@@ -676,7 +676,7 @@ async fn http_requests_timed_out_during_a_redis_stall_leak_nothing() {
         .args(["-STOP", &pid.to_string()])
         .status()
         .unwrap();
-    let stalled = rel::drive(&[base.clone()], burst.clone(), jobs(10)).await;
+    let stalled = rel::drive(std::slice::from_ref(&base), burst.clone(), jobs(10)).await;
     std::process::Command::new("kill")
         .args(["-CONT", &pid.to_string()])
         .status()
@@ -693,7 +693,7 @@ async fn http_requests_timed_out_during_a_redis_stall_leak_nothing() {
     };
     let back = Instant::now();
     while rel::count(
-        &rel::drive(&[base.clone()], one.clone(), jobs(0)).await,
+        &rel::drive(std::slice::from_ref(&base), one.clone(), jobs(0)).await,
         200,
     ) == 0
     {
@@ -704,7 +704,7 @@ async fn http_requests_timed_out_during_a_redis_stall_leak_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     slots.until_zero().await.unwrap();
-    let shots = rel::drive(&[base.clone()], burst.clone(), jobs(500)).await;
+    let shots = rel::drive(std::slice::from_ref(&base), burst.clone(), jobs(500)).await;
     let admitted = rel::count(&shots, 200);
     assert_eq!(admitted, LIMIT as usize, "{}", histogram(&shots));
     println!(

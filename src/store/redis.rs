@@ -513,8 +513,12 @@ impl RedisStore {
 /// harmless, and a removal sent after the call runs after it on the same
 /// connection.
 struct Unanswered {
-    release: Option<(Conn, Arc<Shared>, TenantId, u64, Vec<(String, String)>)>,
+    release: Option<Held>,
 }
+
+/// What [`release_on_drop`] needs: the connection, the store's state, the
+/// tenant, the lease number and the `(key, member)` pairs it holds.
+type Held = (Conn, Arc<Shared>, TenantId, u64, Vec<(String, String)>);
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
