@@ -8,6 +8,7 @@
 #   TT_LONG=0 scripts/reliability.sh   # the CI-sized run (the same tests
 #                                      # `cargo test --all-features` runs), plus the
 #                                      # demo-process tests
+#   scripts/reliability.sh reliability_bounds reliability_leaks   # only these files
 #
 # Steps: builds the demo (`cargo build --example axum_server --all-features`,
 # which includes the `redis` feature), runs tests/reliability_{multi,faults,
@@ -52,10 +53,19 @@ run() {
     [ "$rc" -eq 0 ] || status=1
 }
 
-for t in reliability_multi reliability_faults reliability_leaks reliability_bounds; do
-    run cargo test --all-features --test "$t" -- --nocapture --test-threads=1
+if [ $# -gt 0 ]; then
+    tests=("$@")
+else
+    tests=(reliability_multi reliability_faults reliability_leaks reliability_bounds reliability_processes)
+fi
+for t in "${tests[@]}"; do
+    if [ "$t" = reliability_processes ]; then
+        # #[ignore]d in `cargo test`: they need the demo binary built above.
+        run cargo test --all-features --test "$t" -- --ignored --nocapture --test-threads=1
+    else
+        run cargo test --all-features --test "$t" -- --nocapture --test-threads=1
+    fi
 done
-run cargo test --all-features --test reliability_processes -- --ignored --nocapture --test-threads=1
 
 grep -E 'FIGURES|^== ' "$log" | sed 's/^.*FIGURES /FIGURES /' > "$figures"
 echo

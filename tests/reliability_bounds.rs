@@ -54,6 +54,9 @@ struct Answer {
 async fn raw(addr: SocketAddr, bytes: Vec<u8>) -> Answer {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
+    // Earlier connections finish closing first: their buffers, freed
+    // meanwhile, would hide part of this request's peak.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     counting_alloc::reset_peak();
     let base = counting_alloc::live();
     let started = Instant::now();
@@ -190,12 +193,12 @@ fn cases() -> Vec<Case> {
         ));
     }
     cases.push(case(
-        "another header of 300 KiB, tenant acme",
+        "another header of 300 KiB, tenant initech",
         request(
             "GET",
             "/v1/me",
             &[
-                ("x-tenant-id".into(), "acme".into()),
+                ("x-tenant-id".into(), "initech".into()),
                 ("x-junk".into(), "j".repeat(300 * KIB)),
             ],
         ),
@@ -204,10 +207,10 @@ fn cases() -> Vec<Case> {
     ));
     // Header counts (hyper: at most 100).
     for n in [90usize, 101, 10_000] {
-        let mut h = tenant("acme");
+        let mut h = tenant("initech");
         h.extend((0..n.saturating_sub(4)).map(|i| (format!("x-h{i}"), "v".into())));
         cases.push(case(
-            format!("{n} headers, tenant acme"),
+            format!("{n} headers, tenant initech"),
             request("GET", "/v1/me", &h),
             if n <= 100 { &[200] } else { &[431] },
             None,
@@ -219,7 +222,7 @@ fn cases() -> Vec<Case> {
             "GET",
             "/v1/me",
             &(0..50)
-                .map(|_| ("x-tenant-id".into(), "acme".into()))
+                .map(|_| ("x-tenant-id".into(), "initech".into()))
                 .collect::<Vec<_>>(),
         ),
         &[400],
@@ -228,8 +231,8 @@ fn cases() -> Vec<Case> {
     // Query parameters.
     let many = "a=1&".repeat(10_000);
     cases.push(case(
-        "10 000 query parameters, then tenant=acme",
-        request("GET", &format!("/v1/me?{many}tenant=acme"), &[]),
+        "10 000 query parameters, then tenant=initech",
+        request("GET", &format!("/v1/me?{many}tenant=initech"), &[]),
         &[200],
         None,
     ));
@@ -240,10 +243,10 @@ fn cases() -> Vec<Case> {
         Some("malformed_tenant_id"),
     ));
     cases.push(case(
-        "5 000 times tenant=acme",
+        "4 000 times tenant=initech",
         request(
             "GET",
-            &format!("/v1/me?{}", "tenant=acme&".repeat(5_000)),
+            &format!("/v1/me?{}", "tenant=initech&".repeat(4_000)),
             &[],
         ),
         &[400],
@@ -260,7 +263,7 @@ fn cases() -> Vec<Case> {
         request(
             "POST",
             &format!("/v1/workflows/1/executions?{many}duration_ms=0"),
-            &tenant("acme"),
+            &tenant("initech"),
         ),
         &[200],
         None,
@@ -271,7 +274,7 @@ fn cases() -> Vec<Case> {
         request(
             "GET",
             &format!("/v1/{}", "a".repeat(60_000)),
-            &tenant("acme"),
+            &tenant("initech"),
         ),
         &[404],
         None,
@@ -281,7 +284,7 @@ fn cases() -> Vec<Case> {
         request(
             "GET",
             &format!("/v1/me{}", "/x".repeat(10_000)),
-            &tenant("acme"),
+            &tenant("initech"),
         ),
         &[404],
         None,
@@ -291,7 +294,7 @@ fn cases() -> Vec<Case> {
         request(
             "GET",
             &format!("/v1/{}", "%2e".repeat(20_000)),
-            &tenant("acme"),
+            &tenant("initech"),
         ),
         &[404],
         None,
@@ -301,20 +304,24 @@ fn cases() -> Vec<Case> {
         request(
             "DELETE",
             &format!("/v1/workflows/{}", "9".repeat(60_000)),
-            &tenant("acme"),
+            &tenant("initech"),
         ),
         &[400],
         None,
     ));
     cases.push(case(
         "path of 65 535 bytes (beyond hyper's URI limit)",
-        request("GET", &format!("/{}", "a".repeat(65_534)), &tenant("acme")),
+        request(
+            "GET",
+            &format!("/{}", "a".repeat(65_534)),
+            &tenant("initech"),
+        ),
         &[414],
         None,
     ));
     cases.push(case(
         "path of 1 MiB",
-        request("GET", &format!("/{}", "a".repeat(MIB)), &tenant("acme")),
+        request("GET", &format!("/{}", "a".repeat(MIB)), &tenant("initech")),
         &[414, 431],
         None,
     ));
@@ -334,7 +341,7 @@ async fn hostile_requests_get_clean_bounded_answers() {
     );
     let server = http_util::TestServer::start(app).await;
     let addr = server.addr;
-    let ok = request("GET", "/v1/me", &tenant("initech"));
+    let ok = request("GET", "/health", &[]);
     // Warm-up.
     for _ in 0..20 {
         assert_eq!(raw(addr, ok.clone()).await.status, Some(200));
