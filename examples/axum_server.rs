@@ -62,7 +62,7 @@ use tower_tenancy::{
 
 /// The application's own data: workflows per tenant (a database in real life).
 #[derive(Clone, Default)]
-struct Db {
+pub struct Db {
     workflows: Arc<Mutex<BTreeMap<TenantId, BTreeMap<u64, String>>>>,
     next_id: Arc<Mutex<u64>>,
 }
@@ -144,6 +144,24 @@ async fn store_from_env() -> Result<Arc<dyn CounterStore>, String> {
     let Ok(url) = std::env::var("REDIS_URL") else {
         return Ok(Arc::new(MemoryStore::new()));
     };
+    let timeout_ms = std::env::var("STORE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let failure = std::env::var("STORE_FAILURE").ok();
+    shared_store(&url, failure.as_deref(), Duration::from_millis(timeout_ms)).await
+}
+
+/// The demo's Redis store: `url` is one server or a comma-separated list of
+/// cluster nodes; `failure` is `open`, `closed` or `fallback` (the default).
+/// Public for the reliability tests, which run several instances of the
+/// demo in one process, each with its own connection.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+pub async fn shared_store(
+    url: &str,
+    failure: Option<&str>,
+    timeout: Duration,
+) -> Result<Arc<dyn CounterStore>, String> {
     #[cfg(feature = "redis")]
     {
         use tower_tenancy::{FailurePolicy, RedisStore, ResilientStore};
@@ -155,28 +173,23 @@ async fn store_from_env() -> Result<Arc<dyn CounterStore>, String> {
         let redis = if nodes.len() > 1 {
             RedisStore::connect_cluster(nodes).await
         } else {
-            RedisStore::connect(url.as_str()).await
+            RedisStore::connect(url).await
         }
         .map_err(|e| e.to_string())?;
-        let timeout_ms = std::env::var("STORE_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100);
-        let policy = match std::env::var("STORE_FAILURE").as_deref() {
-            Ok("open") => FailurePolicy::FailOpen,
-            Ok("closed") => FailurePolicy::FailClosed,
-            Ok("fallback") | Err(_) => FailurePolicy::Fallback(Arc::new(MemoryStore::new())),
-            Ok(other) => {
+        let policy = match failure {
+            Some("open") => FailurePolicy::FailOpen,
+            Some("closed") => FailurePolicy::FailClosed,
+            Some("fallback") | None => FailurePolicy::Fallback(Arc::new(MemoryStore::new())),
+            Some(other) => {
                 return Err(format!(
                     "STORE_FAILURE={other:?}: use open, closed or fallback"
                 ))
             }
         };
+        let timeout_ms = timeout.as_millis();
         tracing::info!(%url, ?policy, timeout_ms, "counters in Redis");
         Ok(Arc::new(
-            ResilientStore::new(redis)
-                .timeout(Duration::from_millis(timeout_ms))
-                .policy(policy),
+            ResilientStore::new(redis).timeout(timeout).policy(policy),
         ))
     }
     #[cfg(not(feature = "redis"))]
@@ -187,7 +200,8 @@ async fn store_from_env() -> Result<Arc<dyn CounterStore>, String> {
     }
 }
 
-fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {
+/// The tenant API (public for the reliability tests).
+pub fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {
     let api = || AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
     let execution = AdmissionLayer::new(store.clone())
         .rule(Rule::rate("api_calls_per_minute"))

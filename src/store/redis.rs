@@ -90,7 +90,11 @@
 //! never finds it held even if the task has not run yet. Without a runtime,
 //! or while Redis is unreachable, pending releases wait for that next call
 //! (at most 65 536 are kept); a lease never released expires after its
-//! `lease_ttl`.
+//! `lease_ttl`. An admission whose answer never arrives — cancelled by a
+//! timeout or because its request went away while it waited for Redis, or
+//! failed after it was sent — releases its lease id the same way, since the
+//! script may have run and taken it (otherwise the slot would stay taken
+//! until `lease_ttl`, 5 minutes by default).
 //!
 //! # Limits
 //!
@@ -444,6 +448,14 @@ impl RedisStore {
         let shared = self.shared.clone();
         let tenant = tenant.clone();
         async move {
+            // Until the answer is read, the script may have run and taken the
+            // lease without anyone left to release it: a call cancelled by a
+            // timeout or by a client that went away, or a connection lost
+            // after the call was sent. Then the guard releases it.
+            let mut unanswered = Unanswered {
+                release: (!held.is_empty())
+                    .then(|| (conn.clone(), shared.clone(), tenant.clone(), lease_no, held)),
+            };
             let mut invocation = shared.admit.prepare_invoke();
             for k in &keys {
                 invocation.key(k);
@@ -484,9 +496,34 @@ impl RedisStore {
                 })
                 .collect();
             let admitted = reply[reply.len() - 1] == 1;
-            let lease = (admitted && !held.is_empty())
-                .then(|| release_on_drop(conn, shared, tenant, lease_no, held));
+            // Answered: an admitted batch holds the lease; a denied one took nothing.
+            let lease = unanswered
+                .release
+                .take()
+                .and_then(|(conn, shared, tenant, n, held)| {
+                    admitted.then(|| release_on_drop(conn, shared, tenant, n, held))
+                });
             Ok((decisions, lease))
+        }
+    }
+}
+
+/// The lease an admission asked for, released when dropped unless taken:
+/// see [`RedisStore::run`]. Removing a member that was never added is
+/// harmless, and a removal sent after the call runs after it on the same
+/// connection.
+struct Unanswered {
+    release: Option<Held>,
+}
+
+/// What [`release_on_drop`] needs: the connection, the store's state, the
+/// tenant, the lease number and the `(key, member)` pairs it holds.
+type Held = (Conn, Arc<Shared>, TenantId, u64, Vec<(String, String)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((conn, shared, tenant, lease, held)) = self.release.take() {
+            drop(release_on_drop(conn, shared, tenant, lease, held));
         }
     }
 }

@@ -171,6 +171,16 @@ impl RedisServer {
         ))
     }
 
+    /// Whether the process is running (not stopped; it may be paused).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
@@ -285,7 +295,8 @@ pub fn command_calls(port: u16, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A Redis Cluster of three masters (no replicas), torn down on drop.
+/// A Redis Cluster of three masters (optionally with replicas), torn down
+/// on drop.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
@@ -295,8 +306,17 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on
     /// every node.
     pub fn new() -> Self {
+        Self::with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`--cluster-replicas`):
+    /// `3 × (1 + replicas)` servers. With replicas, a killed master is
+    /// replaced by one of its replicas (automatic failover after the node
+    /// timeout of 2 s). Waits for `cluster_state:ok` on every node and,
+    /// with replicas, for every replica's link to its master.
+    pub fn with_replicas(replicas: usize) -> Self {
         check_binaries();
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::with_args(&[
                     "--cluster-enabled",
@@ -316,7 +336,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{MISSING} ({e})"));
@@ -326,21 +346,89 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let cluster = RedisCluster { nodes };
+        let waited = cluster.wait_ok(Duration::from_secs(30));
+        assert!(
+            waited.is_some(),
+            "cluster did not reach cluster_state:ok within 30 s"
+        );
+        if replicas > 0 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let linked = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.cli(&["ROLE"]).starts_with("slave"))
+                    .filter(|n| {
+                        n.cli(&["INFO", "replication"])
+                            .contains("master_link_status:up")
+                    })
+                    .count();
+                if linked == 3 * replicas {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replicas not linked within 30 s ({linked} of {})",
+                    3 * replicas
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Every node must know every replica before a failover can be voted.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cluster.running().all(|n| {
+                n.cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|l| l.contains("slave"))
+                    .count()
+                    == 3 * replicas
+            }) {
+                assert!(Instant::now() < deadline, "replicas not known within 30 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// The running nodes.
+    fn running(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.is_running())
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` (and knows
+    /// a master for every slot); returns how long that took, or `None` on
+    /// timeout.
+    pub fn wait_ok(&self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
         loop {
-            let ok = nodes
-                .iter()
+            let ok = self
+                .running()
                 .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
             if ok {
-                break;
+                return Some(started.elapsed());
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not reach cluster_state:ok within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+            if started.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        RedisCluster { nodes }
+    }
+
+    /// The node at `index`, mutable (to stop, start, pause it).
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
+    }
+
+    /// The index of the node serving `key`'s slot, as the running nodes see it.
+    pub fn index_for(&self, key: &str) -> usize {
+        self.try_index_for(key)
+            .unwrap_or_else(|| panic!("no node serves the slot of {key}"))
+    }
+
+    /// [`index_for`](Self::index_for), `None` while no running master serves it.
+    pub fn try_index_for(&self, key: &str) -> Option<usize> {
+        let port = self.try_node_for(key)?.port();
+        self.nodes.iter().position(|n| n.port() == port)
     }
 
     /// The nodes.
@@ -355,15 +443,23 @@ impl RedisCluster {
 
     /// The node serving `key`'s slot.
     pub fn node_for(&self, key: &str) -> &RedisServer {
-        let slot: u16 = self.nodes[0]
+        self.try_node_for(key)
+            .unwrap_or_else(|| panic!("no node serves the slot of {key}"))
+    }
+
+    /// The running master serving `key`'s slot, as the running nodes see
+    /// it; `None` while its master has failed and no replica has taken over.
+    pub fn try_node_for(&self, key: &str) -> Option<&RedisServer> {
+        let any = self.running().next().expect("a running node");
+        let slot: u16 = any
             .cli(&["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .expect("CLUSTER KEYSLOT");
-        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        let nodes = any.cli(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") {
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
                 continue;
             }
             let port: u16 = fields[1]
@@ -384,11 +480,11 @@ impl RedisCluster {
                         .nodes
                         .iter()
                         .find(|n| n.port() == port)
-                        .expect("slot owner is one of ours");
+                        .filter(|n| n.is_running());
                 }
             }
         }
-        panic!("no node serves slot {slot}");
+        None
     }
 
     /// The sum over the nodes of `cmdstat_<command>` calls.
