@@ -253,7 +253,7 @@ fn main() {
     for (_, port, path) in &targets {
         wrk("warm-up", *port, path, 1);
     }
-    let rounds = if full { 3 } else { 1 };
+    let rounds = if full { 5 } else { 1 };
     let mut samples: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (i, (setup, port, path)) in targets.iter().enumerate() {

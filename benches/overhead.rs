@@ -14,7 +14,8 @@
 //! driven with `ready().await` + `call(..).await`, and its response dropped
 //! inside the timed loop. `1task`: one task on a current-thread runtime;
 //! `2tasks`: the requests split over 2 tasks on a 2-worker multi-thread
-//! runtime (wall time per request).
+//! runtime (wall time per request), all for one tenant; `2tasks_2tenants`
+//! (ours and governor_headers): the same, each task for its own tenant.
 //!
 //! ```text
 //! cargo bench --bench overhead                       # criterion
@@ -55,12 +56,19 @@ rates = { api_calls = { limit = 1000000000000, window = "1m" } }
 [[tenants]]
 id = "acme"
 plan = "bench"
+
+[[tenants]]
+id = "globex"
+plan = "bench"
 "#;
 
-fn request() -> Request<Body> {
+/// Task `i` of a `_2tenants` run sends `TENANTS[i % 2]`; all others `acme`.
+const TENANTS: [&str; 2] = ["acme", "globex"];
+
+fn request(tenant: &'static str) -> Request<Body> {
     Request::builder()
         .uri("/v1/reports")
-        .header(TENANT_HEADER, HeaderValue::from_static("acme"))
+        .header(TENANT_HEADER, HeaderValue::from_static(tenant))
         .body(Body::empty())
         .expect("valid request")
 }
@@ -170,13 +178,13 @@ fn variant(name: &str) -> BoxSvc {
 }
 
 /// Serves `n` requests one after the other.
-async fn serve(svc: &mut BoxSvc, n: u64) {
+async fn serve(svc: &mut BoxSvc, n: u64, tenant: &'static str) {
     for _ in 0..n {
         let response = svc
             .ready()
             .await
             .expect("ready")
-            .call(request())
+            .call(request(tenant))
             .await
             .expect("infallible");
         assert_eq!(response.status(), 200);
@@ -199,14 +207,27 @@ fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
 }
 
 /// Wall time of `iters` requests split over `tasks` tasks.
-fn run_tasks(rt: &tokio::runtime::Runtime, svc: &BoxSvc, iters: u64, tasks: u64) -> Duration {
+/// Wall time of `iters` requests split over `tasks` tasks, all for one
+/// tenant or (`distinct`) task `i` for `TENANTS[i % 2]`.
+fn run_tasks(
+    rt: &tokio::runtime::Runtime,
+    svc: &BoxSvc,
+    iters: u64,
+    tasks: u64,
+    distinct: bool,
+) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
         let handles: Vec<_> = (0..tasks)
             .map(|i| {
                 let mut svc = svc.clone();
                 let n = iters / tasks + u64::from(i < iters % tasks);
-                tokio::spawn(async move { serve(&mut svc, n).await })
+                let tenant = if distinct {
+                    TENANTS[i as usize % 2]
+                } else {
+                    "acme"
+                };
+                tokio::spawn(async move { serve(&mut svc, n, tenant).await })
             })
             .collect();
         for handle in handles {
@@ -230,14 +251,20 @@ fn benches(c: &mut Criterion) {
                 let mut svc = svc.clone();
                 single.block_on(async {
                     let start = Instant::now();
-                    serve(&mut svc, iters).await;
+                    serve(&mut svc, iters, "acme").await;
                     start.elapsed()
                 })
             })
         });
         group.bench_function(format!("{name}/{tasks}tasks"), |b| {
-            b.iter_custom(|iters| run_tasks(&multi, &svc, iters, tasks))
+            b.iter_custom(|iters| run_tasks(&multi, &svc, iters, tasks, false))
         });
+        if name == "ours" || name == "governor_headers" {
+            // The same with two tenants: what one hot tenant's shared state costs.
+            group.bench_function(format!("{name}/{tasks}tasks_2tenants"), |b| {
+                b.iter_custom(|iters| run_tasks(&multi, &svc, iters, tasks, true))
+            });
+        }
     }
     group.finish();
 }
@@ -256,7 +283,11 @@ fn collect() {
     };
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
-    for mode in ["1task".to_owned(), format!("{tasks}tasks")] {
+    for mode in [
+        "1task".to_owned(),
+        format!("{tasks}tasks"),
+        format!("{tasks}tasks_2tenants"),
+    ] {
         for name in VARIANTS {
             let Some(ns) = median(&format!("{name}_{mode}")) else {
                 continue;
@@ -288,15 +319,16 @@ fn main() {
             .expect("OVERHEAD_INSTR=variant:requests");
         let n: u64 = n.parse().expect("a number of requests");
         let mut svc = variant(name);
-        single_thread().block_on(serve(&mut svc, n));
+        single_thread().block_on(serve(&mut svc, n, "acme"));
         return;
     }
     if !common::full_run() {
         // Smoke pass (cargo test --all-targets): every variant answers.
         for name in VARIANTS.into_iter().chain(["tenancy"]) {
             let mut svc = variant(name);
-            single_thread().block_on(serve(&mut svc, 10));
-            run_tasks(&multi_thread(2), &svc, 10, 2);
+            single_thread().block_on(serve(&mut svc, 10, "acme"));
+            run_tasks(&multi_thread(2), &svc, 10, 2, false);
+            run_tasks(&multi_thread(2), &svc, 10, 2, true);
         }
         return;
     }

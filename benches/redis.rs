@@ -19,7 +19,7 @@
 //! * **rate-limiter-flexible**: `benches/node/rlf.js`, `RateLimiterRedis` over
 //!   one ioredis connection, `C` concurrent loops of `consume(key)`.
 //!
-//! Each configuration runs twice (interleaved); the faster run is kept.
+//! Each configuration runs three times (interleaved); the fastest run is kept.
 //! Writes `target/bench-results/redis.{csv,json}`. Without the node modules
 //! the peer is skipped (reported as missing).
 
@@ -369,7 +369,7 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
 fn main() {
     let full = common::full_run();
     let concurrencies: &[usize] = if full { &[1, 16, 64, 256] } else { &[1, 16] };
-    let rounds = if full { 2 } else { 1 };
+    let rounds = if full { 3 } else { 1 };
     let machine = common::machine();
     let server = RedisServer::new();
     let port = server.port();
