@@ -163,7 +163,7 @@ pub async fn usage_report<S: CounterStore + ?Sized>(
     let entries = checks_for(tenant);
     let checks: Vec<Check> = entries.iter().map(|(c, _, _)| c.clone()).collect();
     let decisions = if checks.is_empty() {
-        Vec::new()
+        Default::default()
     } else {
         store.peek(tenant.id(), &checks).await?
     };

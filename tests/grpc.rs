@@ -26,7 +26,7 @@ use tower_tenancy::layer::feature::RequireFeatureLayer;
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::resolve::HeaderResolver;
 use tower_tenancy::store::{
-    Admission, Check, CounterStore, Decision, MemoryStore, StoreError, StoreResult,
+    Admission, Check, CounterStore, Decisions, MemoryStore, StoreError, StoreResult,
 };
 use tower_tenancy::{Catalog, MemoryDirectory, TenancyLayer, Tenant, TenantId};
 
@@ -452,7 +452,7 @@ impl CounterStore for DownStore {
     fn admit(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Admission>> {
         MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
     }
-    fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+    fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
         MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
     }
     fn adjust(&self, _: &TenantId, _: &str, _: i64) -> MaybeReady<StoreResult<u64>> {

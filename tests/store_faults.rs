@@ -260,6 +260,7 @@ async fn fail_closed_returns_store_errors() {
         match answer {
             Err(StoreError::Backend(_) | StoreError::Timeout) => {}
             Err(StoreError::BreakerOpen) => breaker_open += 1,
+            Err(other) => panic!("unexpected error {other}"),
             Ok(used) => panic!("fail-closed answered Ok({used}) while down"),
         }
     }

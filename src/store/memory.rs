@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 
 use super::calendar::period_bounds;
 use super::{
-    Admission, Algorithm, Check, Clock, CounterStore, Decision, Lease, StoreResult, SystemClock,
+    Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreResult,
+    SystemClock,
 };
 use crate::future::MaybeReady;
 use crate::plan::Period;
@@ -30,7 +31,7 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 /// It implements every algorithm of the [store
 /// semantics](crate::store#semantics-every-store-implements-exactly-these)
 /// synchronously: each call answers with [`MaybeReady::ready`], takes one
-/// mutex, and allocates only the returned `Vec<Decision>` (plus the state of
+/// mutex, and allocates nothing for its answer ([`Decisions`](super::Decisions) keeps up to four inline; plus the state of
 /// a counter the first time it is consumed). [`peek`](CounterStore::peek)
 /// returns exactly the decisions `admit` would (so `used` includes the cost
 /// when every check allows); peek with cost 0 to read current levels.
@@ -348,9 +349,9 @@ impl MemoryStore {
         let mut leases = Leases::default();
         let decisions = if let [check] = checks {
             // One check: one lookup.
-            vec![tables.single(tenant, check, now, commit, &mut leases)]
+            Decisions::from_iter([tables.single(tenant, check, now, commit, &mut leases)])
         } else {
-            let mut decisions: Vec<Decision> = checks
+            let mut decisions: Decisions = checks
                 .iter()
                 .map(|check| tables.check(tenant, check, now))
                 .collect();
@@ -392,7 +393,7 @@ impl CounterStore for MemoryStore {
         MaybeReady::ready(Ok(self.run(tenant, checks, true)))
     }
 
-    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
         MaybeReady::ready(Ok(self.run(tenant, checks, false).decisions))
     }
 

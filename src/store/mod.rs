@@ -55,6 +55,8 @@ mod memory;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
+use smallvec::SmallVec;
+
 use crate::future::MaybeReady;
 use crate::plan::{ConcurrencyRule, Period, QuotaRule, RateAlgorithm, RateRule};
 use crate::tenant::TenantId;
@@ -69,6 +71,7 @@ pub use resilient::{BreakerState, FailurePolicy, ResilientStore};
 
 /// How a check counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Algorithm {
     /// Sliding window counter over `window` (approximate, O(1) memory).
     SlidingWindow {
@@ -168,17 +171,113 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
+/// The decisions of one store call, one per check, in the checks' order.
+///
+/// Up to four decisions live inline: a store call for a usual route (one to
+/// four rules) allocates nothing for its answer. Dereferences to
+/// `[Decision]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_tenancy::store::{Decision, Decisions};
+///
+/// let d = Decision {
+///     allowed: true, limit: 10, used: 1, remaining: 9,
+///     reset: Duration::from_secs(60), retry_after: None,
+/// };
+/// let decisions: Decisions = [d, d].into_iter().collect();
+/// assert_eq!(decisions.len(), 2);
+/// assert!(decisions.iter().all(|d| d.allowed));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions(SmallVec<[Decision; 4]>);
+
+impl Decisions {
+    /// No decisions yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a decision.
+    pub fn push(&mut self, decision: Decision) {
+        self.0.push(decision);
+    }
+}
+
+impl std::ops::Deref for Decisions {
+    type Target = [Decision];
+    fn deref(&self) -> &[Decision] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Decisions {
+    fn deref_mut(&mut self) -> &mut [Decision] {
+        &mut self.0
+    }
+}
+
+impl FromIterator<Decision> for Decisions {
+    fn from_iter<I: IntoIterator<Item = Decision>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl Extend<Decision> for Decisions {
+    fn extend<I: IntoIterator<Item = Decision>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl From<Vec<Decision>> for Decisions {
+    fn from(decisions: Vec<Decision>) -> Self {
+        Self(SmallVec::from_vec(decisions))
+    }
+}
+
+impl IntoIterator for Decisions {
+    type Item = Decision;
+    type IntoIter = smallvec::IntoIter<[Decision; 4]>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Decisions {
+    type Item = &'a Decision;
+    type IntoIter = std::slice::Iter<'a, Decision>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// The outcome of [`CounterStore::admit`]: one decision per check (same
 /// order), and a lease holding concurrency units when the batch was admitted.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Admission {
     /// One decision per check, in order.
-    pub decisions: Vec<Decision>,
+    pub decisions: Decisions,
     /// Held concurrency units; released when dropped.
     pub lease: Option<Lease>,
 }
 
 impl Admission {
+    /// An admission of `decisions` holding `lease` (for implementations of
+    /// [`CounterStore`]).
+    ///
+    /// ```
+    /// use tower_tenancy::store::{Admission, Decisions};
+    /// let nothing = Admission::new(Decisions::new(), None);
+    /// assert!(nothing.allowed());
+    /// ```
+    pub fn new(decisions: impl Into<Decisions>, lease: Option<Lease>) -> Self {
+        Self {
+            decisions: decisions.into(),
+            lease,
+        }
+    }
+
     /// Whether every check allowed the request (and so it was consumed).
     pub fn allowed(&self) -> bool {
         self.decisions.iter().all(|d| d.allowed)
@@ -187,6 +286,7 @@ impl Admission {
 
 /// A store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The call did not finish within the configured timeout.
     #[error("counter store timed out")]
@@ -214,7 +314,7 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// A dry run of [`admit`](Self::admit): the same decisions, nothing
     /// consumed, no lease taken (for usage reports).
-    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>>;
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>>;
 
     /// Moves a [`Algorithm::Gauge`] counter by `delta` (saturating at zero)
     /// and returns its new level.
@@ -225,7 +325,7 @@ impl<S: CounterStore + ?Sized> CounterStore for Arc<S> {
     fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
         (**self).admit(tenant, checks)
     }
-    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
         (**self).peek(tenant, checks)
     }
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {

@@ -114,7 +114,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    Admission, Algorithm, Check, Clock, CounterStore, Decision, Lease, StoreError, StoreResult,
+    Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreError,
+    StoreResult,
 };
 use crate::future::MaybeReady;
 use crate::plan::Period;
@@ -369,7 +370,7 @@ impl RedisStore {
         tenant: &TenantId,
         checks: &[Check],
         admit: bool,
-    ) -> impl std::future::Future<Output = StoreResult<(Vec<Decision>, Option<Lease>)>> + Send + 'static
+    ) -> impl std::future::Future<Output = StoreResult<(Decisions, Option<Lease>)>> + Send + 'static
     {
         let now = self
             .clock
@@ -583,11 +584,11 @@ impl CounterStore for RedisStore {
         let run = self.run(tenant, checks, true);
         MaybeReady::boxed(async move {
             let (decisions, lease) = run.await?;
-            Ok(Admission { decisions, lease })
+            Ok(Admission::new(decisions, lease))
         })
     }
 
-    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
         let run = self.run(tenant, checks, false);
         MaybeReady::boxed(async move { Ok(run.await?.0) })
     }

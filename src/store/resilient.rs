@@ -46,7 +46,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Admission, Check, CounterStore, Decision, StoreError, StoreResult};
+use super::{Admission, Check, CounterStore, Decision, Decisions, StoreError, StoreResult};
 use crate::future::MaybeReady;
 use crate::tenant::TenantId;
 
@@ -121,7 +121,7 @@ pub enum BreakerState {
 ///     fn admit(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Admission>> {
 ///         MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
 ///     }
-///     fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+///     fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
 ///         MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
 ///     }
 ///     fn adjust(&self, _: &TenantId, _: &str, _: i64) -> MaybeReady<StoreResult<u64>> {
@@ -180,7 +180,7 @@ impl<S: CounterStore> ResilientStore<S> {
     /// # struct Noop;
     /// # impl tower_tenancy::store::CounterStore for Noop {
     /// #   fn admit(&self, _: &tower_tenancy::TenantId, _: &[tower_tenancy::store::Check]) -> tower_tenancy::future::MaybeReady<tower_tenancy::store::StoreResult<tower_tenancy::store::Admission>> { unimplemented!() }
-    /// #   fn peek(&self, _: &tower_tenancy::TenantId, _: &[tower_tenancy::store::Check]) -> tower_tenancy::future::MaybeReady<tower_tenancy::store::StoreResult<Vec<tower_tenancy::store::Decision>>> { unimplemented!() }
+    /// #   fn peek(&self, _: &tower_tenancy::TenantId, _: &[tower_tenancy::store::Check]) -> tower_tenancy::future::MaybeReady<tower_tenancy::store::StoreResult<tower_tenancy::store::Decisions>> { unimplemented!() }
     /// #   fn adjust(&self, _: &tower_tenancy::TenantId, _: &str, _: i64) -> tower_tenancy::future::MaybeReady<tower_tenancy::store::StoreResult<u64>> { unimplemented!() }
     /// # }
     /// let store = ResilientStore::new(Noop);
@@ -340,10 +340,7 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
     fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
         let on_failure = OnFailure::new(&self.policy, tenant, checks);
         let fail = move |error| match on_failure.answer(error) {
-            Answer::Open(decisions) => MaybeReady::ready(Ok(Admission {
-                decisions,
-                lease: None,
-            })),
+            Answer::Open(decisions) => MaybeReady::ready(Ok(Admission::new(decisions, None))),
             Answer::Error(error) => MaybeReady::ready(Err(error)),
             Answer::Ask(local, tenant, checks) => local.admit(&tenant, &checks),
         };
@@ -353,7 +350,7 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
         self.guarded(self.store.admit(tenant, checks), fail)
     }
 
-    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
+    fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
         let on_failure = OnFailure::new(&self.policy, tenant, checks);
         let fail = move |error| match on_failure.answer(error) {
             Answer::Open(decisions) => MaybeReady::ready(Ok(decisions)),
@@ -395,8 +392,9 @@ enum OnFailure {
     Fallback(Arc<dyn CounterStore>, TenantId, Arc<[Check]>),
 }
 
+#[allow(clippy::large_enum_variant)] // a cold path, answered once
 enum Answer {
-    Open(Vec<Decision>),
+    Open(Decisions),
     Error(StoreError),
     Ask(Arc<dyn CounterStore>, TenantId, Arc<[Check]>),
 }
@@ -568,7 +566,7 @@ mod tests {
     impl CounterStore for Flaky {
         fn admit(&self, _: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let decisions: Vec<Decision> = checks
+            let decisions: Decisions = checks
                 .iter()
                 .map(|c| Decision {
                     allowed: true,
@@ -587,15 +585,12 @@ mod tests {
                 if down {
                     Err(StoreError::Backend("refused".into()))
                 } else {
-                    Ok(Admission {
-                        decisions,
-                        lease: Some(Lease::new(|| {})),
-                    })
+                    Ok(Admission::new(decisions, Some(Lease::new(|| {}))))
                 }
             })
         }
-        fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Vec<Decision>>> {
-            MaybeReady::ready(Ok(vec![]))
+        fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
+            MaybeReady::ready(Ok(Decisions::new()))
         }
         fn adjust(&self, _: &TenantId, _: &str, _: i64) -> MaybeReady<StoreResult<u64>> {
             if self.down.load(Ordering::SeqCst) {
