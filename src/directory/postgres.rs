@@ -274,11 +274,41 @@ impl PostgresDirectory {
             .await
             .map_err(|e| DirectoryError(format!("postgres: no connection: {e}")))?;
         let statement = client.prepare_cached(LOOKUP).await.map_err(pg_error)?;
-        let Some(row) = client
+        let row = client
             .query_opt(&statement, &[&id.as_str()])
             .await
-            .map_err(pg_error)?
-        else {
+            .map_err(pg_error)?;
+        tenant_of(id, row)
+    }
+
+    /// Reads tenant `id` through `client` (a connection or a transaction),
+    /// without cache or timeout, validated as a lookup is: for example to
+    /// check a change inside its transaction before committing it.
+    ///
+    /// ```no_run
+    /// # async fn run(mut client: tower_tenancy::directory::postgres::tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_tenancy::directory::postgres::PostgresDirectory;
+    ///
+    /// let id = "acme".parse()?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute(r#"UPDATE tt_tenants SET overrides = '{"limits": {"a b": 1}}' WHERE id = 'acme'"#, &[]).await?;
+    /// if PostgresDirectory::read(&tx, &id).await.is_err() {
+    ///     tx.rollback().await?; // "a b" is not a valid rule name
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read(client: &impl tokio_postgres::GenericClient, id: &TenantId) -> LookupResult {
+        let row = client
+            .query_opt(LOOKUP, &[&id.as_str()])
+            .await
+            .map_err(pg_error)?;
+        tenant_of(id, row)
+    }
+}
+
+fn tenant_of(id: &TenantId, row: Option<tokio_postgres::Row>) -> LookupResult {
+    {
+        let Some(row) = row else {
             return Ok(None);
         };
         let status: String = row.try_get(0).map_err(pg_error)?;
@@ -468,6 +498,13 @@ impl PostgresChanges {
     /// [`Change::All`].
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.shared.changes.subscribe()
+    }
+
+    /// How many changes were announced so far. A reader that caches what
+    /// it reads compares it before and after a read: when it moved, a change
+    /// may have committed during the read, so read again.
+    pub fn generation(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
     }
 
     /// Whether the `LISTEN` is in place right now.

@@ -301,3 +301,18 @@ pub fn config(
 ) -> tower_tenancy::directory::postgres::tokio_postgres::Config {
     server.conn_str(user).parse().unwrap()
 }
+
+/// Creates an ordinary login role `name` (no superuser, no BYPASSRLS) that
+/// may create tables in `public`: what an application should connect as.
+#[cfg(feature = "postgres")]
+pub async fn create_app_role(server: &PgServer, name: &str) {
+    let pool = pool(server, SUPERUSER, 1);
+    pool.get()
+        .await
+        .expect("connect as superuser")
+        .batch_execute(&format!(
+            "CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {name};"
+        ))
+        .await
+        .expect("create the application role");
+}
