@@ -133,6 +133,8 @@ async fn rows_become_tenants() {
     assert!(bad.is_err());
 }
 
+type Check = Box<dyn Fn(&tower_tenancy::Tenant) -> bool>;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -175,7 +177,7 @@ async fn a_change_committed_on_one_instance_applies_on_every_instance() {
         }
         // Plan, status and override changes in turn; each round's value differs
         // from the previous one.
-        let (sql, check): (String, Box<dyn Fn(&tower_tenancy::Tenant) -> bool>) = match round % 3 {
+        let (sql, check): (String, Check) = match round % 3 {
             0 => {
                 let plan = if round / 3 % 2 == 0 { "pro" } else { "free" };
                 (

@@ -33,7 +33,8 @@
 //! ))
 //! .max_size(16)
 //! .build()?;
-//! migrate(&mut pool.get().await?, DIRECTORY_MIGRATIONS).await?;
+//! let mut client = pool.get().await?;
+//! migrate(&mut client, DIRECTORY_MIGRATIONS).await?;
 //!
 //! let changes = PostgresChanges::listen(config, tokio_postgres::NoTls);
 //! let directory = Arc::new(
@@ -153,7 +154,8 @@ pub const DIRECTORY_MIGRATIONS: &[Migration] = &[Migration {
 /// ```no_run
 /// # async fn run(pool: tower_tenancy::directory::postgres::deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// use tower_tenancy::directory::postgres::{migrate, DIRECTORY_MIGRATIONS};
-/// let applied = migrate(&mut pool.get().await?, DIRECTORY_MIGRATIONS).await?;
+/// let mut client = pool.get().await?;
+/// let applied = migrate(&mut client, DIRECTORY_MIGRATIONS).await?;
 /// println!("applied {applied:?}");
 /// # Ok(()) }
 /// ```
@@ -347,6 +349,9 @@ fn tenant_from_row(
     fields.insert("name".into(), Value::String(plan.into()));
     let overrides: Value =
         serde_json::from_str(overrides).map_err(|e| bad("tt_tenants.overrides", &e))?;
+    if !overrides.is_object() {
+        return Err(bad("tt_tenants.overrides", &"not a JSON object"));
+    }
     let document = json!({
         "plans": [plan_json],
         "tenants": [{ "id": id, "plan": plan, "status": status, "overrides": overrides }],
