@@ -167,13 +167,19 @@ pub async fn migrate(
     // Any constant; the same for every instance of every application.
     tx.execute("SELECT pg_advisory_xact_lock(7355608151)", &[])
         .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS tt_migrations (
-             name text PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await?;
+    let exists = tx
+        .query_one("SELECT to_regclass('tt_migrations') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE tt_migrations (
+                 name text PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    }
     let mut applied = Vec::new();
     for m in migrations {
         let done = tx
@@ -580,7 +586,10 @@ where
     loop {
         match listen_once(&config, tls.clone(), &shared).await {
             Ok(()) => backoff = BACKOFF_MIN,
-            Err(e) => tracing::warn!(error = %e, "postgres change listener: connection failed"),
+            Err(e) => {
+                let error = pg_error(e).0;
+                tracing::warn!(%error, "postgres change listener: connection failed")
+            }
         }
         shared.listening.send_replace(false);
         tokio::time::sleep(backoff).await;
