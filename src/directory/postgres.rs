@@ -102,9 +102,12 @@
 //! `Retry-After`. Each lookup is bounded by [`PostgresDirectory::timeout`]
 //! (a stopped server refuses at once, a frozen one is cut off there). The
 //! pool drops broken connections and the listener reconnects with a backoff
-//! of 50 ms doubling up to 1 s, so both recover by themselves. A listener
-//! connection that dies silently (no RST) is found by a `SELECT 1` every
-//! 5 s with a 2 s timeout.
+//! of 50 ms doubling up to 500 ms (so a change committed right after the
+//! server comes back applies within about half a second plus a connection
+//! set-up), so both recover by themselves. A listener connection that dies
+//! silently (no RST) is found by a `SELECT 1` every 5 s with a 2 s timeout:
+//! changes committed meanwhile apply when it has reconnected, not within a
+//! second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -458,7 +461,7 @@ impl Shared {
 /// committed change as a [`Change`] to its subscribers.
 ///
 /// The connection is re-established by itself (backoff 50 ms doubling to
-/// 1 s); after each (re)connection, once `LISTEN` is in place, it announces
+/// 500 ms); after each (re)connection, once `LISTEN` is in place, it announces
 /// [`Change::All`]. The background task stops when this value is dropped.
 ///
 /// ```no_run
@@ -571,7 +574,7 @@ impl std::fmt::Debug for PostgresChanges {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
