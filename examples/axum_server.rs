@@ -16,8 +16,16 @@
 //! in-memory limiter), `open` (admit) or `closed` (503); each call has a
 //! 100 ms timeout (`STORE_TIMEOUT_MS`).
 //!
+//! With `DATABASE_URL` set (build with `--features postgres`), tenants,
+//! plans and API keys live in PostgreSQL and workflows in tables under
+//! row-level security; every request needs `Authorization: Bearer <API
+//! key>`, and changes made on one instance apply on all within a
+//! notification (see `examples/postgres/mod.rs`). The plans file seeds
+//! missing plans and tenants at start.
+//!
 //! Tenants come from the `X-Tenant-ID` header, else the `tenant` query
-//! parameter. Policies, by route:
+//! parameter (with PostgreSQL: else the API key's tenant, and a claimed
+//! tenant must be the key's). Policies, by route:
 //!
 //! | route | policies |
 //! |---|---|
@@ -33,6 +41,9 @@
 //! `GET /admin/tenants/{id}/usage`, `PATCH /admin/tenants/{id}` with
 //! `{"plan": .., "status": .., "overrides": ..}` (each optional),
 //! `POST /admin/reload` (re-reads the plans file; counters are kept).
+//! With PostgreSQL also `POST /admin/tenants/{id}/keys` (`{"label": ..}`
+//! optional; answers the key, shown once) and `DELETE /admin/keys/{key_id}`
+//! (revokes it on every instance).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -59,6 +70,11 @@ use tower_tenancy::{
     Catalog, CurrentTenant, MemoryDirectory, Overrides, TenancyLayer, Tenant, TenantId,
     TenantStatus,
 };
+
+/// The PostgreSQL mode (`DATABASE_URL`).
+#[cfg(feature = "postgres")]
+#[path = "postgres/mod.rs"]
+pub mod postgres;
 
 /// The application's own data: workflows per tenant (a database in real life).
 #[derive(Clone, Default)]
@@ -103,7 +119,16 @@ async fn main() {
         }
     };
     let token = std::env::var("ADMIN_TOKEN").unwrap_or_else(|_| "admin-secret".into());
-    let app = demo(&catalog, &plans, &token, store);
+    let app = match std::env::var("DATABASE_URL") {
+        Err(_) => demo(&catalog, &plans, &token, store),
+        Ok(url) => match postgres_demo(&url, &catalog, &plans, &token, store).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("cannot set up PostgreSQL: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -136,6 +161,29 @@ pub fn demo(
         db: Db::default(),
     };
     app(directory, store, admin.db.clone()).merge(admin_routes(admin))
+}
+
+/// The demo on PostgreSQL: connect, migrate, seed missing plans and tenants
+/// from the catalog.
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+async fn postgres_demo(
+    url: &str,
+    catalog: &Catalog,
+    plans_path: &str,
+    admin_token: &str,
+    store: Arc<dyn CounterStore>,
+) -> Result<Router, String> {
+    #[cfg(feature = "postgres")]
+    {
+        let pg = postgres::connect(url).await?;
+        let seeded = postgres::seed(&pg.pool, catalog, false).await?;
+        tracing::info!(%seeded, "tenants and plans in PostgreSQL; API keys required");
+        Ok(postgres::demo(&pg, plans_path, admin_token, store))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        Err("DATABASE_URL is set, but the demo was built without `--features postgres`".into())
+    }
 }
 
 /// The memory store, or Redis (single node or cluster) behind a timeout, a
@@ -379,9 +427,13 @@ impl IntoResponse for AdminError {
 
 type AdminResult = Result<Json<Value>, AdminError>;
 
+/// The admin token, as the state of [`authorize`].
+#[derive(Clone)]
+struct AdminToken(Arc<str>);
+
 /// Middleware: the bearer token must equal the admin token.
 async fn authorize(
-    State(admin): State<Admin>,
+    State(admin): State<AdminToken>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -390,7 +442,7 @@ async fn authorize(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let token = admin.token.as_bytes();
+    let token = admin.0.as_bytes();
     match presented {
         None => AdminError(
             StatusCode::UNAUTHORIZED,
@@ -448,7 +500,7 @@ fn admin_routes(admin: Admin) -> Router {
         .route("/admin/tenants/{id}/usage", get(admin_usage))
         .route("/admin/reload", post(admin_reload))
         .route_layer(axum::middleware::from_fn_with_state(
-            admin.clone(),
+            AdminToken(admin.token.clone()),
             authorize,
         ))
         .with_state(admin)

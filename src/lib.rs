@@ -72,6 +72,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 pub use catalog::{Catalog, CatalogError};
+#[cfg(feature = "postgres")]
+pub use directory::postgres::{PostgresChanges, PostgresDirectory};
 pub use directory::{CachedDirectory, MemoryDirectory, TenantDirectory};
 #[cfg(feature = "tonic")]
 pub use grpc::{TenantInterceptor, TenantRequestExt};

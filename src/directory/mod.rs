@@ -3,9 +3,14 @@
 //! [`MemoryDirectory`] holds tenants in memory and can be replaced or edited
 //! at run time (hot reload). [`CachedDirectory`] puts a TTL cache with
 //! bounded negative caching in front of a slow directory (a database).
+//! With the `postgres` feature, [`postgres::PostgresDirectory`] keeps tenants
+//! in PostgreSQL and [`postgres::PostgresChanges`] applies a change committed
+//! anywhere to every instance's cache.
 
 mod cached;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 use std::sync::Arc;
 

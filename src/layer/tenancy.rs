@@ -228,7 +228,10 @@ fn admit(config: &Config, id: TenantId, result: LookupResult) -> Result<Arc<Tena
             .tenant(id)),
         Err(e) => {
             tracing::warn!(tenant.id = %id, error = %e, "tenant directory failed");
-            Err(Rejection::new(RejectionKind::Unavailable).tenant(id))
+            // A directory outage is transient: tell clients when to try again.
+            Err(Rejection::new(RejectionKind::Unavailable)
+                .retry_after(std::time::Duration::from_secs(1))
+                .tenant(id))
         }
     }
 }
