@@ -8,6 +8,9 @@
 //! * **governor**: `tower_governor` 0.8 `GovernorLayer`, GCRA keyed by the
 //!   same header (`governor_headers`: with `.use_headers()`, i.e. rate-limit
 //!   fields in the response like ours; `governor`: without);
+//! * **ours3**: the same stack with three rules on the route: the rate
+//!   limit, a daily quota and a concurrency limit (one store call), the
+//!   fields of all three written into the response;
 //! * **bare**: the service alone.
 //!
 //! All wrap the same trivial `service_fn`, and every request is built,
@@ -20,7 +23,20 @@
 //! ```text
 //! cargo bench --bench overhead                       # criterion
 //! OVERHEAD_INSTR=ours:100000 target/release/deps/overhead-…   # one loop, for callgrind
+//! OVERHEAD_ALLOCS=ours:10000 target/release/deps/overhead-…   # heap allocations per request
+//! OVERHEAD_CPU=1000000:5 target/release/deps/overhead-…       # CPU ns per request, interleaved
 //! ```
+//!
+//! The `OVERHEAD_CPU=<requests>:<rounds>` mode serves `<requests>` requests
+//! with each variant in turn (one task, current-thread runtime), `<rounds>`
+//! times, and reports the CPU time of the thread per request (user +
+//! system, `/proc/thread-self/stat`, 10 ms ticks: use slices of a second or
+//! more) and each round's ratios: a figure that a busy machine disturbs
+//! much less than wall time.
+//!
+//! The bench binary counts heap allocations with a wrapping global
+//! allocator; counting is switched on only in the `OVERHEAD_ALLOCS` mode
+//! (elsewhere it costs one relaxed load per allocation, for every variant).
 //!
 //! After criterion has run, the medians are collected into
 //! `target/bench-results/overhead.json`.
@@ -28,7 +44,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +63,40 @@ use tower_tenancy::{
     AdmissionLayer, Catalog, MemoryDirectory, RequireFeatureLayer, Rule, TenancyLayer,
 };
 
+/// The system allocator, counting allocations while `COUNTING` is on.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 const TENANT_HEADER: HeaderName = HeaderName::from_static("x-tenant-id");
 
 const PLANS: &str = r#"
@@ -52,6 +104,8 @@ const PLANS: &str = r#"
 name = "bench"
 features = ["reports"]
 rates = { api_calls = { limit = 1000000000000, window = "1m" } }
+quotas = { calls_per_day = { limit = 1000000000000, period = "day" } }
+concurrency = { in_flight = { limit = 1000000 } }
 
 [[tenants]]
 id = "acme"
@@ -142,6 +196,24 @@ fn variant(name: &str) -> BoxSvc {
                     .layer(
                         AdmissionLayer::new(Arc::new(MemoryStore::new()))
                             .rule(Rule::rate("api_calls")),
+                    )
+                    .service(inner),
+            )
+        }
+        "ours3" => {
+            let catalog = Catalog::from_toml_str(PLANS).expect("plans");
+            boxed(
+                ServiceBuilder::new()
+                    .layer(TenancyLayer::new(
+                        HeaderResolver::new("x-tenant-id"),
+                        MemoryDirectory::from_catalog(&catalog),
+                    ))
+                    .layer(RequireFeatureLayer::new("reports"))
+                    .layer(
+                        AdmissionLayer::new(Arc::new(MemoryStore::new()))
+                            .rule(Rule::rate("api_calls"))
+                            .rule(Rule::quota("calls_per_day"))
+                            .rule(Rule::concurrency("in_flight")),
                     )
                     .service(inner),
             )
@@ -237,7 +309,7 @@ fn run_tasks(
     })
 }
 
-const VARIANTS: [&str; 4] = ["bare", "ours", "governor_headers", "governor"];
+const VARIANTS: [&str; 5] = ["bare", "ours", "ours3", "governor_headers", "governor"];
 
 fn benches(c: &mut Criterion) {
     let tasks = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
@@ -310,7 +382,96 @@ fn collect() {
     );
 }
 
+/// CPU time (user + system) of the calling thread, in clock ticks of
+/// 10 ms, from `/proc/thread-self/stat` (0 where unavailable).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The fields after the command name (in parentheses); utime and stime
+    // are fields 14 and 15 of the line, 12 and 13 of these.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)
+}
+
+/// The `OVERHEAD_CPU` mode: CPU ns per request of each variant, rounds of
+/// all variants one after the other.
+fn cpu_mode(requests: u64, rounds: usize) {
+    const MEASURED: [&str; 5] = ["bare", "ours", "ours3", "governor_headers", "governor"];
+    let rt = single_thread();
+    let mut services: Vec<BoxSvc> = MEASURED.iter().map(|name| variant(name)).collect();
+    for svc in &mut services {
+        rt.block_on(serve(svc, 10_000, "acme")); // warm-up
+    }
+    let mut per_round: Vec<Vec<f64>> = Vec::new();
+    for round in 0..rounds {
+        let mut row = Vec::new();
+        for svc in &mut services {
+            let before = thread_cpu_ticks();
+            rt.block_on(serve(svc, requests, "acme"));
+            let ticks = thread_cpu_ticks() - before;
+            row.push(ticks as f64 * 1e7 / requests as f64);
+        }
+        eprintln!(
+            "round {round}: {} (load {})",
+            MEASURED
+                .iter()
+                .zip(&row)
+                .map(|(n, ns)| format!("{n} {ns:.0} ns"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            common::load_average()
+        );
+        per_round.push(row);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let column = |i: usize| per_round.iter().map(|r| r[i]).collect::<Vec<_>>();
+    let ratio = |a: usize, b: usize| per_round.iter().map(|r| r[a] / r[b]).collect::<Vec<_>>();
+    let mut rows = Vec::new();
+    for (i, name) in MEASURED.iter().enumerate() {
+        let ns = column(i);
+        let (lo, hi) = ns
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        rows.push(vec![
+            name.to_string(),
+            format!("{:.0}", median(ns)),
+            format!("{lo:.0}"),
+            format!("{hi:.0}"),
+        ]);
+    }
+    for (name, a) in [("ours/governor_headers", 1), ("ours3/governor_headers", 2)] {
+        let r = ratio(a, 3);
+        let (lo, hi) = r
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        rows.push(vec![
+            name.to_string(),
+            format!("{:.2}", median(r)),
+            format!("{lo:.2}"),
+            format!("{hi:.2}"),
+        ]);
+    }
+    let table = common::csv(&["variant_or_ratio", "median", "min", "max"], &rows);
+    print!("{table}");
+    common::write_result("overhead_cpu.csv", &table);
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("OVERHEAD_CPU") {
+        let (requests, rounds) = spec.split_once(':').expect("OVERHEAD_CPU=requests:rounds");
+        cpu_mode(
+            requests.parse().expect("a number of requests"),
+            rounds.parse().expect("a number of rounds"),
+        );
+        return;
+    }
     // Instruction-count mode: one variant, a fixed number of requests, no
     // criterion (run under `valgrind --tool=callgrind`).
     if let Ok(spec) = std::env::var("OVERHEAD_INSTR") {
@@ -320,6 +481,25 @@ fn main() {
         let n: u64 = n.parse().expect("a number of requests");
         let mut svc = variant(name);
         single_thread().block_on(serve(&mut svc, n, "acme"));
+        return;
+    }
+    // Allocation-count mode: heap allocations per request, after a warm-up.
+    if let Ok(spec) = std::env::var("OVERHEAD_ALLOCS") {
+        let (name, n) = spec
+            .split_once(':')
+            .expect("OVERHEAD_ALLOCS=variant:requests");
+        let n: u64 = n.parse().expect("a number of requests");
+        let mut svc = variant(name);
+        let rt = single_thread();
+        rt.block_on(serve(&mut svc, 1000, "acme"));
+        COUNTING.store(true, Ordering::SeqCst);
+        rt.block_on(serve(&mut svc, n, "acme"));
+        COUNTING.store(false, Ordering::SeqCst);
+        let total = ALLOCATIONS.load(Ordering::SeqCst);
+        println!(
+            "{name}: {total} allocations for {n} requests = {:.2} per request",
+            total as f64 / n as f64
+        );
         return;
     }
     if !common::full_run() {

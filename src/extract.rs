@@ -11,6 +11,7 @@ use crate::CurrentTenant;
 /// did not run for this route (or is optional and found no tenant).
 /// Answered as 500: it is a wiring error, not a client error.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub struct MissingTenant;
 
 impl IntoResponse for MissingTenant {
@@ -23,6 +24,7 @@ impl IntoResponse for MissingTenant {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
     type Rejection = MissingTenant;
 
@@ -35,6 +37,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentTenant {
     type Rejection = std::convert::Infallible;
 

@@ -48,6 +48,24 @@ impl<T> MaybeReady<T> {
             State::Boxed(_) => None,
         }
     }
+
+    /// The value, borrowed in place, if it is available without waiting
+    /// (for large values: no move).
+    ///
+    /// ```
+    /// use tower_tenancy::future::MaybeReady;
+    ///
+    /// let mut ready = MaybeReady::ready(vec![1, 2]);
+    /// ready.ready_mut().unwrap().push(3);
+    /// assert_eq!(ready.try_take(), Some(vec![1, 2, 3]));
+    /// assert!(MaybeReady::boxed(async { 1 }).ready_mut().is_none());
+    /// ```
+    pub fn ready_mut(&mut self) -> Option<&mut T> {
+        match &mut self.0 {
+            State::Ready(value) => value.as_mut(),
+            State::Boxed(_) => None,
+        }
+    }
 }
 
 impl<T> Unpin for MaybeReady<T> {}

@@ -8,10 +8,11 @@
 //! `http::Request<B>`, so it goes straight into
 //! `tonic::transport::Server::builder().layer(..)`. gRPC requests
 //! (`content-type: application/grpc*`) are refused with a *trailers-only*
-//! response: HTTP 200, `grpc-status` and a percent-encoded `grpc-message` in
-//! the headers, no body; a tonic client sees a [`Status`] with that code and
-//! message, and the rate-limit fields (`ratelimit`, `ratelimit-policy`,
-//! `retry-after`) in [`Status::metadata`].
+//! response: HTTP 200, `grpc-status`, a percent-encoded `grpc-message` and
+//! `grpc-status-details-bin` ([rich error details](#rich-error-details)) in
+//! the headers, no body; a tonic client sees a [`Status`] with that code,
+//! message and details, and the rate-limit fields (`ratelimit`,
+//! `ratelimit-policy`, `retry-after`) in [`Status::metadata`].
 //!
 //! | refusal | gRPC code |
 //! |---|---|
@@ -19,6 +20,49 @@
 //! | unknown, suspended/expired/deleted tenant, not permitted, feature not in plan | 7 `PERMISSION_DENIED` |
 //! | resource limit, rate limit, quota, concurrency | 8 `RESOURCE_EXHAUSTED` |
 //! | store or directory unavailable (fail-closed) | 14 `UNAVAILABLE` |
+//!
+//! # Rich error details
+//!
+//! Every refusal also carries `grpc-status-details-bin`: a
+//! `google.rpc.Status` built with `tonic-types`, Google's rich error model,
+//! which clients read with [`tonic_types::StatusExt::get_error_details`]:
+//!
+//! * `ErrorInfo` on every refusal: `reason` is the rejection's
+//!   [`code`](crate::reject::RejectionKind::code) in upper case
+//!   (`RATE_LIMITED`, `UNKNOWN_TENANT`, `FEATURE_NOT_IN_PLAN`, …), `domain`
+//!   is [`ERROR_DOMAIN`](crate::reject::ERROR_DOMAIN), `metadata` has
+//!   `tenant`, `plan`, `feature` and `policy` where known;
+//! * `QuotaFailure` on `RESOURCE_EXHAUSTED`: one violation per violated
+//!   policy (`subject` = the policy, `description` = its usage);
+//! * `RetryInfo` whenever the wait is known (rate limits, quotas,
+//!   concurrency, an unavailable store): `retry_delay` equals `Retry-After`.
+//!
+//! A client backing off on `RetryInfo`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tonic::{Code, Status};
+//! use tonic_types::StatusExt;
+//! use tower_tenancy::reject::{Rejection, RejectionKind};
+//!
+//! // What a client receives when the server's AdmissionLayer refuses a call
+//! // (here built directly; over the wire it arrives the same way).
+//! let status: Status = Rejection::new(RejectionKind::RateLimited)
+//!     .tenant("acme".parse().unwrap())
+//!     .policy("api_calls_per_minute")
+//!     .usage(60, 60)
+//!     .retry_after(Duration::from_millis(41_200))
+//!     .into();
+//!
+//! assert_eq!(status.code(), Code::ResourceExhausted);
+//! let details = status.get_error_details();
+//! let wait = details.retry_info().and_then(|r| r.retry_delay);
+//! assert_eq!(wait, Some(Duration::from_secs(42)));
+//! let violation = &details.quota_failure().unwrap().violations[0];
+//! assert_eq!(violation.subject, "api_calls_per_minute");
+//! assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
+//! assert_eq!(details.error_info().unwrap().metadata["tenant"], "acme");
+//! ```
 //!
 //! A concurrency slot taken by [`AdmissionLayer`](crate::AdmissionLayer) is
 //! held by the response body, so a server-streaming call keeps its slot until
@@ -305,8 +349,9 @@ impl Interceptor for TenantInterceptor {
     }
 }
 
-/// A [`Rejection`] as a tonic [`Status`]: the same code, message and
-/// metadata (`retry-after`, rate-limit fields) as the trailers-only response
+/// A [`Rejection`] as a tonic [`Status`]: the same code, message, rich
+/// error details and metadata (`retry-after`, rate-limit fields) as the
+/// trailers-only response
 /// the layers send. Handy when a handler checks a policy itself. Like a
 /// layer's refusal, the conversion is recorded (a `tracing` event and, with
 /// the `metrics` feature, `tenancy_rejected_total`).

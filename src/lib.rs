@@ -44,12 +44,14 @@
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
 pub mod catalog;
 pub mod directory;
 pub mod future;
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
 pub mod layer;
 pub mod observe;
@@ -76,6 +78,7 @@ pub use catalog::{Catalog, CatalogError};
 pub use directory::postgres::{PostgresChanges, PostgresDirectory};
 pub use directory::{CachedDirectory, MemoryDirectory, TenantDirectory};
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use grpc::{TenantInterceptor, TenantRequestExt};
 pub use layer::admission::{AdmissionLayer, Rule};
 pub use layer::feature::RequireFeatureLayer;
@@ -86,9 +89,10 @@ pub use plan::{
 };
 pub use resolve::AllowedTenants;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 pub use store::{FailurePolicy, MemoryStore, ResilientStore};
-pub use tenant::{Tenant, TenantId, TenantIdRules, TenantStatus};
+pub use tenant::{Tenant, TenantId, TenantIdRef, TenantIdRules, TenantStatus};
 
 /// The tenant of the current request, inserted into the request extensions
 /// by [`TenancyLayer`]. Dereferences to [`Tenant`].

@@ -26,6 +26,7 @@ static TENANT_LABELS: AtomicBool = AtomicBool::new(false);
 /// # tower_tenancy::observe::label_tenants(false);
 /// ```
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn label_tenants(on: bool) {
     TENANT_LABELS.store(on, Ordering::Relaxed);
 }

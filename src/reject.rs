@@ -13,6 +13,16 @@ use serde::Serialize;
 
 use crate::tenant::{TenantId, TenantStatus};
 
+mod fields;
+#[cfg(feature = "tonic")]
+mod grpc_details;
+
+pub(crate) use fields::{render_policy, render_state, sf_string, PolicyItem, StateItem};
+pub use fields::{HeaderStyle, RateLimitFields, RateLimitHeaders};
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub use grpc_details::ERROR_DOMAIN;
+
 /// What was refused, with a stable machine-readable [`code`](Self::code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -145,8 +155,21 @@ struct Details {
     limit: Option<u64>,
     usage: Option<u64>,
     retry_after: Option<Duration>,
-    rate_limit: Option<RateLimitFields>,
+    rate_limit: Option<RateLimitHeaders>,
+    /// Every violated policy (empty: the `policy`, if any).
+    violated: Vec<String>,
+    /// The 0.1 `type` for 429 bodies ([`HeaderStyle::MostRestrictive`]).
+    previous_type: bool,
 }
+
+/// The registered problem type of refusals by a quota policy
+/// (draft-ietf-httpapi-ratelimit-headers, "Quota Exceeded").
+pub const QUOTA_EXCEEDED_TYPE: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The registered title of [`QUOTA_EXCEEDED_TYPE`].
+const QUOTA_EXCEEDED_TITLE: &str =
+    "Request cannot be satisfied as assigned quota has been exceeded";
 
 #[derive(Serialize)]
 struct Problem<'a> {
@@ -172,6 +195,8 @@ struct Problem<'a> {
     usage: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    violated_policies: Option<Vec<&'a str>>,
 }
 
 impl Rejection {
@@ -189,46 +214,55 @@ impl Rejection {
             usage: None,
             retry_after: None,
             rate_limit: None,
+            violated: Vec::new(),
+            previous_type: false,
         }))
     }
 
     /// Replaces the HTTP status (for example 404 for unknown tenants).
+    #[must_use]
     pub fn status(mut self, status: StatusCode) -> Self {
         self.0.status = status;
         self
     }
 
     /// Sets the human-readable detail. Never put internal errors here.
+    #[must_use]
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.0.detail = detail.into();
         self
     }
 
     /// Names the tenant.
+    #[must_use]
     pub fn tenant(mut self, tenant: TenantId) -> Self {
         self.0.tenant = Some(tenant);
         self
     }
 
     /// Names the tenant's plan.
+    #[must_use]
     pub fn plan(mut self, plan: impl Into<String>) -> Self {
         self.0.plan = Some(plan.into());
         self
     }
 
     /// Names the missing feature.
+    #[must_use]
     pub fn feature(mut self, feature: impl Into<String>) -> Self {
         self.0.feature = Some(feature.into());
         self
     }
 
     /// Names the policy (limit, rate, quota or concurrency rule).
+    #[must_use]
     pub fn policy(mut self, policy: impl Into<String>) -> Self {
         self.0.policy = Some(policy.into());
         self
     }
 
     /// Sets the limit and the current usage.
+    #[must_use]
     pub fn usage(mut self, limit: u64, usage: u64) -> Self {
         self.0.limit = Some(limit);
         self.0.usage = Some(usage);
@@ -236,15 +270,70 @@ impl Rejection {
     }
 
     /// Sets the `Retry-After` delay (rounded up to whole seconds, at least 1).
+    #[must_use]
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.0.retry_after = Some(after);
         self
     }
 
-    /// Attaches rate-limit header fields.
-    pub fn rate_limit(mut self, fields: RateLimitFields) -> Self {
-        self.0.rate_limit = Some(fields);
+    /// Attaches rate-limit header fields: a [`RateLimitFields`] (one
+    /// policy) or [`RateLimitHeaders`] rendered already.
+    #[must_use]
+    pub fn rate_limit(mut self, fields: impl Into<RateLimitHeaders>) -> Self {
+        self.0.rate_limit = Some(fields.into());
         self
+    }
+
+    /// Names every policy the request violated (the `violated-policies`
+    /// member of a 429 body, and the `QuotaFailure` violations of a gRPC
+    /// refusal). Without it, the [`policy`](Self::policy) is the one.
+    ///
+    /// ```
+    /// use tower_tenancy::reject::{Rejection, RejectionKind};
+    ///
+    /// let r = Rejection::new(RejectionKind::RateLimited)
+    ///     .policy("per_minute")
+    ///     .violated_policies(["per_minute", "per_day"]);
+    /// let body: serde_json::Value = serde_json::from_slice(&r.problem_json()).unwrap();
+    /// assert_eq!(body["type"], "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    /// assert_eq!(body["violated-policies"], serde_json::json!(["per_minute", "per_day"]));
+    /// ```
+    #[must_use]
+    pub fn violated_policies(
+        mut self,
+        policies: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.0.violated = policies.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// 429 bodies keep the 0.1 `type` (`urn:tower-tenancy:problem:<code>`)
+    /// and have no `violated-policies`.
+    pub(crate) fn with_previous_problem_type(mut self) -> Self {
+        self.0.previous_type = true;
+        self
+    }
+
+    /// The violated policies: those named by
+    /// [`violated_policies`](Self::violated_policies), else the policy.
+    pub fn violated(&self) -> Vec<&str> {
+        if self.0.violated.is_empty() {
+            self.0.policy.as_deref().into_iter().collect()
+        } else {
+            self.0.violated.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether the body takes the registered `quota-exceeded` type: a
+    /// refusal by a rate limit, quota or concurrency limit.
+    fn quota_exceeded(&self) -> bool {
+        !self.0.previous_type
+            && matches!(
+                self.0.kind,
+                RejectionKind::RateLimited
+                    | RejectionKind::QuotaExceeded
+                    | RejectionKind::ConcurrencyLimited
+            )
     }
 
     /// What was refused.
@@ -313,12 +402,26 @@ impl Rejection {
         self.0.retry_after.map(ceil_secs).map(|s| s.max(1))
     }
 
-    /// The problem+json body (RFC 9457).
+    /// The problem+json body (RFC 9457). Refusals by a rate limit, quota or
+    /// concurrency limit are of the registered type
+    /// [`QUOTA_EXCEEDED_TYPE`] with the extension member
+    /// `violated-policies`; the others of type
+    /// `urn:tower-tenancy:problem:<code>`. All carry `code` and, where
+    /// known, `tenant`, `policy`, `limit`, `usage`, `retry_after`.
     pub fn problem_json(&self) -> Bytes {
         let detail = self.detail_text();
+        let quota_exceeded = self.quota_exceeded();
         let problem = Problem {
-            type_: format!("urn:tower-tenancy:problem:{}", self.0.kind.code()),
-            title: self.0.kind.title(),
+            type_: if quota_exceeded {
+                QUOTA_EXCEEDED_TYPE.to_owned()
+            } else {
+                format!("urn:tower-tenancy:problem:{}", self.0.kind.code())
+            },
+            title: if quota_exceeded {
+                QUOTA_EXCEEDED_TITLE
+            } else {
+                self.0.kind.title()
+            },
             status: self.0.status.as_u16(),
             detail: &detail,
             code: self.0.kind.code(),
@@ -333,15 +436,28 @@ impl Rejection {
             limit: self.0.limit,
             usage: self.0.usage,
             retry_after: self.retry_after_secs(),
+            violated_policies: quota_exceeded.then(|| self.violated()),
         };
         // Serializing this struct of strings and integers cannot fail.
         Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
     }
 
     /// Renders the rejection: problem+json for HTTP, a trailers-only response
-    /// with `grpc-status`/`grpc-message` when `grpc` is true. Both carry
-    /// `Retry-After` (when known) and the rate-limit fields.
+    /// with `grpc-status`/`grpc-message` when `grpc` is true (and, with the
+    /// `tonic` feature, `grpc-status-details-bin`: see
+    /// [`grpc`](crate::grpc#rich-error-details)). Both carry `Retry-After`
+    /// (when known) and the rate-limit fields.
     pub fn to_response(&self, grpc: bool) -> Response<Bytes> {
+        self.render(grpc, self.0.rate_limit.clone())
+    }
+
+    /// [`to_response`](Self::to_response), moving the rate-limit fields out.
+    fn into_response(mut self, grpc: bool) -> Response<Bytes> {
+        let fields = self.0.rate_limit.take();
+        self.render(grpc, fields)
+    }
+
+    fn render(&self, grpc: bool, fields: Option<RateLimitHeaders>) -> Response<Bytes> {
         let mut response = if grpc {
             let mut r = Response::new(Bytes::new());
             let h = r.headers_mut();
@@ -352,6 +468,10 @@ impl Rejection {
             );
             if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&self.detail_text())) {
                 h.insert(HeaderName::from_static("grpc-message"), v);
+            }
+            #[cfg(feature = "tonic")]
+            if let Some(details) = grpc_details::status_details(self) {
+                h.insert(HeaderName::from_static("grpc-status-details-bin"), details);
             }
             r
         } else {
@@ -367,8 +487,8 @@ impl Rejection {
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(fields) = &self.0.rate_limit {
-            fields.apply(headers);
+        if let Some(fields) = fields {
+            fields.write(headers);
         }
         response
     }
@@ -382,6 +502,27 @@ impl std::fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// A rejection on its way to the client: kept small (two words) inside the
+/// layers' response futures and rendered when the future is polled.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    rejection: Rejection,
+    grpc: bool,
+}
+
+impl Refusal {
+    /// Records `rejection` (tracing, metrics) and keeps it for rendering.
+    pub(crate) fn new(rejection: Rejection, grpc: bool) -> Self {
+        crate::observe::rejected(&rejection);
+        Self { rejection, grpc }
+    }
+
+    /// The rendered response.
+    pub(crate) fn into_response(self) -> Response<Bytes> {
+        self.rejection.into_response(self.grpc)
+    }
+}
+
 /// Whether a request is gRPC (`content-type: application/grpc*`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -391,47 +532,6 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
-
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// The number of decimal digits of `n`.
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Appends `"name"`.
-fn quoted(out: &mut Vec<u8>, name: &[u8]) {
-    out.push(b'"');
-    out.extend_from_slice(name);
-    out.push(b'"');
-}
-
-/// Appends the decimal digits of `n` (two at a time).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        let pair = n as usize * 2;
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        i -= 1;
-        digits[i] = b'0' + n as u8;
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Percent-encodes a grpc-message per the gRPC HTTP/2 spec.
@@ -447,134 +547,9 @@ fn grpc_percent_encode(s: &str) -> String {
     out
 }
 
-/// Which rate-limit header fields to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HeaderStyle {
-    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-    #[default]
-    Ietf,
-    /// The IETF fields and the legacy `X-RateLimit-Limit/Remaining/Reset`.
-    IetfAndLegacy,
-    /// No rate-limit fields (`Retry-After` is still sent on 429).
-    None,
-}
-
-/// The rate-limit state of one policy, rendered as
-/// `RateLimit-Policy: "name";q=60;w=60` and `RateLimit: "name";r=12;t=30`.
-///
-/// ```
-/// use std::time::Duration;
-/// use http::HeaderMap;
-/// use tower_tenancy::reject::{HeaderStyle, RateLimitFields};
-///
-/// let fields = RateLimitFields {
-///     policy: "api_calls_per_minute".into(),
-///     limit: 60,
-///     remaining: 12,
-///     reset: Duration::from_secs(30),
-///     window: Some(Duration::from_secs(60)),
-///     style: HeaderStyle::Ietf,
-/// };
-/// let mut headers = HeaderMap::new();
-/// fields.apply(&mut headers);
-/// assert_eq!(headers["ratelimit-policy"], "\"api_calls_per_minute\";q=60;w=60");
-/// assert_eq!(headers["ratelimit"], "\"api_calls_per_minute\";r=12;t=30");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitFields {
-    /// Policy name (a valid rule name: safe inside a quoted string).
-    pub policy: String,
-    /// Quota units per window.
-    pub limit: u64,
-    /// Units left.
-    pub remaining: u64,
-    /// Time until the quota resets.
-    pub reset: Duration,
-    /// Window length, when the policy has one.
-    pub window: Option<Duration>,
-    /// Which fields to render.
-    pub style: HeaderStyle,
-}
-
-impl RateLimitFields {
-    /// Writes the fields into `headers`.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        if self.style == HeaderStyle::None {
-            return;
-        }
-        let reset = ceil_secs(self.reset);
-        // Written byte by byte into buffers of the right size, each handed to
-        // the header value without a copy: this runs on every metered
-        // response (`format!` cost about as much as the rest of admission).
-        // Exact capacities: a full `Vec` becomes `Bytes` without another
-        // allocation.
-        let name = self.policy.as_bytes();
-        let window = self.window.map(ceil_secs);
-        let policy_len =
-            name.len() + 2 + 3 + digits(self.limit) + window.map_or(0, |w| 3 + digits(w));
-        let mut policy = Vec::with_capacity(policy_len);
-        quoted(&mut policy, name);
-        policy.extend_from_slice(b";q=");
-        push_u64(&mut policy, self.limit);
-        if let Some(w) = window {
-            policy.extend_from_slice(b";w=");
-            push_u64(&mut policy, w);
-        }
-        let state_len = name.len() + 2 + 3 + digits(self.remaining) + 3 + digits(reset);
-        let mut state = Vec::with_capacity(state_len);
-        quoted(&mut state, name);
-        state.extend_from_slice(b";r=");
-        push_u64(&mut state, self.remaining);
-        state.extend_from_slice(b";t=");
-        push_u64(&mut state, reset);
-        if let (Ok(p), Ok(s)) = (
-            HeaderValue::from_maybe_shared(Bytes::from(policy)),
-            HeaderValue::from_maybe_shared(Bytes::from(state)),
-        ) {
-            headers.insert(RATELIMIT_POLICY, p);
-            headers.insert(RATELIMIT, s);
-        }
-        if self.style == HeaderStyle::IetfAndLegacy {
-            headers.insert(
-                HeaderName::from_static("x-ratelimit-limit"),
-                HeaderValue::from(self.limit),
-            );
-            headers.insert(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                HeaderValue::from(self.remaining),
-            );
-            headers.insert(
-                HeaderName::from_static("x-ratelimit-reset"),
-                HeaderValue::from(reset),
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimal_digits() {
-        for n in [
-            0,
-            7,
-            10,
-            99,
-            100,
-            101,
-            1_000,
-            12_345,
-            1_234_567_890,
-            u64::MAX,
-        ] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-            assert_eq!(digits(n), out.len());
-        }
-    }
 
     #[test]
     fn grpc_message_is_percent_encoded() {
@@ -593,7 +568,14 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
         assert_eq!(body["limit"], 60);
         assert_eq!(body["usage"], 60);
-        assert_eq!(body["type"], "urn:tower-tenancy:problem:rate_limited");
+        assert_eq!(body["type"], QUOTA_EXCEEDED_TYPE);
+        assert_eq!(body["violated-policies"], serde_json::json!(["api"]));
+        assert_eq!(body["code"], "rate_limited");
+        let other: serde_json::Value =
+            serde_json::from_slice(&Rejection::new(RejectionKind::UnknownTenant).problem_json())
+                .unwrap();
+        assert_eq!(other["type"], "urn:tower-tenancy:problem:unknown_tenant");
+        assert!(other.get("violated-policies").is_none());
         let g = r.to_response(true);
         assert_eq!(g.status(), 200);
         assert_eq!(g.headers()["grpc-status"], "8");

@@ -1,4 +1,5 @@
-//! Tenant identity and state: [`TenantId`], [`TenantIdRules`], [`Tenant`] and [`TenantStatus`].
+//! Tenant identity and state: [`TenantId`], [`TenantIdRef`], [`TenantIdRules`],
+//! [`Tenant`] and [`TenantStatus`].
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -86,8 +87,106 @@ impl<'de> Deserialize<'de> for TenantId {
     }
 }
 
+/// A validated tenant id that borrows from the request when it can.
+///
+/// Resolvers return it from [`Resolver::resolve_ref`](crate::resolve::Resolver::resolve_ref)
+/// and directories look it up with
+/// [`TenantDirectory::lookup_ref`](crate::TenantDirectory::lookup_ref): a
+/// request whose id is found costs no allocation for the id, since the
+/// directory's [`Tenant`] owns its [`TenantId`]. It is built only by
+/// [`TenantIdRules::validate`] (and friends) or from a [`TenantId`], so it
+/// always holds a valid id.
+///
+/// ```
+/// use tower_tenancy::{TenantId, TenantIdRef, TenantIdRules};
+///
+/// let header = String::from("acme");
+/// let id: TenantIdRef<'_> = TenantIdRules::default().validate(&header).unwrap();
+/// assert_eq!(id.as_str(), "acme");
+/// let owned: TenantId = id.into_owned(); // allocates only now
+/// assert_eq!(owned.as_str(), "acme");
+/// assert!(TenantIdRules::default().validate("../etc").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TenantIdRef<'a>(IdRepr<'a>);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdRepr<'a> {
+    Borrowed(&'a str),
+    Owned(TenantId),
+}
+
+impl<'a> TenantIdRef<'a> {
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            IdRepr::Borrowed(s) => s,
+            IdRepr::Owned(id) => id.as_str(),
+        }
+    }
+
+    /// An owned [`TenantId`] (allocates when the id is borrowed).
+    pub fn to_owned_id(&self) -> TenantId {
+        match &self.0 {
+            IdRepr::Borrowed(s) => TenantId(Arc::from(*s)),
+            IdRepr::Owned(id) => id.clone(),
+        }
+    }
+
+    /// Converts into an owned [`TenantId`] (allocates when the id is borrowed).
+    pub fn into_owned(self) -> TenantId {
+        match self.0 {
+            IdRepr::Borrowed(s) => TenantId(Arc::from(s)),
+            IdRepr::Owned(id) => id,
+        }
+    }
+}
+
+impl From<TenantId> for TenantIdRef<'_> {
+    fn from(id: TenantId) -> Self {
+        TenantIdRef(IdRepr::Owned(id))
+    }
+}
+
+impl<'a> From<&'a TenantId> for TenantIdRef<'a> {
+    fn from(id: &'a TenantId) -> Self {
+        TenantIdRef(IdRepr::Owned(id.clone()))
+    }
+}
+
+impl PartialEq<TenantId> for TenantIdRef<'_> {
+    fn eq(&self, other: &TenantId) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<str> for TenantIdRef<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl AsRef<str> for TenantIdRef<'_> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for TenantIdRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TenantIdRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// Why a value is not a valid [`TenantId`]. Never echoes the rejected input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidTenantId {
     /// The value is empty.
     #[error("tenant id is empty")]
@@ -108,6 +207,18 @@ pub enum InvalidTenantId {
     #[error("tenant id must start with a letter or a digit")]
     BadStart,
 }
+
+/// The bytes of an id: `[A-Za-z0-9._-]`, as a table (one load per byte).
+const ID_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 /// The validation rules for tenant ids: maximum length and letter case.
 ///
@@ -141,6 +252,7 @@ impl TenantIdRules {
     pub const DEFAULT_MAX_LEN: usize = 64;
 
     /// Sets the maximum length in bytes (clamped to 1..=255).
+    #[must_use]
     pub fn max_len(mut self, max_len: usize) -> Self {
         self.max_len = max_len.clamp(1, 255);
         self
@@ -152,6 +264,7 @@ impl TenantIdRules {
     }
 
     /// Lowercases ASCII letters before storing, making ids case-insensitive.
+    #[must_use]
     pub fn lowercase(mut self, lowercase: bool) -> Self {
         self.lowercase = lowercase;
         self
@@ -160,22 +273,53 @@ impl TenantIdRules {
     /// Validates `value` and builds a [`TenantId`]. Work is bounded by
     /// `max_len`: longer input is refused before it is scanned.
     pub fn parse(&self, value: &str) -> Result<TenantId, InvalidTenantId> {
-        self.check(value.as_bytes())?;
-        if self.lowercase && value.bytes().any(|b| b.is_ascii_uppercase()) {
-            Ok(TenantId(Arc::from(value.to_ascii_lowercase())))
-        } else {
-            Ok(TenantId(Arc::from(value)))
-        }
+        self.validate(value).map(TenantIdRef::into_owned)
     }
 
     /// Validates raw bytes (for example a header value) and builds a
     /// [`TenantId`]; non-ASCII bytes are refused.
     pub fn parse_bytes(&self, value: &[u8]) -> Result<TenantId, InvalidTenantId> {
+        self.validate_bytes(value).map(TenantIdRef::into_owned)
+    }
+
+    /// Validates `value` in place, without allocating: the result borrows
+    /// `value` (it owns a lowercased copy only when these rules lowercase
+    /// and `value` has an uppercase letter). Same rules as [`parse`](Self::parse).
+    ///
+    /// ```
+    /// use tower_tenancy::TenantIdRules;
+    ///
+    /// let rules = TenantIdRules::default().lowercase(true);
+    /// assert_eq!(rules.validate("acme").unwrap().as_str(), "acme");
+    /// assert_eq!(rules.validate("ACME").unwrap().as_str(), "acme");
+    /// assert!(rules.validate("").is_err());
+    /// ```
+    pub fn validate<'a>(&self, value: &'a str) -> Result<TenantIdRef<'a>, InvalidTenantId> {
+        self.check(value.as_bytes())?;
+        if self.lowercase && value.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(TenantIdRef(IdRepr::Owned(TenantId(Arc::from(
+                value.to_ascii_lowercase(),
+            )))))
+        } else {
+            Ok(TenantIdRef(IdRepr::Borrowed(value)))
+        }
+    }
+
+    /// Validates raw bytes (for example a header value) in place, like
+    /// [`validate`](Self::validate); non-ASCII bytes are refused.
+    ///
+    /// ```
+    /// use tower_tenancy::TenantIdRules;
+    ///
+    /// assert_eq!(TenantIdRules::default().validate_bytes(b"acme").unwrap().as_str(), "acme");
+    /// assert!(TenantIdRules::default().validate_bytes(&[0x61, 0xff]).is_err());
+    /// ```
+    pub fn validate_bytes<'a>(&self, value: &'a [u8]) -> Result<TenantIdRef<'a>, InvalidTenantId> {
         self.check(value)?;
         // check() admits only ASCII, so this cannot fail.
         let s = std::str::from_utf8(value)
             .map_err(|_| InvalidTenantId::BadCharacter { position: 0 })?;
-        self.parse(s)
+        self.validate(s)
     }
 
     fn check(&self, value: &[u8]) -> Result<(), InvalidTenantId> {
@@ -185,10 +329,7 @@ impl TenantIdRules {
         if value.len() > self.max_len {
             return Err(InvalidTenantId::TooLong { max: self.max_len });
         }
-        if let Some(position) = value
-            .iter()
-            .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-        {
+        if let Some(position) = value.iter().position(|&b| !ID_BYTE[usize::from(b)]) {
             return Err(InvalidTenantId::BadCharacter { position });
         }
         if !value[0].is_ascii_alphanumeric() {
@@ -202,6 +343,7 @@ impl TenantIdRules {
 /// admitted; the others are refused with 403.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TenantStatus {
     /// In good standing.
     #[default]
@@ -238,7 +380,8 @@ impl fmt::Display for TenantStatus {
 }
 
 /// A tenant: id, status, plan and per-tenant overrides, with the effective
-/// plan (plan with overrides applied) computed once at construction.
+/// plan (plan with overrides applied) computed once at construction (a
+/// tenant without overrides shares its base plan).
 ///
 /// The [`TenancyLayer`](crate::TenancyLayer) inserts an `Arc<Tenant>` (as
 /// [`CurrentTenant`](crate::CurrentTenant)) into the request extensions.
@@ -274,7 +417,13 @@ impl Tenant {
         status: TenantStatus,
         overrides: Overrides,
     ) -> Self {
-        let effective = Arc::new(plan.merged(&overrides));
+        // Tenants without overrides share their plan: less memory, and the
+        // admission layer's per-plan precomputation serves them all.
+        let effective = if overrides == Overrides::default() {
+            plan.clone()
+        } else {
+            Arc::new(plan.merged(&overrides))
+        };
         Self {
             id,
             status,

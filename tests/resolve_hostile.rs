@@ -85,6 +85,7 @@ fn classify(result: Result<Option<TenantId>, ResolveError>) -> Got {
                 ResolveErrorReason::Invalid(InvalidTenantId::BadStart) => Got::BadStart,
                 ResolveErrorReason::Ambiguous => Got::Ambiguous,
                 ResolveErrorReason::BadEncoding => Got::BadEncoding,
+                other => panic!("unexpected reason {other:?}"),
             }
         }
     }

@@ -622,7 +622,13 @@ proptest! {
         let body: serde_json::Value = serde_json::from_slice(http.body()).expect("valid JSON");
         prop_assert_eq!(&body["code"], kind.code());
         prop_assert_eq!(&body["status"], want_status);
-        prop_assert_eq!(body["type"].as_str().unwrap(), format!("urn:tower-tenancy:problem:{}", kind.code()));
+        // 429s take the registered quota-exceeded type (issue 13).
+        let want_type = if matches!(kind, RejectionKind::RateLimited | RejectionKind::QuotaExceeded | RejectionKind::ConcurrencyLimited) {
+            "https://iana.org/assignments/http-problem-types#quota-exceeded".to_owned()
+        } else {
+            format!("urn:tower-tenancy:problem:{}", kind.code())
+        };
+        prop_assert_eq!(body["type"].as_str().unwrap(), want_type);
         prop_assert!(body["title"].is_string() && body["detail"].is_string());
         if let Some(t) = &tenant {
             prop_assert_eq!(&body["tenant"], t.as_str());

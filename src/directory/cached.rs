@@ -1,11 +1,15 @@
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-
-use moka::future::Cache;
 
 use super::{DirectoryError, LookupResult, TenantDirectory};
 use crate::future::MaybeReady;
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId, TenantIdRef};
+
+/// Ids are chosen by clients (the negative cache stores unknown ones), so
+/// the caches hash them with a randomly seeded hasher.
+type Cache<V> = moka::future::Cache<TenantId, V, foldhash::fast::RandomState>;
 
 /// A cache in front of a slow directory (for example a database).
 ///
@@ -31,8 +35,8 @@ pub struct CachedDirectory<D> {
     negative_ttl: Duration,
     max_entries: u64,
     max_negative: u64,
-    positive: Cache<TenantId, Arc<Tenant>>,
-    negative: Cache<TenantId, ()>,
+    positive: Cache<Arc<Tenant>>,
+    negative: Cache<()>,
 }
 
 impl<D: TenantDirectory> CachedDirectory<D> {
@@ -45,43 +49,48 @@ impl<D: TenantDirectory> CachedDirectory<D> {
             negative_ttl: Duration::from_secs(10),
             max_entries: 100_000,
             max_negative: 10_000,
-            positive: Cache::new(0),
-            negative: Cache::new(0),
+            positive: Self::cache(0, Duration::from_secs(1)),
+            negative: Self::cache(0, Duration::from_secs(1)),
         }
         .rebuild()
     }
 
+    fn cache<V: Clone + Send + Sync + 'static>(capacity: u64, ttl: Duration) -> Cache<V> {
+        moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .build_with_hasher(foldhash::fast::RandomState::default())
+    }
+
     fn rebuild(mut self) -> Self {
-        self.positive = Cache::builder()
-            .max_capacity(self.max_entries)
-            .time_to_live(self.ttl)
-            .build();
-        self.negative = Cache::builder()
-            .max_capacity(self.max_negative)
-            .time_to_live(self.negative_ttl)
-            .build();
+        self.positive = Self::cache(self.max_entries, self.ttl);
+        self.negative = Self::cache(self.max_negative, self.negative_ttl);
         self
     }
 
     /// How long a found tenant is cached.
+    #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self.rebuild()
     }
 
     /// How long an unknown id is remembered.
+    #[must_use]
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self.rebuild()
     }
 
     /// Most tenants cached.
+    #[must_use]
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = n;
         self.rebuild()
     }
 
     /// Most unknown ids remembered.
+    #[must_use]
     pub fn max_negative(mut self, n: u64) -> Self {
         self.max_negative = n;
         self.rebuild()
@@ -102,6 +111,27 @@ impl<D: TenantDirectory> CachedDirectory<D> {
 }
 
 impl<D: TenantDirectory> TenantDirectory for CachedDirectory<D> {
+    /// A cached answer is given at once, borrowing the id (no allocation,
+    /// no boxed future); anything else goes through [`lookup`](Self::lookup).
+    fn lookup_ref(&self, id: &TenantIdRef<'_>) -> MaybeReady<LookupResult> {
+        // The cache's read does not wait on anything in practice; it is
+        // polled once, and dropped unfinished in the (unexpected) case it
+        // would wait.
+        let mut cached = std::pin::pin!(self.positive.get(id.as_str()));
+        if let Poll::Ready(found) = cached
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            if let Some(tenant) = found {
+                return MaybeReady::ready(Ok(Some(tenant)));
+            }
+            if self.negative.contains_key(id.as_str()) {
+                return MaybeReady::ready(Ok(None));
+            }
+        }
+        self.lookup(&id.to_owned_id())
+    }
+
     fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
         let (positive, negative, inner, id) = (
             self.positive.clone(),

@@ -6,7 +6,12 @@ use arc_swap::ArcSwap;
 use super::{LookupResult, TenantDirectory};
 use crate::catalog::Catalog;
 use crate::future::MaybeReady;
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId, TenantIdRef};
+
+/// Tenants by id. Ids come from clients, so the hasher is randomly seeded
+/// (foldhash: fast, and the seed keeps lookups of crafted ids from being
+/// predictable); only the operator inserts, so no client can grow a chain.
+type Map = HashMap<TenantId, Arc<Tenant>, foldhash::fast::RandomState>;
 
 /// An in-memory directory. Reads are lock-free; every change publishes a new
 /// snapshot atomically, so the next request sees it (hot reload) and a
@@ -26,7 +31,7 @@ use crate::tenant::{Tenant, TenantId};
 /// ```
 #[derive(Clone, Default)]
 pub struct MemoryDirectory {
-    tenants: Arc<ArcSwap<HashMap<TenantId, Arc<Tenant>>>>,
+    tenants: Arc<ArcSwap<Map>>,
 }
 
 impl MemoryDirectory {
@@ -44,7 +49,7 @@ impl MemoryDirectory {
 
     /// Replaces the whole contents at once (a catalog reload).
     pub fn replace_all(&self, tenants: impl IntoIterator<Item = Tenant>) {
-        let map = tenants
+        let map: Map = tenants
             .into_iter()
             .map(|t| (t.id().clone(), Arc::new(t)))
             .collect();
@@ -55,7 +60,7 @@ impl MemoryDirectory {
     pub fn insert(&self, tenant: Tenant) {
         let tenant = Arc::new(tenant);
         self.tenants.rcu(|map| {
-            let mut map = HashMap::clone(map);
+            let mut map = Map::clone(map);
             map.insert(tenant.id().clone(), tenant.clone());
             map
         });
@@ -66,7 +71,7 @@ impl MemoryDirectory {
     pub fn update(&self, id: &TenantId, f: impl Fn(&Tenant) -> Tenant) -> Option<Arc<Tenant>> {
         let mut updated = None;
         self.tenants.rcu(|map| {
-            let mut map = HashMap::clone(map);
+            let mut map = Map::clone(map);
             updated = map.get(id).map(|t| Arc::new(f(t)));
             if let Some(t) = &updated {
                 map.insert(id.clone(), t.clone());
@@ -80,7 +85,7 @@ impl MemoryDirectory {
     pub fn remove(&self, id: &TenantId) -> Option<Arc<Tenant>> {
         let mut removed = None;
         self.tenants.rcu(|map| {
-            let mut map = HashMap::clone(map);
+            let mut map = Map::clone(map);
             removed = map.remove(id);
             map
         });
@@ -113,6 +118,10 @@ impl MemoryDirectory {
 impl TenantDirectory for MemoryDirectory {
     fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
         MaybeReady::ready(Ok(self.get(id)))
+    }
+
+    fn lookup_ref(&self, id: &TenantIdRef<'_>) -> MaybeReady<LookupResult> {
+        MaybeReady::ready(Ok(self.tenants.load().get(id.as_str()).cloned()))
     }
 }
 

@@ -18,7 +18,7 @@ pub use cached::CachedDirectory;
 pub use memory::MemoryDirectory;
 
 use crate::future::MaybeReady;
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId, TenantIdRef};
 
 /// The directory could not answer (database down, …). Rendered as 503;
 /// the message is logged, never sent to the client.
@@ -52,13 +52,42 @@ pub type LookupResult = Result<Option<Arc<Tenant>>, DirectoryError>;
 ///     }
 /// }
 /// ```
+///
+/// The [`TenancyLayer`](crate::TenancyLayer) calls
+/// [`lookup_ref`](TenantDirectory::lookup_ref) with the id as the resolver
+/// found it, usually borrowed from the request; its default makes an owned
+/// [`TenantId`] (one allocation) and calls `lookup`. A directory that can
+/// find a tenant by `&str` overrides it and answers with its own
+/// `Arc<Tenant>`, whose id is the owned one: [`MemoryDirectory`] does, and
+/// [`CachedDirectory`] does for cached answers.
 pub trait TenantDirectory: Send + Sync + 'static {
     /// Finds the tenant `id`.
     fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult>;
+
+    /// Finds the tenant `id`, borrowed from the request. Must agree with
+    /// [`lookup`](Self::lookup); the default calls it with an owned id.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_tenancy::{MemoryDirectory, Plan, Tenant, TenantDirectory, TenantIdRules};
+    ///
+    /// let directory = MemoryDirectory::new();
+    /// directory.insert(Tenant::new("acme".parse().unwrap(), Arc::new(Plan::new("free"))));
+    /// let header = String::from("acme"); // as read from a request
+    /// let id = TenantIdRules::default().validate(&header).unwrap();
+    /// let found = directory.lookup_ref(&id).try_take().unwrap().unwrap().unwrap();
+    /// assert_eq!(found.id().as_str(), "acme");
+    /// ```
+    fn lookup_ref(&self, id: &TenantIdRef<'_>) -> MaybeReady<LookupResult> {
+        self.lookup(&id.to_owned_id())
+    }
 }
 
 impl<D: TenantDirectory + ?Sized> TenantDirectory for Arc<D> {
     fn lookup(&self, id: &TenantId) -> MaybeReady<LookupResult> {
         (**self).lookup(id)
+    }
+    fn lookup_ref(&self, id: &TenantIdRef<'_>) -> MaybeReady<LookupResult> {
+        (**self).lookup_ref(id)
     }
 }

@@ -1,9 +1,10 @@
 //! [`AdmissionLayer`]: rate limits, calendar quotas, concurrency limits and
 //! crate-kept gauges of the tenant's plan, all checked in one store call.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -11,18 +12,29 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
+use smallvec::SmallVec;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::TenancyBody;
 use crate::future::MaybeReady;
 use crate::layer::soft_limit::{SoftLimit, SoftLimitEvent};
-use crate::plan::Plan;
-use crate::reject::{is_grpc, HeaderStyle, RateLimitFields, Rejection, RejectionKind};
+use crate::plan::{Period, Plan};
+use crate::reject::{
+    ceil_secs, is_grpc, render_policy, render_state, sf_string, HeaderStyle, PolicyItem,
+    RateLimitHeaders, Refusal, Rejection, RejectionKind, StateItem,
+};
 use crate::resolve::RequestHead;
 use crate::store::{Admission, Algorithm, Check, CounterStore, Decision, Lease, StoreResult};
 use crate::tenant::TenantId;
 use crate::CurrentTenant;
+
+mod plan_cache;
+
+use plan_cache::{PlanCache, Shared};
+
+/// The checks of one request: up to four inline (no allocation).
+type Checks = SmallVec<[Check; 4]>;
 
 type HeadFn<T> = dyn Fn(&RequestHead<'_>) -> T + Send + Sync;
 type Undo = Box<dyn FnOnce() + Send>;
@@ -58,9 +70,13 @@ enum RuleKind {
 /// });
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct Rule {
     kind: RuleKind,
     name: Arc<str>,
+    /// The name as an sf-string for the header fields (`None` when it
+    /// cannot be one: the rule is then left out of the fields).
+    quoted: Option<Bytes>,
     skip: Option<Arc<HeadFn<bool>>>,
     cost: Option<Arc<HeadFn<u64>>>,
 }
@@ -70,6 +86,7 @@ impl Rule {
         Self {
             kind,
             name: Arc::from(name),
+            quoted: sf_string(name),
             skip: None,
             cost: None,
         }
@@ -124,11 +141,9 @@ impl Rule {
         self
     }
 
-    /// The rule's check for this request, or `None` when it does not apply.
-    fn check(&self, plan: &Plan, head: &RequestHead<'_>) -> Option<Check> {
-        if self.skip.as_ref().is_some_and(|skip| skip(head)) {
-            return None;
-        }
+    /// The plan's limit for this rule: its algorithm and limit, or `None`
+    /// when the plan does not define it or leaves it unlimited.
+    fn limit_in(&self, plan: &Plan) -> Option<(Algorithm, u64)> {
         let (algorithm, limit) = match self.kind {
             RuleKind::Rate => plan.rates.get(&*self.name).map(|r| (r.into(), r.limit))?,
             RuleKind::Quota => plan.quotas.get(&*self.name).map(|q| (q.into(), q.limit))?,
@@ -138,17 +153,164 @@ impl Rule {
                 .map(|c| (c.into(), c.limit))?,
             RuleKind::Gauge => (Algorithm::Gauge, plan.limit_of(&self.name)?),
         };
-        let limit = limit.max()?;
-        let cost = self.cost.as_ref().map_or(1, |cost| cost(head));
-        (cost > 0).then(|| Check {
-            policy: self.name.clone(),
-            algorithm,
-            limit,
-            cost,
+        Some((algorithm, limit.max()?))
+    }
+
+    /// The units this request costs under this rule (0: it does not count).
+    fn cost_of(&self, head: &RequestHead<'_>) -> u64 {
+        if self.skip.as_ref().is_some_and(|skip| skip(head)) {
+            return 0;
+        }
+        self.cost.as_ref().map_or(1, |cost| cost(head))
+    }
+}
+
+/// A rule as a given plan sets it.
+#[derive(Debug, Clone, Copy)]
+struct Limited {
+    algorithm: Algorithm,
+    limit: u64,
+    /// The first rule of the layer naming the same counter (itself when
+    /// none before): requests count once per counter, with the summed cost.
+    first: u32,
+}
+
+/// How a rule appears in `RateLimit-Policy` (draft-11).
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    /// `q`.
+    quota: u64,
+    /// `qu`, when not the default (requests).
+    unit: Option<&'static str>,
+    /// `w` in seconds, when the policy has a fixed window.
+    window: Option<u64>,
+}
+
+impl Reported {
+    /// The policy item of a rule counted with `algorithm` against `limit`:
+    /// rate limits with their window; calendar quotas with the period where
+    /// it is a fixed number of seconds (hour, day, week; not month);
+    /// concurrency limits in `concurrent-requests`, without a window.
+    /// Gauges (resource counts) and algorithms without a mapping are not
+    /// reported.
+    fn of(algorithm: Algorithm, limit: u64) -> Option<Self> {
+        let (unit, window) = match algorithm {
+            Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
+                // Whole seconds only (the field has no sub-second form);
+                // rounding the window up advertises fewer units per time.
+                (None, Some(ceil_secs(window).max(1)))
+            }
+            Algorithm::Calendar { period } => (
+                None,
+                match period {
+                    Period::Hour => Some(3_600),
+                    Period::Day => Some(86_400),
+                    Period::Week => Some(604_800),
+                    Period::Month => None,
+                },
+            ),
+            Algorithm::Concurrency { .. } => (Some("concurrent-requests"), None),
+            _ => return None,
+        };
+        Some(Self {
+            quota: limit,
+            unit,
+            window,
         })
     }
 }
 
+/// Rules whose set of reported policies is cached per plan (bit `i` of the
+/// set: rule `i`); a request counting against a rule beyond these renders
+/// its `RateLimit-Policy` value itself.
+const CACHED_SET_RULES: usize = 6;
+
+/// What the layer computes once per plan.
+struct PlanRules {
+    /// Per rule of the layer, in order.
+    rules: SmallVec<[Option<Limited>; 4]>,
+    /// Per rule: how it is reported in the fields (draft-11).
+    reported: SmallVec<[Option<Reported>; 4]>,
+    /// Per rule: its `RateLimit-Policy` value when it is reported alone, in
+    /// the 0.1 shape ([`HeaderStyle::MostRestrictive`]).
+    policy_one: SmallVec<[Option<HeaderValue>; 4]>,
+    /// The `RateLimit-Policy` value of each set of reported rules a request
+    /// counts against, rendered on first use.
+    policy_sets: Box<[OnceLock<Option<HeaderValue>>]>,
+}
+
+impl PlanRules {
+    fn new(rules: &[Rule], plan: &Plan) -> Self {
+        let mut limited: SmallVec<[Option<Limited>; 4]> = SmallVec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let entry = rule.limit_in(plan).map(|(algorithm, limit)| {
+                let first = rules[..index]
+                    .iter()
+                    .zip(&limited)
+                    .position(|(r, l): (&Rule, &Option<Limited>)| {
+                        r.name == rule.name && l.is_some_and(|l| l.algorithm == algorithm)
+                    })
+                    .map_or(index, |i| limited[i].map_or(i, |l| l.first as usize));
+                Limited {
+                    algorithm,
+                    limit,
+                    first: first as u32,
+                }
+            });
+            limited.push(entry);
+        }
+        let policy_one = rules
+            .iter()
+            .zip(&limited)
+            .map(|(rule, limited)| {
+                let limited = limited.as_ref()?;
+                let window = match limited.algorithm {
+                    Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
+                        Some(ceil_secs(window))
+                    }
+                    _ => None,
+                };
+                render_policy(&[PolicyItem {
+                    name: rule.quoted.as_ref()?,
+                    quota: limited.limit,
+                    unit: None,
+                    window,
+                }])
+            })
+            .collect();
+        let reported = limited
+            .iter()
+            .map(|l| l.and_then(|l| Reported::of(l.algorithm, l.limit)))
+            .collect();
+        let sets = 1usize << rules.len().min(CACHED_SET_RULES);
+        Self {
+            rules: limited,
+            reported,
+            policy_one,
+            policy_sets: (0..sets).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The `RateLimit-Policy` value listing `rules` (indices, in order).
+    fn render_policy(
+        &self,
+        layer: &[Rule],
+        rules: impl Iterator<Item = usize>,
+    ) -> Option<HeaderValue> {
+        let items: SmallVec<[PolicyItem<'_>; 4]> = rules
+            .filter_map(|r| {
+                let reported = self.reported[r]?;
+                Some(PolicyItem {
+                    name: layer[r].quoted.as_ref()?,
+                    quota: reported.quota,
+                    unit: reported.unit,
+                    window: reported.window,
+                })
+            })
+            .collect();
+        render_policy(&items)
+    }
+}
 impl std::fmt::Debug for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rule")
@@ -163,12 +325,14 @@ struct Config<St> {
     rules: Vec<Rule>,
     style: HeaderStyle,
     soft: Option<SoftLimit>,
+    /// Per-plan limits and `RateLimit-Policy` values.
+    plans: PlanCache<PlanRules>,
 }
 
 /// What an admitted request carries to its response.
 struct Admitted {
     lease: Option<Lease>,
-    fields: Option<RateLimitFields>,
+    fields: Option<RateLimitHeaders>,
     warning: Option<HeaderValue>,
 }
 
@@ -178,10 +342,15 @@ struct Admitted {
 /// [`CurrentTenant`]); requests without a tenant pass unmetered.
 ///
 /// Admitted and refused responses carry the `RateLimit-Policy` / `RateLimit`
-/// fields of the most restrictive rate or quota rule; refusals are 429 with
-/// `Retry-After` (403 for a gauge, 503 when the store fails — wrap the store
-/// in a [`ResilientStore`](crate::store::ResilientStore) to choose fail-open
-/// or a local fallback instead).
+/// fields of every rate limit, quota and concurrency limit the request
+/// counts against (draft-ietf-httpapi-ratelimit-headers-11; see
+/// [`HeaderStyle`] for the shapes and the 0.1 output). Refusals are 429 with
+/// `Retry-After` (the longest wait of the violated policies) and a problem
+/// body of type `https://iana.org/assignments/http-problem-types#quota-exceeded`
+/// naming every violated policy in `violated-policies`; 403 for a gauge, 503
+/// when the store fails — wrap the store in a
+/// [`ResilientStore`](crate::store::ResilientStore) to choose fail-open or
+/// a local fallback instead.
 ///
 /// Put every counter rule of a route into one `AdmissionLayer`: two layers
 /// mean two store calls.
@@ -225,6 +394,7 @@ impl<St: CounterStore> AdmissionLayer<St> {
                 rules: Vec::new(),
                 style: HeaderStyle::default(),
                 soft: None,
+                plans: PlanCache::new(),
             }),
         }
     }
@@ -234,6 +404,7 @@ impl<St: CounterStore> AdmissionLayer<St> {
     }
 
     /// Adds a rule.
+    #[must_use]
     pub fn rule(mut self, rule: Rule) -> Self {
         self.config_mut().rules.push(rule);
         self
@@ -255,6 +426,7 @@ impl<St: CounterStore> AdmissionLayer<St> {
     ///     })
     ///     .soft_limit_header(true);
     /// ```
+    #[must_use]
     pub fn soft_limit(
         mut self,
         percent: u8,
@@ -270,6 +442,7 @@ impl<St: CounterStore> AdmissionLayer<St> {
     /// Adds `x-ratelimit-warning: "policy";u=85;q=100` to admitted responses
     /// at or above the soft-limit threshold (80 % unless
     /// [`soft_limit`](Self::soft_limit) set another).
+    #[must_use]
     pub fn soft_limit_header(mut self, on: bool) -> Self {
         self.config_mut()
             .soft
@@ -278,7 +451,10 @@ impl<St: CounterStore> AdmissionLayer<St> {
         self
     }
 
-    /// Which rate-limit header fields to send (default: IETF only).
+    /// Which rate-limit header fields to send (default: the draft-11 IETF
+    /// fields, every policy); [`HeaderStyle::MostRestrictive`] keeps the 0.1
+    /// output.
+    #[must_use]
     pub fn header_style(mut self, style: HeaderStyle) -> Self {
         self.config_mut().style = style;
         self
@@ -310,11 +486,20 @@ impl<S: Clone, St> Clone for Admit<S, St> {
     }
 }
 
-/// What a request asked of the store, kept to interpret the answer.
-struct Asked {
-    tenant: TenantId,
-    checks: Vec<Check>,
-    grpc: bool,
+/// What a request asked of the store, kept to interpret the answer. The
+/// tenant is borrowed from the request while it is at hand (`&TenantId`),
+/// owned when the request waits on the store.
+struct Asked<T> {
+    tenant: T,
+    checks: Checks,
+    /// For each check, the index of its (first) rule.
+    rules: SmallVec<[u32; 4]>,
+}
+
+impl<T: Borrow<TenantId>> Asked<T> {
+    fn tenant(&self) -> &TenantId {
+        self.tenant.borrow()
+    }
 }
 
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Admit<S, St>
@@ -335,72 +520,108 @@ where
             return AdmitFuture::inner(self.inner.call(req), None);
         };
         let head = RequestHead::of(&req);
-        let plan = tenant.plan();
-        let mut checks: Vec<Check> = Vec::with_capacity(self.config.rules.len());
-        for check in self
-            .config
-            .rules
-            .iter()
-            .filter_map(|rule| rule.check(plan, &head))
-        {
+        let config = &*self.config;
+        let prepared = config
+            .plans
+            .get(tenant.plan(), |plan| PlanRules::new(&config.rules, plan));
+        let mut asked = Asked {
+            tenant: tenant.id(),
+            checks: Checks::new(),
+            rules: SmallVec::new(),
+        };
+        for (index, (rule, limited)) in config.rules.iter().zip(&prepared.rules).enumerate() {
+            let Some(limited) = limited else { continue };
+            let cost = rule.cost_of(&head);
+            if cost == 0 {
+                continue;
+            }
             // The same counter named twice is one check with the summed cost.
-            match checks
-                .iter_mut()
-                .find(|c| c.policy == check.policy && c.algorithm == check.algorithm)
-            {
-                Some(c) => c.cost = c.cost.saturating_add(check.cost),
-                None => checks.push(check),
+            let counted = asked.rules.iter().position(|&r| {
+                prepared.rules[r as usize].is_some_and(|l| l.first == limited.first)
+            });
+            match counted {
+                Some(i) => asked.checks[i].cost = asked.checks[i].cost.saturating_add(cost),
+                None => {
+                    asked.checks.push(Check {
+                        policy: rule.name.clone(),
+                        algorithm: limited.algorithm,
+                        limit: limited.limit,
+                        cost,
+                    });
+                    asked.rules.push(index as u32);
+                }
             }
         }
-        if checks.is_empty() {
+        if asked.checks.is_empty() {
+            drop(asked);
             return AdmitFuture::inner(self.inner.call(req), None);
         }
-        let asked = Asked {
-            tenant: tenant.id().clone(),
-            checks,
-            grpc: is_grpc(req.headers()),
-        };
-        let mut answer = self.config.store.admit(&asked.tenant, &asked.checks);
+        let mut answer = config.store.admit(asked.tenant(), &asked.checks);
         let undo = gauge_undo(&self.config, &asked);
-        match answer.try_take() {
-            Some(result) => match decide(&self.config, &asked, result) {
-                Ok(admitted) => {
-                    let mut future = AdmitFuture::inner(self.inner.call(req), Some(admitted));
-                    future.undo = undo;
-                    future
-                }
-                Err(rejection) => AdmitFuture::reject(rejection, asked.grpc),
-            },
-            None => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                AdmitFuture {
-                    state: State::Waiting {
-                        answer,
-                        pending: Some((inner, req, asked)),
-                        config: self.config.clone(),
+        // The store's answer is read in place (it is large), and the future
+        // is built where it is returned (it is large too).
+        if let Some(result) = answer.ready_mut() {
+            let decided = decide(config, &prepared, &asked, result);
+            drop(asked);
+            return match decided {
+                Ok(admitted) => AdmitFuture {
+                    state: State::Inner {
+                        future: self.inner.call(req),
+                        admitted: Some(admitted),
                     },
                     undo,
-                }
-            }
+                },
+                Err(rejection) => AdmitFuture::reject(rejection, is_grpc(req.headers())),
+            };
+        }
+        // An asynchronous store: the request waits, owning what it asked.
+        let asked = Asked {
+            tenant: asked.tenant.clone(),
+            checks: asked.checks,
+            rules: asked.rules,
+        };
+        let prepared = prepared.shared();
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        AdmitFuture {
+            state: State::Waiting {
+                answer,
+                // Boxed: large, and this path allocates anyway.
+                pending: Some(Box::new((inner, req, asked, prepared))),
+                config: self.config.clone(),
+            },
+            undo,
         }
     }
 }
 
 /// The part of the configuration a pending future needs, without the store type.
 trait Decide: Send + Sync {
-    fn decide(&self, asked: &Asked, result: StoreResult<Admission>) -> Result<Admitted, Rejection>;
+    fn decide(
+        &self,
+        prepared: &PlanRules,
+        asked: &Asked<TenantId>,
+        result: &mut StoreResult<Admission>,
+    ) -> Result<Admitted, Rejection>;
 }
 
 impl<St: Send + Sync> Decide for Config<St> {
-    fn decide(&self, asked: &Asked, result: StoreResult<Admission>) -> Result<Admitted, Rejection> {
-        decide(self, asked, result)
+    fn decide(
+        &self,
+        prepared: &PlanRules,
+        asked: &Asked<TenantId>,
+        result: &mut StoreResult<Admission>,
+    ) -> Result<Admitted, Rejection> {
+        decide(self, prepared, asked, result)
     }
 }
 
 /// For admitted gauge checks: gives the reserved units back (called when the
 /// response is not a success).
-fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked) -> Option<Undo> {
+fn gauge_undo<St: CounterStore, T: Borrow<TenantId>>(
+    config: &Arc<Config<St>>,
+    asked: &Asked<T>,
+) -> Option<Undo> {
     let gauges: Vec<Check> = asked
         .checks
         .iter()
@@ -410,7 +631,7 @@ fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked) -> Opti
     if gauges.is_empty() {
         return None;
     }
-    let (config, tenant) = (config.clone(), asked.tenant.clone());
+    let (config, tenant) = (config.clone(), asked.tenant().clone());
     Some(Box::new(move || {
         for check in gauges {
             let delta = i64::try_from(check.cost).unwrap_or(i64::MAX);
@@ -434,55 +655,71 @@ fn grpc_error(headers: &http::HeaderMap) -> bool {
 
 /// Decides from the store's answer: admitted (with the lease and the header
 /// fields) or a rejection.
-fn decide<St>(
+fn decide<St, T: Borrow<TenantId>>(
     config: &Config<St>,
-    asked: &Asked,
-    result: StoreResult<Admission>,
+    prepared: &PlanRules,
+    asked: &Asked<T>,
+    result: &mut StoreResult<Admission>,
 ) -> Result<Admitted, Rejection> {
     let admission = match result {
         Ok(admission) => admission,
         Err(e) => {
-            tracing::warn!(tenant.id = %asked.tenant, error = %e, "counter store failed");
+            tracing::warn!(tenant.id = %asked.tenant(), error = %e, "counter store failed");
             return Err(Rejection::new(RejectionKind::Unavailable)
-                .tenant(asked.tenant.clone())
+                .tenant(asked.tenant().clone())
                 .retry_after(Duration::from_secs(1)));
         }
     };
     let pairs = || asked.checks.iter().zip(&admission.decisions);
-    let fields = most_restrictive(pairs(), config.style);
+    let fields = if config.style == HeaderStyle::None {
+        None
+    } else if config.style.most_restrictive() {
+        most_restrictive(config, prepared, asked, &admission.decisions)
+    } else {
+        every_policy(config, prepared, asked, &admission.decisions)
+    };
     // The refusal names the check that blocks longest.
     let denied = pairs()
         .filter(|(_, d)| !d.allowed)
         .max_by_key(|(_, d)| d.retry_after.unwrap_or(Duration::MAX));
     let Some((check, decision)) = denied else {
         if admission.decisions.len() != asked.checks.len() {
-            return Err(Rejection::new(RejectionKind::Unavailable).tenant(asked.tenant.clone()));
+            return Err(Rejection::new(RejectionKind::Unavailable).tenant(asked.tenant().clone()));
         }
-        crate::observe::admitted(&asked.tenant, &asked.checks);
+        crate::observe::admitted(asked.tenant(), &asked.checks);
         let warning = config
             .soft
             .as_ref()
-            .and_then(|soft| soft.observe(&asked.tenant, pairs()));
+            .and_then(|soft| soft.observe(asked.tenant(), pairs()));
         return Ok(Admitted {
-            lease: admission.lease,
+            lease: admission.lease.take(),
             fields,
             warning,
         });
     };
     let kind = match check.algorithm {
-        Algorithm::SlidingWindow { .. } | Algorithm::SlidingLog { .. } => {
-            RejectionKind::RateLimited
-        }
         Algorithm::Calendar { .. } => RejectionKind::QuotaExceeded,
         Algorithm::Concurrency { .. } => RejectionKind::ConcurrencyLimited,
         Algorithm::Gauge => RejectionKind::ResourceLimitReached,
+        // Sliding window, sliding log and any later rate algorithm.
+        _ => RejectionKind::RateLimited,
     };
     let mut rejection = Rejection::new(kind)
-        .tenant(asked.tenant.clone())
+        .tenant(asked.tenant().clone())
         .policy(&*check.policy)
-        .usage(decision.limit, decision.used);
+        .usage(decision.limit, decision.used)
+        .violated_policies(
+            pairs()
+                .filter(|(_, d)| !d.allowed)
+                .map(|(c, _)| String::from(&*c.policy)),
+        );
+    // The longest wait of the violated policies: never earlier than the
+    // end of any violated policy's window as `RateLimit` reports it.
     if let Some(after) = decision.retry_after {
         rejection = rejection.retry_after(after);
+    }
+    if config.style.most_restrictive() {
+        rejection = rejection.with_previous_problem_type();
     }
     if let Some(fields) = fields {
         rejection = rejection.rate_limit(fields);
@@ -490,38 +727,134 @@ fn decide<St>(
     Err(rejection)
 }
 
-/// The header fields of the rate or quota rule with the least room left
-/// (concurrency and gauges have no window and are not reported).
-fn most_restrictive<'a>(
-    pairs: impl Iterator<Item = (&'a Check, &'a Decision)>,
-    style: HeaderStyle,
-) -> Option<RateLimitFields> {
-    if style == HeaderStyle::None {
-        return None;
+/// `t` of a policy in `RateLimit` (draft-11 §4.1.2): the seconds until the
+/// policy gives quota back. Admitted: the end of the calendar period or of
+/// the current window (0 for a concurrency limit, which has no window: a
+/// slot comes back when a request ends). Refused: the wait until this
+/// request could pass (`retry_after`), the same figure `Retry-After` takes
+/// its maximum over, so `Retry-After` is never earlier (§6).
+fn reset_of(check: &Check, decision: &Decision) -> u64 {
+    match (decision.allowed, decision.retry_after) {
+        (false, Some(after)) => ceil_secs(after),
+        _ if matches!(check.algorithm, Algorithm::Concurrency { .. }) => 0,
+        _ => ceil_secs(decision.reset),
     }
-    let (check, decision, window) = pairs
-        .filter_map(|(c, d)| {
-            let window = match c.algorithm {
-                Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => window,
-                Algorithm::Calendar { .. } => d.reset,
-                Algorithm::Concurrency { .. } | Algorithm::Gauge => return None,
-            };
-            Some((c, d, window))
+}
+
+/// The draft-11 fields: every reported policy the request counts against,
+/// in rule order. The `RateLimit-Policy` value is rendered once per plan
+/// and set of policies; `RateLimit` once per response.
+fn every_policy<St, T>(
+    config: &Config<St>,
+    prepared: &PlanRules,
+    asked: &Asked<T>,
+    decisions: &[Decision],
+) -> Option<RateLimitHeaders> {
+    let mut state: SmallVec<[StateItem<'_>; 4]> = SmallVec::new();
+    let mut set = 0usize;
+    let mut cached = true;
+    for ((check, decision), &rule) in asked.checks.iter().zip(decisions).zip(&asked.rules) {
+        let rule = rule as usize;
+        let (Some(_), Some(name)) = (prepared.reported[rule], config.rules[rule].quoted.as_ref())
+        else {
+            continue;
+        };
+        state.push(StateItem {
+            name,
+            remaining: decision.remaining,
+            reset: Some(reset_of(check, decision)),
+        });
+        if rule < CACHED_SET_RULES {
+            set |= 1 << rule;
+        } else {
+            cached = false;
+        }
+    }
+    let legacy = config
+        .style
+        .legacy()
+        .then(|| legacy_fields(asked, decisions))
+        .flatten();
+    if state.is_empty() {
+        return legacy.map(|l| RateLimitHeaders::new(None, None, Some(l)));
+    }
+    let counted = || asked.rules.iter().map(|&r| r as usize);
+    let policy = if cached {
+        prepared.policy_sets[set]
+            .get_or_init(|| prepared.render_policy(&config.rules, counted()))
+            .clone()
+    } else {
+        prepared.render_policy(&config.rules, counted())
+    };
+    Some(RateLimitHeaders::new(policy, render_state(&state), legacy))
+}
+
+/// `X-RateLimit-Limit/Remaining/Reset` of the rate or quota rule with the
+/// least room left.
+fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]> {
+    let (_, decision) = asked
+        .checks
+        .iter()
+        .zip(decisions)
+        .filter(|(c, _)| {
+            matches!(
+                c.algorithm,
+                Algorithm::SlidingWindow { .. }
+                    | Algorithm::SlidingLog { .. }
+                    | Algorithm::Calendar { .. }
+            )
         })
-        .min_by_key(|(_, d, _)| (d.allowed, d.remaining))?;
-    Some(RateLimitFields {
-        // Not `to_string()`: `Arc<str>` would go through `Display`.
-        policy: String::from(&*check.policy),
-        limit: decision.limit,
-        remaining: decision.remaining,
-        reset: decision.reset,
-        window: matches!(
-            check.algorithm,
-            Algorithm::SlidingWindow { .. } | Algorithm::SlidingLog { .. }
+        .min_by_key(|(_, d)| (d.allowed, d.remaining))?;
+    Some([
+        decision.limit,
+        decision.remaining,
+        ceil_secs(decision.reset),
+    ])
+}
+
+/// The 0.1 fields ([`HeaderStyle::MostRestrictive`]): those of the rate or
+/// quota rule with the least room left (concurrency and gauges are not
+/// reported). The `RateLimit-Policy` value was rendered once for the plan.
+fn most_restrictive<St, T>(
+    config: &Config<St>,
+    prepared: &PlanRules,
+    asked: &Asked<T>,
+    decisions: &[Decision],
+) -> Option<RateLimitHeaders> {
+    let windowed = |c: &Check| {
+        matches!(
+            c.algorithm,
+            Algorithm::SlidingWindow { .. }
+                | Algorithm::SlidingLog { .. }
+                | Algorithm::Calendar { .. }
         )
-        .then_some(window),
-        style,
-    })
+    };
+    let (i, decision) = asked
+        .checks
+        .iter()
+        .zip(decisions)
+        .enumerate()
+        .filter(|(_, (c, _))| windowed(c))
+        .min_by_key(|(_, (_, d))| (d.allowed, d.remaining))
+        .map(|(i, (_, d))| (i, d))?;
+    let reset = ceil_secs(decision.reset);
+    let legacy = config
+        .style
+        .legacy()
+        .then_some([decision.limit, decision.remaining, reset]);
+    let rule = asked.rules[i] as usize;
+    let (Some(name), Some(policy)) = (
+        config.rules[rule].quoted.as_ref(),
+        prepared.policy_one[rule].clone(),
+    ) else {
+        return Some(RateLimitHeaders::new(None, None, legacy));
+    };
+    let state = render_state(&[StateItem {
+        name,
+        remaining: decision.remaining,
+        reset: Some(reset),
+    }]);
+    Some(RateLimitHeaders::new(Some(policy), state, legacy))
 }
 
 pin_project! {
@@ -538,7 +871,7 @@ pin_project! {
     enum State<S: Service<Request<B>>, B> {
         Waiting {
             answer: MaybeReady<StoreResult<Admission>>,
-            pending: Option<(S, Request<B>, Asked)>,
+            pending: Option<Box<(S, Request<B>, Asked<TenantId>, Shared<PlanRules>)>>,
             config: Arc<dyn Decide>,
         },
         Inner {
@@ -548,7 +881,7 @@ pin_project! {
             admitted: Option<Admitted>,
         },
         Rejected {
-            response: Option<Response<Bytes>>,
+            refusal: Option<Refusal>,
         },
     }
 }
@@ -562,10 +895,9 @@ impl<S: Service<Request<B>>, B> AdmitFuture<S, B> {
     }
 
     fn reject(rejection: Rejection, grpc: bool) -> Self {
-        crate::observe::rejected(&rejection);
         Self {
             state: State::Rejected {
-                response: Some(rejection.to_response(grpc)),
+                refusal: Some(Refusal::new(rejection, grpc)),
             },
             undo: None,
         }
@@ -587,10 +919,10 @@ where
                     pending,
                     config,
                 } => {
-                    let result = ready!(Pin::new(answer).poll(cx));
-                    let (mut inner, req, asked) =
-                        pending.take().expect("AdmitFuture polled after completion");
-                    match config.decide(&asked, result) {
+                    let mut result = ready!(Pin::new(answer).poll(cx));
+                    let (mut inner, req, asked, prepared) =
+                        *pending.take().expect("AdmitFuture polled after completion");
+                    match config.decide(&prepared, &asked, &mut result) {
                         Ok(admitted) => {
                             let future = inner.call(req);
                             this.state.set(State::Inner {
@@ -598,7 +930,10 @@ where
                                 admitted: Some(admitted),
                             });
                         }
-                        Err(rejection) => self.set(Self::reject(rejection, asked.grpc)),
+                        Err(rejection) => {
+                            let grpc = is_grpc(req.headers());
+                            self.set(Self::reject(rejection, grpc))
+                        }
                     }
                 }
                 StateProj::Inner { future, admitted } => {
@@ -609,8 +944,8 @@ where
                         }
                     }
                     let lease = admitted.take().and_then(|a| {
-                        if let Some(fields) = &a.fields {
-                            fields.apply(response.headers_mut());
+                        if let Some(fields) = a.fields {
+                            fields.write(response.headers_mut());
                         }
                         if let Some(warning) = a.warning {
                             response
@@ -621,11 +956,9 @@ where
                     });
                     return Poll::Ready(Ok(response.map(|b| TenancyBody::with_lease(b, lease))));
                 }
-                StateProj::Rejected { response } => {
-                    let response = response
-                        .take()
-                        .expect("AdmitFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(TenancyBody::full)));
+                StateProj::Rejected { refusal } => {
+                    let refusal = refusal.take().expect("AdmitFuture polled after completion");
+                    return Poll::Ready(Ok(refusal.into_response().map(TenancyBody::full)));
                 }
             }
         }

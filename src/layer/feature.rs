@@ -5,14 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::TenancyBody;
-use crate::reject::{is_grpc, Rejection, RejectionKind};
+use crate::reject::{is_grpc, Refusal, Rejection, RejectionKind};
 use crate::CurrentTenant;
 
 /// Lets a request through only when the tenant's effective plan (plan plus
@@ -36,6 +35,7 @@ pub struct RequireFeatureLayer {
 
 impl RequireFeatureLayer {
     /// Requires `feature`.
+    #[must_use]
     pub fn new(feature: &str) -> Self {
         Self {
             feature: Arc::from(feature),
@@ -85,7 +85,7 @@ where
         };
         match rejection {
             None => GateFuture::inner(self.inner.call(req)),
-            Some(rejection) => GateFuture::reject(&rejection, is_grpc(req.headers())),
+            Some(rejection) => GateFuture::reject(rejection, is_grpc(req.headers())),
         }
     }
 }
@@ -103,7 +103,7 @@ pin_project! {
     #[project = GateProj]
     enum Gate<F> {
         Inner { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
+        Rejected { refusal: Option<Refusal> },
     }
 }
 
@@ -114,11 +114,10 @@ impl<F> GateFuture<F> {
         }
     }
 
-    pub(crate) fn reject(rejection: &Rejection, grpc: bool) -> Self {
-        crate::observe::rejected(rejection);
+    pub(crate) fn reject(rejection: Rejection, grpc: bool) -> Self {
         Self {
             kind: Gate::Rejected {
-                response: Some(rejection.to_response(grpc)),
+                refusal: Some(Refusal::new(rejection, grpc)),
             },
         }
     }
@@ -136,9 +135,9 @@ where
                 let response = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(response.map(TenancyBody::new)))
             }
-            GateProj::Rejected { response } => {
-                let response = response.take().expect("GateFuture polled after completion");
-                Poll::Ready(Ok(response.map(TenancyBody::full)))
+            GateProj::Rejected { refusal } => {
+                let refusal = refusal.take().expect("GateFuture polled after completion");
+                Poll::Ready(Ok(refusal.into_response().map(TenancyBody::full)))
             }
         }
     }

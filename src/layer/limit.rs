@@ -82,6 +82,7 @@ pub struct ResourceLimitLayer {
 
 impl ResourceLimitLayer {
     /// Checks the plan limit `resource` against `source`.
+    #[must_use]
     pub fn new(resource: &str, source: impl UsageSource) -> Self {
         Self {
             resource: Arc::from(resource),
@@ -125,7 +126,7 @@ where
         let grpc = is_grpc(req.headers());
         let Some(tenant) = req.extensions().get::<CurrentTenant>().map(|t| t.0.clone()) else {
             let rejection = Rejection::new(RejectionKind::TenantRequired);
-            return LimitFuture::gate(GateFuture::reject(&rejection, grpc));
+            return LimitFuture::gate(GateFuture::reject(rejection, grpc));
         };
         let Some(limit) = tenant.plan().limit_of(&self.resource).and_then(|l| l.max()) else {
             return LimitFuture::gate(GateFuture::inner(self.inner.call(req)));
@@ -217,7 +218,7 @@ where
                         pending.take().expect("LimitFuture polled after completion");
                     let gate = match judge(result, &tenant, &resource, limit) {
                         None => GateFuture::inner(inner.call(req)),
-                        Some(rejection) => GateFuture::reject(&rejection, grpc),
+                        Some(rejection) => GateFuture::reject(rejection, grpc),
                     };
                     state.set(State::Gate { gate });
                 }

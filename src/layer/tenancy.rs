@@ -13,18 +13,38 @@ use tower_service::Service;
 use crate::body::TenancyBody;
 use crate::directory::{LookupResult, TenantDirectory};
 use crate::future::MaybeReady;
-use crate::reject::{is_grpc, Rejection, RejectionKind};
+use crate::reject::{is_grpc, Refusal, Rejection, RejectionKind};
 use crate::resolve::{AllowedTenants, RequestHead, Resolver};
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId, TenantIdRef};
 use crate::CurrentTenant;
 
 type BindFn = dyn Fn(&RequestHead<'_>, &TenantId) -> bool + Send + Sync;
+
+/// How the tenant is bound to the principal.
+enum Bind {
+    /// [`AllowedTenants`] in the extensions (checked on the borrowed id).
+    Principal,
+    /// A custom rule (given an owned id).
+    Custom(Box<BindFn>),
+}
+
+impl Bind {
+    fn permits(&self, head: &RequestHead<'_>, id: &TenantIdRef<'_>) -> bool {
+        match self {
+            Bind::Principal => head
+                .extensions
+                .get::<AllowedTenants>()
+                .is_some_and(|allowed| allowed.permits_str(id.as_str())),
+            Bind::Custom(permit) => permit(head, &id.to_owned_id()),
+        }
+    }
+}
 
 struct Config {
     resolver: Box<dyn Resolver>,
     directory: Arc<dyn TenantDirectory>,
     required: bool,
-    bind: Option<Box<BindFn>>,
+    bind: Option<Bind>,
     unknown_status: StatusCode,
 }
 
@@ -91,12 +111,14 @@ impl TenancyLayer {
 
     /// Lets requests without a tenant through (without [`CurrentTenant`]).
     /// Malformed ids are still refused.
+    #[must_use]
     pub fn optional(mut self) -> Self {
         self.config_mut().required = false;
         self
     }
 
     /// The status for unknown tenants: 403 (default) or, for example, 404.
+    #[must_use]
     pub fn unknown_tenant_status(mut self, status: StatusCode) -> Self {
         self.config_mut().unknown_status = status;
         self
@@ -104,22 +126,25 @@ impl TenancyLayer {
 
     /// Binds the tenant to the authenticated principal: the request must
     /// carry [`AllowedTenants`] (inserted by the authentication layer) that
-    /// permits the resolved tenant, else 403 `tenant_not_permitted`.
-    pub fn bind_to_principal(self) -> Self {
-        self.bind_with(|head, id| {
-            head.extensions
-                .get::<AllowedTenants>()
-                .is_some_and(|allowed| allowed.permits(id))
-        })
+    /// permits the resolved tenant, else 403 `tenant_not_permitted`. The
+    /// check runs before the directory lookup, so a refused caller cannot
+    /// tell known ids from unknown ones.
+    #[must_use]
+    pub fn bind_to_principal(mut self) -> Self {
+        self.config_mut().bind = Some(Bind::Principal);
+        self
     }
 
     /// Binds the tenant with a custom rule: `permit(head, tenant)` returning
-    /// false refuses the request with 403 `tenant_not_permitted`.
+    /// false refuses the request with 403 `tenant_not_permitted`. Like
+    /// [`bind_to_principal`](Self::bind_to_principal) it runs before the
+    /// directory lookup (with an owned copy of the resolved id).
+    #[must_use]
     pub fn bind_with(
         mut self,
         permit: impl Fn(&RequestHead<'_>, &TenantId) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.config_mut().bind = Some(Box::new(permit));
+        self.config_mut().bind = Some(Bind::Custom(Box::new(permit)));
         self
     }
 }
@@ -154,12 +179,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(req.headers());
         let head = RequestHead::of(&req);
-        let id = match self.config.resolver.resolve(&head) {
+        // The id stays borrowed from the request until the directory has
+        // answered: a known tenant's id is the directory's, never copied.
+        let id = match self.config.resolver.resolve_ref(&head) {
             Ok(Some(id)) => id,
             Ok(None) if self.config.required => {
-                return ResponseFuture::reject(Rejection::new(RejectionKind::TenantRequired), grpc)
+                return ResponseFuture::reject(
+                    Rejection::new(RejectionKind::TenantRequired),
+                    is_grpc(req.headers()),
+                )
             }
             Ok(None) => return ResponseFuture::inner(self.inner.call(req), tracing::Span::none()),
             Err(e) => {
@@ -167,44 +196,45 @@ where
                 return ResponseFuture::reject(
                     Rejection::new(RejectionKind::MalformedTenantId)
                         .detail(format!("malformed tenant id in {e}")),
-                    grpc,
+                    is_grpc(req.headers()),
                 );
             }
         };
         if let Some(bind) = &self.config.bind {
-            if !bind(&head, &id) {
-                return ResponseFuture::reject(
-                    Rejection::new(RejectionKind::TenantNotPermitted).tenant(id),
-                    grpc,
-                );
+            if !bind.permits(&head, &id) {
+                let rejection =
+                    Rejection::new(RejectionKind::TenantNotPermitted).tenant(id.into_owned());
+                return ResponseFuture::reject(rejection, is_grpc(req.headers()));
             }
         }
-        let mut lookup = self.config.directory.lookup(&id);
+        let mut lookup = self.config.directory.lookup_ref(&id);
         match lookup.try_take() {
             // Synchronous directory: no need to move the request into the future.
             Some(result) => match admit(&self.config, id, result) {
                 Ok(tenant) => {
                     let span = tenant_span(&tenant);
                     req.extensions_mut().insert(CurrentTenant(tenant));
-                    let future = span.in_scope(|| self.inner.call(req));
+                    let future = enter(&span, || self.inner.call(req));
                     ResponseFuture::inner(future, span)
                 }
-                Err(rejection) => ResponseFuture::reject(rejection, grpc),
+                Err(rejection) => ResponseFuture::reject(rejection, is_grpc(req.headers())),
             },
             None => {
+                let id = id.into_owned();
                 // Take the service that was driven to readiness, leave a clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     state: State::Lookup {
                         lookup,
-                        pending: Some(Pending {
+                        // Boxed: the request is large and this path (an
+                        // asynchronous directory) allocates anyway.
+                        pending: Some(Box::new(Pending {
                             inner,
                             req,
                             id,
                             config: self.config.clone(),
-                        }),
-                        grpc,
+                        })),
                     },
                 }
             }
@@ -212,26 +242,47 @@ where
     }
 }
 
+/// The `tenant` span. When no subscriber is interested in `INFO` it is not
+/// created at all (two loads; the `log` fallback of `tracing` is skipped
+/// too), and a disabled span is never entered (see [`enter`]).
 fn tenant_span(tenant: &Tenant) -> tracing::Span {
-    tracing::info_span!("tenant", tenant.id = %tenant.id())
+    if tracing::level_enabled!(tracing::Level::INFO) {
+        tracing::info_span!("tenant", tenant.id = %tenant.id())
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// Runs `f` inside `span`, unless the span is disabled.
+fn enter<T>(span: &tracing::Span, f: impl FnOnce() -> T) -> T {
+    if span.is_disabled() {
+        f()
+    } else {
+        span.in_scope(f)
+    }
 }
 
 /// Directory answer → tenant or rejection.
-fn admit(config: &Config, id: TenantId, result: LookupResult) -> Result<Arc<Tenant>, Rejection> {
+fn admit(
+    config: &Config,
+    id: TenantIdRef<'_>,
+    result: LookupResult,
+) -> Result<Arc<Tenant>, Rejection> {
     match result {
         Ok(Some(tenant)) if tenant.status().is_active() => Ok(tenant),
-        Ok(Some(tenant)) => {
-            Err(Rejection::new(RejectionKind::TenantInactive(tenant.status())).tenant(id))
-        }
+        Ok(Some(tenant)) => Err(
+            Rejection::new(RejectionKind::TenantInactive(tenant.status()))
+                .tenant(tenant.id().clone()),
+        ),
         Ok(None) => Err(Rejection::new(RejectionKind::UnknownTenant)
             .status(config.unknown_status)
-            .tenant(id)),
+            .tenant(id.into_owned())),
         Err(e) => {
             tracing::warn!(tenant.id = %id, error = %e, "tenant directory failed");
             // A directory outage is transient: tell clients when to try again.
             Err(Rejection::new(RejectionKind::Unavailable)
                 .retry_after(std::time::Duration::from_secs(1))
-                .tenant(id))
+                .tenant(id.into_owned()))
         }
     }
 }
@@ -256,8 +307,7 @@ pin_project! {
     enum State<S: Service<Request<B>>, B> {
         Lookup {
             lookup: MaybeReady<LookupResult>,
-            pending: Option<Pending<S, B>>,
-            grpc: bool,
+            pending: Option<Box<Pending<S, B>>>,
         },
         Inner {
             #[pin]
@@ -265,7 +315,7 @@ pin_project! {
             span: tracing::Span,
         },
         Rejected {
-            response: Option<Response<bytes::Bytes>>,
+            refusal: Option<Refusal>,
         },
     }
 }
@@ -278,10 +328,9 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
     }
 
     fn reject(rejection: Rejection, grpc: bool) -> Self {
-        crate::observe::rejected(&rejection);
         Self {
             state: State::Rejected {
-                response: Some(rejection.to_response(grpc)),
+                refusal: Some(Refusal::new(rejection, grpc)),
             },
         }
     }
@@ -297,40 +346,37 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Lookup {
-                    lookup,
-                    pending,
-                    grpc,
-                } => {
+                StateProj::Lookup { lookup, pending } => {
                     let result = ready!(Pin::new(lookup).poll(cx));
-                    let grpc = *grpc;
-                    let Some(Pending {
+                    let Some(pending) = pending.take() else {
+                        unreachable!("lookup state polled after completion")
+                    };
+                    let Pending {
                         mut inner,
                         mut req,
                         id,
                         config,
-                    }) = pending.take()
-                    else {
-                        unreachable!("lookup state polled after completion")
-                    };
-                    match admit(&config, id, result) {
+                    } = *pending;
+                    match admit(&config, TenantIdRef::from(id), result) {
                         Ok(tenant) => {
                             let span = tenant_span(&tenant);
                             req.extensions_mut().insert(CurrentTenant(tenant));
-                            let future = span.in_scope(|| inner.call(req));
+                            let future = enter(&span, || inner.call(req));
                             this.state.set(State::Inner { future, span });
                         }
-                        Err(rejection) => self.set(Self::reject(rejection, grpc)),
+                        Err(rejection) => {
+                            let grpc = is_grpc(req.headers());
+                            self.set(Self::reject(rejection, grpc))
+                        }
                     }
                 }
                 StateProj::Inner { future, span } => {
-                    let _enter = span.enter();
-                    let response = ready!(future.poll(cx))?;
+                    let response = ready!(enter(span, || future.poll(cx)))?;
                     return Poll::Ready(Ok(response.map(TenancyBody::new)));
                 }
-                StateProj::Rejected { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(TenancyBody::full)));
+                StateProj::Rejected { refusal } => {
+                    let refusal = refusal.take().expect("polled after completion");
+                    return Poll::Ready(Ok(refusal.into_response().map(TenancyBody::full)));
                 }
             }
         }

@@ -33,9 +33,14 @@ impl AllowedTenants {
 
     /// Whether the principal may act for `id` (exact, case-sensitive match).
     pub fn permits(&self, id: &TenantId) -> bool {
+        self.permits_str(id.as_str())
+    }
+
+    /// [`permits`](Self::permits) for an id as a string.
+    pub(crate) fn permits_str(&self, id: &str) -> bool {
         match self {
             AllowedTenants::Any => true,
-            AllowedTenants::Only(ids) => ids.iter().any(|allowed| allowed == id),
+            AllowedTenants::Only(ids) => ids.iter().any(|allowed| allowed.as_str() == id),
         }
     }
 }

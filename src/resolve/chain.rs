@@ -1,5 +1,5 @@
 use super::{RequestHead, ResolveError, Resolver};
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantIdRef};
 
 /// Tries resolvers in order; the first that finds a tenant wins, the first
 /// that finds a malformed value stops the chain with its error.
@@ -33,6 +33,7 @@ impl ResolverChain {
     }
 
     /// Appends a resolver with lower priority than those before it.
+    #[must_use]
     pub fn or(mut self, resolver: impl Resolver) -> Self {
         self.resolvers.push(Box::new(resolver));
         self
@@ -43,6 +44,18 @@ impl Resolver for ResolverChain {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
         for resolver in &self.resolvers {
             if let Some(id) = resolver.resolve(head)? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        for resolver in &self.resolvers {
+            if let Some(id) = resolver.resolve_ref(head)? {
                 return Ok(Some(id));
             }
         }

@@ -25,7 +25,7 @@ pub use sources::{
     DefaultResolver, ExtensionResolver, HeaderResolver, HostResolver, PathResolver, QueryResolver,
 };
 
-use crate::tenant::{InvalidTenantId, TenantId};
+use crate::tenant::{InvalidTenantId, TenantId, TenantIdRef};
 
 /// The parts of a request a resolver may read. Built for free from any
 /// `http::Request<B>` with [`RequestHead::of`].
@@ -58,6 +58,13 @@ impl<'a> RequestHead<'a> {
 /// `Ok(None)` means "this source has nothing to say" and the chain goes on;
 /// `Err` means the source carried a malformed value (400).
 ///
+/// Implement [`resolve`](Self::resolve). The
+/// [`TenancyLayer`](crate::TenancyLayer) calls
+/// [`resolve_ref`](Self::resolve_ref), whose default calls `resolve`; the
+/// built-in sources override it to validate the id in place, borrowed from
+/// the request, so that a request whose tenant is found costs no allocation
+/// for its id. Override it too when your source can borrow.
+///
 /// ```
 /// use http::Request;
 /// use tower_tenancy::resolve::{HeaderResolver, RequestHead, Resolver};
@@ -66,20 +73,75 @@ impl<'a> RequestHead<'a> {
 /// let id = HeaderResolver::new("x-tenant-id").resolve(&RequestHead::of(&req)).unwrap();
 /// assert_eq!(id.unwrap().as_str(), "acme");
 /// ```
+///
+/// A source of its own, borrowing from the request:
+///
+/// ```
+/// use http::Request;
+/// use tower_tenancy::resolve::{RequestHead, ResolveError, Resolver};
+/// use tower_tenancy::{TenantId, TenantIdRef, TenantIdRules};
+///
+/// /// The first label of the `x-route` header: `acme.eu-west` → `acme`.
+/// struct RouteLabel;
+///
+/// impl Resolver for RouteLabel {
+///     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
+///         Ok(self.resolve_ref(head)?.map(TenantIdRef::into_owned))
+///     }
+///
+///     fn resolve_ref<'a>(&self, head: &RequestHead<'a>) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+///         let headers: &'a http::HeaderMap = head.headers;
+///         let Some(label) = headers
+///             .get("x-route")
+///             .and_then(|v| v.to_str().ok())
+///             .and_then(|v| v.split('.').next())
+///         else {
+///             return Ok(None);
+///         };
+///         // Not a valid id: nothing from this source.
+///         Ok(TenantIdRules::default().validate(label).ok())
+///     }
+/// }
+///
+/// let req = Request::builder().header("x-route", "acme.eu-west").body(()).unwrap();
+/// assert_eq!(RouteLabel.resolve_ref(&RequestHead::of(&req)).unwrap().unwrap().as_str(), "acme");
+/// ```
 pub trait Resolver: Send + Sync + 'static {
     /// Resolves the tenant of `head`.
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError>;
+
+    /// Resolves the tenant of `head`, borrowing the id from the request
+    /// where the source can. Must agree with [`resolve`](Self::resolve);
+    /// the default calls it.
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        self.resolve(head).map(|id| id.map(TenantIdRef::from))
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for Box<R> {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
         (**self).resolve(head)
     }
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        (**self).resolve_ref(head)
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for std::sync::Arc<R> {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
         (**self).resolve(head)
+    }
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        (**self).resolve_ref(head)
     }
 }
 
@@ -104,6 +166,7 @@ impl ResolveError {
 
 /// What is wrong with a source's value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResolveErrorReason {
     /// The decoded value is not a valid tenant id.
     #[error(transparent)]

@@ -5,7 +5,7 @@ use http::Extensions;
 use percent_encoding::percent_decode_str;
 
 use super::{RequestHead, ResolveError, ResolveErrorReason, Resolver};
-use crate::tenant::{InvalidTenantId, TenantId, TenantIdRules};
+use crate::tenant::{InvalidTenantId, TenantId, TenantIdRef, TenantIdRules};
 
 /// Reads the tenant from a header, e.g. `X-Tenant-ID`.
 ///
@@ -43,6 +43,7 @@ impl HeaderResolver {
     }
 
     /// Validates with `rules` instead of the defaults.
+    #[must_use]
     pub fn rules(mut self, rules: TenantIdRules) -> Self {
         self.rules = rules;
         self
@@ -51,7 +52,15 @@ impl HeaderResolver {
 
 impl Resolver for HeaderResolver {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
-        let mut values = head.headers.get_all(&self.name).iter();
+        owned(self.resolve_ref(head))
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        let headers: &'a http::HeaderMap = head.headers;
+        let mut values = headers.get_all(&self.name).iter();
         let Some(value) = values.next() else {
             return Ok(None);
         };
@@ -61,10 +70,37 @@ impl Resolver for HeaderResolver {
                 ResolveErrorReason::Ambiguous,
             ));
         }
-        self.rules
-            .parse_bytes(value.as_bytes())
-            .map(Some)
-            .map_err(|e| ResolveError::new(&self.source, e.into()))
+        // A short, visible-ASCII value (checked by `to_str`) is the usual
+        // case; anything else goes to `validate_bytes`, which refuses it
+        // with the precise reason (and before scanning when too long).
+        let text = (value.len() <= self.rules.max_bytes())
+            .then(|| value.to_str().ok())
+            .flatten();
+        match text {
+            Some(text) => self.rules.validate(text),
+            None => self.rules.validate_bytes(value.as_bytes()),
+        }
+        .map(Some)
+        .map_err(|e| ResolveError::new(&self.source, e.into()))
+    }
+}
+
+/// `resolve` in terms of `resolve_ref`.
+fn owned(
+    resolved: Result<Option<TenantIdRef<'_>>, ResolveError>,
+) -> Result<Option<TenantId>, ResolveError> {
+    resolved.map(|id| id.map(TenantIdRef::into_owned))
+}
+
+/// Validates a decoded value: borrowed from the request when decoding
+/// changed nothing, owned otherwise.
+fn validate_decoded<'a>(
+    rules: &TenantIdRules,
+    decoded: Cow<'a, str>,
+) -> Result<TenantIdRef<'a>, InvalidTenantId> {
+    match decoded {
+        Cow::Borrowed(s) => rules.validate(s),
+        Cow::Owned(s) => rules.parse(&s).map(TenantIdRef::from),
     }
 }
 
@@ -118,6 +154,7 @@ impl PathResolver {
     }
 
     /// Validates with `rules` instead of the defaults.
+    #[must_use]
     pub fn rules(mut self, rules: TenantIdRules) -> Self {
         self.rules = rules;
         self
@@ -126,7 +163,15 @@ impl PathResolver {
 
 impl Resolver for PathResolver {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
-        let path = head.uri.path();
+        owned(self.resolve_ref(head))
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        let uri: &'a http::Uri = head.uri;
+        let path = uri.path();
         let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
         let raw = match &self.segment {
             Segment::Index(i) => segments.nth(*i),
@@ -155,8 +200,7 @@ impl Resolver for PathResolver {
         let decoded = percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| ResolveError::new(&self.source, ResolveErrorReason::BadEncoding))?;
-        self.rules
-            .parse(&decoded)
+        validate_decoded(&self.rules, decoded)
             .map(Some)
             .map_err(|e| ResolveError::new(&self.source, e.into()))
     }
@@ -193,6 +237,7 @@ impl QueryResolver {
     }
 
     /// Validates with `rules` instead of the defaults.
+    #[must_use]
     pub fn rules(mut self, rules: TenantIdRules) -> Self {
         self.rules = rules;
         self
@@ -201,7 +246,15 @@ impl QueryResolver {
 
 impl Resolver for QueryResolver {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
-        let Some(query) = head.uri.query() else {
+        owned(self.resolve_ref(head))
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        let uri: &'a http::Uri = head.uri;
+        let Some(query) = uri.query() else {
             return Ok(None);
         };
         // Same pairs and decoding as `form_urlencoded::parse`, but only what
@@ -213,7 +266,7 @@ impl Resolver for QueryResolver {
         let key_bound = self.name.len().saturating_mul(3);
         let value_bound = max.saturating_mul(3);
         // Some(None): the parameter is present with a value too long to be an id.
-        let mut found: Option<Option<Cow<'_, str>>> = None;
+        let mut found: Option<Option<Cow<'a, str>>> = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             if raw_key.len() > key_bound || form_decode(raw_key) != self.name.as_str() {
@@ -238,9 +291,7 @@ impl Resolver for QueryResolver {
                 &self.source,
                 InvalidTenantId::TooLong { max }.into(),
             )),
-            Some(Some(value)) => self
-                .rules
-                .parse(&value)
+            Some(Some(value)) => validate_decoded(&self.rules, value)
                 .map(Some)
                 .map_err(|e| ResolveError::new(&self.source, e.into())),
         }
@@ -290,6 +341,7 @@ impl HostResolver {
     }
 
     /// Validates with `rules` instead of the defaults (which lowercase).
+    #[must_use]
     pub fn rules(mut self, rules: TenantIdRules) -> Self {
         self.rules = rules;
         self
@@ -300,11 +352,19 @@ const HOST_SOURCE: &str = "host";
 
 impl Resolver for HostResolver {
     fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
+        owned(self.resolve_ref(head))
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        head: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
         let err = |reason| ResolveError::new(HOST_SOURCE, reason);
-        let host: &str = match head.uri.host() {
+        let (uri, headers): (&'a http::Uri, &'a http::HeaderMap) = (head.uri, head.headers);
+        let host: &'a str = match uri.host() {
             Some(h) => h,
             None => {
-                let mut values = head.headers.get_all(HOST).iter();
+                let mut values = headers.get_all(HOST).iter();
                 let Some(v) = values.next() else {
                     return Ok(None);
                 };
@@ -336,7 +396,10 @@ impl Resolver for HostResolver {
             }
             .into()));
         }
-        self.rules.parse(label).map(Some).map_err(|e| err(e.into()))
+        self.rules
+            .validate(label)
+            .map(Some)
+            .map_err(|e| err(e.into()))
     }
 }
 
@@ -410,5 +473,12 @@ impl DefaultResolver {
 impl Resolver for DefaultResolver {
     fn resolve(&self, _: &RequestHead<'_>) -> Result<Option<TenantId>, ResolveError> {
         Ok(Some(self.0.clone()))
+    }
+
+    fn resolve_ref<'a>(
+        &self,
+        _: &RequestHead<'a>,
+    ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
+        Ok(Some(TenantIdRef::from(self.0.clone())))
     }
 }
