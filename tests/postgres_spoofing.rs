@@ -3,8 +3,9 @@
 //! host (plain, upper case, percent-encoded, absolute-form URI), sent as raw
 //! bytes over TCP. The stack is the PostgreSQL demo's: its API-key
 //! middleware, then a `TenancyLayer` (header → path after `tenants` → query
-//! `tenant` → host under example.com → the key's tenant) bound with the
-//! demo's `every_claim_permitted` over the four sources.
+//! `tenant` → host under example.com → the key's tenant) with
+//! `bind_to_principal`, which checks the claims of all four sources, not
+//! only the first hit.
 //!
 //! Every row that names `globex` anywhere must be 403
 //! `tenant_not_permitted` (400 for ambiguous input) and never reach the
@@ -63,10 +64,7 @@ fn stack(pg: &pg_demo::Pg, seen: Seen) -> Router {
                 format!("handled {}", tenant.id())
             }
         })
-        .layer(
-            TenancyLayer::new(chain, pg.directory.clone())
-                .bind_with(pg_demo::every_claim_permitted(claims())),
-        )
+        .layer(TenancyLayer::new(chain, pg.directory.clone()).bind_to_principal())
         .layer(axum::middleware::from_fn_with_state(
             pg.keys.clone(),
             pg_demo::authenticate,

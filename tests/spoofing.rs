@@ -295,12 +295,13 @@ fn table() -> Vec<Row> {
             &[(HOST, b"globex.example.com"), (HOST, b"acme.example.com")],
             Malformed,
         ),
-        // --- mixed sources: the higher-priority source decides
+        // --- mixed sources: every tenant named must be permitted, not only
+        // the higher-priority one that the chain resolves
         row(
             "header acme, path globex",
             "/tenants/globex",
             &[(H, b"acme")],
-            Acme,
+            NotPermitted,
         ),
         row(
             "header globex, path acme",
@@ -312,7 +313,7 @@ fn table() -> Vec<Row> {
             "header acme, query globex",
             "/?tenant=globex",
             &[(H, b"acme")],
-            Acme,
+            NotPermitted,
         ),
         row(
             "header globex, query acme",
@@ -324,7 +325,7 @@ fn table() -> Vec<Row> {
             "header acme, host globex",
             "/",
             &[(H, b"acme"), (HOST, b"globex.example.com")],
-            Acme,
+            NotPermitted,
         ),
         row(
             "header globex, host acme",
@@ -336,7 +337,7 @@ fn table() -> Vec<Row> {
             "path acme, query globex",
             "/tenants/acme?tenant=globex",
             &[],
-            Acme,
+            NotPermitted,
         ),
         row(
             "path globex, query acme",
@@ -348,7 +349,7 @@ fn table() -> Vec<Row> {
             "path acme, host globex",
             "/tenants/acme",
             &[(HOST, b"globex.example.com")],
-            Acme,
+            NotPermitted,
         ),
         row(
             "path globex, host acme",
@@ -360,7 +361,7 @@ fn table() -> Vec<Row> {
             "query acme, host globex",
             "/?tenant=acme",
             &[(HOST, b"globex.example.com")],
-            Acme,
+            NotPermitted,
         ),
         row(
             "query globex, host acme",

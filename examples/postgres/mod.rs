@@ -12,8 +12,8 @@
 //!   brute force can invert its digest, and a slow hash (argon2, bcrypt —
 //!   made for low-entropy passwords) would cost tens of milliseconds per
 //!   request for nothing. The key's tenant becomes [`AllowedTenants`], and
-//!   the [`TenancyLayer`] is bound to it ([`every_claim_permitted`]): any
-//!   other tenant claimed through the header or the query, even next to the
+//!   the [`TenancyLayer`] is bound to it
+//!   ([`TenancyLayer::bind_to_principal`]): any other tenant claimed through the header or the query, even next to the
 //!   key's own, is refused with 403 `tenant_not_permitted`. A revoked key stops working on every instance with the next notification.
 //! * **Row-level security**: every handler runs its statements in a
 //!   transaction that starts with `set_config('app.tenant_id', <tenant>,
@@ -45,9 +45,7 @@ use tower_tenancy::layer::admission::{AdmissionLayer, Rule};
 use tower_tenancy::layer::feature::RequireFeatureLayer;
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::reject::{Rejection, RejectionKind};
-use tower_tenancy::resolve::{
-    ExtensionResolver, HeaderResolver, QueryResolver, RequestHead, Resolver, ResolverChain,
-};
+use tower_tenancy::resolve::{ExtensionResolver, HeaderResolver, QueryResolver, ResolverChain};
 use tower_tenancy::store::CounterStore;
 use tower_tenancy::usage::usage_report;
 use tower_tenancy::{
@@ -362,29 +360,6 @@ impl ApiKeys {
     }
 }
 
-/// A bind rule for [`TenancyLayer::bind_with`]: the resolved tenant **and**
-/// every tenant that any of `claims` finds in the request (header, path,
-/// query, host…) must be allowed to the principal. The resolver chain stops
-/// at its first hit; this looks at every source, so a request that names
-/// its own tenant in one place and another tenant elsewhere is refused
-/// (403 `tenant_not_permitted`), and a handler that reads the other source
-/// never runs. A malformed claim is refused too.
-pub fn every_claim_permitted(
-    claims: Vec<Box<dyn Resolver>>,
-) -> impl Fn(&RequestHead<'_>, &TenantId) -> bool + Send + Sync + 'static {
-    move |head, resolved| {
-        let Some(allowed) = head.extensions.get::<AllowedTenants>() else {
-            return false;
-        };
-        allowed.permits(resolved)
-            && claims.iter().all(|claim| match claim.resolve(head) {
-                Ok(None) => true,
-                Ok(Some(id)) => allowed.permits(&id),
-                Err(_) => false,
-            })
-    }
-}
-
 fn unavailable() -> Response {
     let (parts, body) = Rejection::new(RejectionKind::Unavailable)
         .retry_after(Duration::from_secs(1))
@@ -558,10 +533,7 @@ pub fn app(pg: &Pg, store: Arc<dyn CounterStore>) -> Router {
                     })),
                 pg.directory.clone(),
             )
-            .bind_with(every_claim_permitted(vec![
-                Box::new(HeaderResolver::new("x-tenant-id")),
-                Box::new(QueryResolver::new("tenant")),
-            ])),
+            .bind_to_principal(),
         )
         .layer(axum::middleware::from_fn_with_state(
             pg.keys.clone(),

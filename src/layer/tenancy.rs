@@ -29,12 +29,26 @@ enum Bind {
 }
 
 impl Bind {
-    fn permits(&self, head: &RequestHead<'_>, id: &TenantIdRef<'_>) -> bool {
+    /// Whether the resolved tenant, and with [`Bind::Principal`] every
+    /// tenant the request names through `resolver`, may be acted for.
+    fn permits(
+        &self,
+        resolver: &dyn Resolver,
+        head: &RequestHead<'_>,
+        id: &TenantIdRef<'_>,
+    ) -> bool {
         match self {
             Bind::Principal => head
                 .extensions
                 .get::<AllowedTenants>()
-                .is_some_and(|allowed| allowed.permits_str(id.as_str())),
+                .is_some_and(|allowed| {
+                    allowed.permits_str(id.as_str())
+                        && resolver
+                            .permits_all_claims(head, &mut |claim| {
+                                allowed.permits_str(claim.as_str())
+                            })
+                            .unwrap_or(false)
+                }),
             Bind::Custom(permit) => permit(head, &id.to_owned_id()),
         }
     }
@@ -126,9 +140,14 @@ impl TenancyLayer {
 
     /// Binds the tenant to the authenticated principal: the request must
     /// carry [`AllowedTenants`] (inserted by the authentication layer) that
-    /// permits the resolved tenant, else 403 `tenant_not_permitted`. The
-    /// check runs before the directory lookup, so a refused caller cannot
-    /// tell known ids from unknown ones.
+    /// permits the resolved tenant, else 403 `tenant_not_permitted`. Every
+    /// tenant the request names is checked, not only the one that wins: a
+    /// header naming an allowed tenant and a query or host naming another is
+    /// refused too, and so is a malformed claim of lower priority (see
+    /// [`Resolver::permits_all_claims`]; a
+    /// [`DefaultResolver`](crate::resolve::DefaultResolver)'s tenant is not a
+    /// claim). The check runs before the directory
+    /// lookup, so a refused caller cannot tell known ids from unknown ones.
     #[must_use]
     pub fn bind_to_principal(mut self) -> Self {
         self.config_mut().bind = Some(Bind::Principal);
@@ -201,7 +220,7 @@ where
             }
         };
         if let Some(bind) = &self.config.bind {
-            if !bind.permits(&head, &id) {
+            if !bind.permits(&*self.config.resolver, &head, &id) {
                 let rejection =
                     Rejection::new(RejectionKind::TenantNotPermitted).tenant(id.into_owned());
                 return ResponseFuture::reject(rejection, is_grpc(req.headers()));

@@ -61,6 +61,19 @@ impl Resolver for ResolverChain {
         }
         Ok(None)
     }
+
+    fn permits_all_claims<'a>(
+        &self,
+        head: &RequestHead<'a>,
+        permit: &mut dyn FnMut(&TenantIdRef<'a>) -> bool,
+    ) -> Result<bool, ResolveError> {
+        for resolver in &self.resolvers {
+            if !resolver.permits_all_claims(head, permit)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl std::fmt::Debug for ResolverChain {

@@ -119,6 +119,39 @@ pub trait Resolver: Send + Sync + 'static {
     ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
         self.resolve(head).map(|id| id.map(TenantIdRef::from))
     }
+
+    /// Whether `permit` accepts every tenant the request itself names through
+    /// this resolver, in priority order, stopping at the first refusal. A
+    /// single source names at most one (the default asks
+    /// [`resolve_ref`](Self::resolve_ref)); a [`ResolverChain`] asks all of
+    /// its resolvers, not only up to the first hit, so that
+    /// [`bind_to_principal`](crate::TenancyLayer::bind_to_principal) also
+    /// sees a tenant named by a source of lower priority. A
+    /// [`DefaultResolver`] names nothing: its tenant is not the client's
+    /// claim. A malformed value is an error.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_tenancy::resolve::*;
+    ///
+    /// let chain = ResolverChain::new()
+    ///     .or(HeaderResolver::new("x-tenant-id"))
+    ///     .or(QueryResolver::new("tenant"))
+    ///     .or(DefaultResolver::new("public".parse().unwrap()));
+    /// let req = Request::get("/?tenant=globex").header("x-tenant-id", "acme").body(()).unwrap();
+    /// let head = RequestHead::of(&req);
+    /// // The header wins, but the query names globex too.
+    /// assert_eq!(chain.resolve(&head).unwrap().unwrap().as_str(), "acme");
+    /// assert!(!chain.permits_all_claims(&head, &mut |id| id.as_str() == "acme").unwrap());
+    /// assert!(chain.permits_all_claims(&head, &mut |id| id.as_str() != "public").unwrap());
+    /// ```
+    fn permits_all_claims<'a>(
+        &self,
+        head: &RequestHead<'a>,
+        permit: &mut dyn FnMut(&TenantIdRef<'a>) -> bool,
+    ) -> Result<bool, ResolveError> {
+        Ok(self.resolve_ref(head)?.is_none_or(|id| permit(&id)))
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for Box<R> {
@@ -131,6 +164,13 @@ impl<R: Resolver + ?Sized> Resolver for Box<R> {
     ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
         (**self).resolve_ref(head)
     }
+    fn permits_all_claims<'a>(
+        &self,
+        head: &RequestHead<'a>,
+        permit: &mut dyn FnMut(&TenantIdRef<'a>) -> bool,
+    ) -> Result<bool, ResolveError> {
+        (**self).permits_all_claims(head, permit)
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for std::sync::Arc<R> {
@@ -142,6 +182,13 @@ impl<R: Resolver + ?Sized> Resolver for std::sync::Arc<R> {
         head: &RequestHead<'a>,
     ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
         (**self).resolve_ref(head)
+    }
+    fn permits_all_claims<'a>(
+        &self,
+        head: &RequestHead<'a>,
+        permit: &mut dyn FnMut(&TenantIdRef<'a>) -> bool,
+    ) -> Result<bool, ResolveError> {
+        (**self).permits_all_claims(head, permit)
     }
 }
 

@@ -481,4 +481,13 @@ impl Resolver for DefaultResolver {
     ) -> Result<Option<TenantIdRef<'a>>, ResolveError> {
         Ok(Some(TenantIdRef::from(self.0.clone())))
     }
+
+    /// The default tenant is not a claim of the client.
+    fn permits_all_claims<'a>(
+        &self,
+        _: &RequestHead<'a>,
+        _: &mut dyn FnMut(&TenantIdRef<'a>) -> bool,
+    ) -> Result<bool, ResolveError> {
+        Ok(true)
+    }
 }
