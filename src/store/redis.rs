@@ -117,6 +117,7 @@ use super::{
     Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreError,
     StoreResult,
 };
+use super::memory::GcraParams;
 use crate::future::MaybeReady;
 use crate::plan::Period;
 use crate::tenant::TenantId;
@@ -397,15 +398,23 @@ impl RedisStore {
             let k = kind(&check.algorithm);
             // Clamped into exact doubles, keeping `cost > limit` when it holds.
             let limit = check.limit.min(MAX_EXACT - 1);
-            let cost = if check.cost > check.limit {
-                limit + 1
-            } else {
-                check.cost.min(limit)
+            let cost = match check.algorithm {
+                // GCRA: never when above the burst (itself below 2^53).
+                Algorithm::Gcra { window, burst } => {
+                    let burst = GcraParams::new(window, check.limit, burst).burst;
+                    check.cost.min(burst.saturating_add(1))
+                }
+                _ if check.cost > check.limit => limit + 1,
+                _ => check.cost.min(limit),
             }
             .to_string();
             let param = match check.algorithm {
-                Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
-                    ms(window).max(1).to_string()
+                Algorithm::SlidingWindow { window }
+                | Algorithm::SlidingWindowApprox { window }
+                | Algorithm::SlidingLog { window } => ms(window).max(1).to_string(),
+                Algorithm::Gcra { window, burst } => {
+                    let p = GcraParams::new(window, check.limit, burst);
+                    format!("{}:{}:{}", p.t, p.cap, p.burst)
                 }
                 Algorithm::Calendar { period } => match period {
                     Period::Hour => "h",
@@ -444,7 +453,17 @@ impl RedisStore {
                 released.push(r.lease);
             }
         }
-        let limits: Vec<u64> = checks.iter().map(|c| c.limit).collect();
+        // Per check: the limit, and the capacity `remaining` is counted
+        // from (the limit; GCRA: the burst).
+        let limits: Vec<(u64, u64)> = checks
+            .iter()
+            .map(|c| match c.algorithm {
+                Algorithm::Gcra { window, burst } => {
+                    (c.limit, GcraParams::new(window, c.limit, burst).burst)
+                }
+                _ => (c.limit, c.limit),
+            })
+            .collect();
         let mut conn = self.conn.clone();
         let shared = self.shared.clone();
         let tenant = tenant.clone();
@@ -484,13 +503,13 @@ impl RedisStore {
             let decisions = limits
                 .iter()
                 .zip(reply.chunks_exact(4))
-                .map(|(&limit, r)| {
+                .map(|(&(limit, capacity), r)| {
                     let used = r[1].max(0) as u64;
                     Decision {
                         allowed: r[0] == 1,
                         limit,
                         used,
-                        remaining: limit.saturating_sub(used),
+                        remaining: capacity.saturating_sub(used),
                         reset: Duration::from_millis(r[2].max(0) as u64),
                         retry_after: (r[3] >= 0).then(|| Duration::from_millis(r[3] as u64)),
                     }
@@ -628,7 +647,9 @@ impl std::fmt::Debug for RedisStore {
 
 fn kind(algorithm: &Algorithm) -> &'static str {
     match algorithm {
-        Algorithm::SlidingWindow { .. } => "sw",
+        Algorithm::SlidingWindow { .. } => "sb",
+        Algorithm::SlidingWindowApprox { .. } => "sw",
+        Algorithm::Gcra { .. } => "gc",
         Algorithm::SlidingLog { .. } => "sl",
         Algorithm::Calendar { .. } => "cal",
         Algorithm::Concurrency { .. } => "cc",
