@@ -87,6 +87,29 @@ fn sw(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
     )
 }
 
+fn approx(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
+    Check::new(
+        policy,
+        Algorithm::SlidingWindowApprox {
+            window: Duration::from_millis(window_ms),
+        },
+        limit,
+        cost,
+    )
+}
+
+fn gcra(policy: &str, window_ms: u64, limit: u64, burst: u64, cost: u64) -> Check {
+    Check::new(
+        policy,
+        Algorithm::Gcra {
+            window: Duration::from_millis(window_ms),
+            burst,
+        },
+        limit,
+        cost,
+    )
+}
+
 fn sl(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
     Check::new(
         policy,
@@ -156,6 +179,10 @@ async fn differential(target: &Target, t: &str, seed: u64) {
         cal("cal_month", Period::Month, 60, 1),
         cc("conc", 3_600_000, 4, 1),
         gauge("gauge", 25, 1),
+        approx("ap_fast", 1_300, 7, 1),
+        gcra("gc_fast", 1_000, 5, 5, 1),
+        gcra("gc_burst", 3_000, 4, 9, 1),
+        gcra("gc_odd", 7_001, 3, 2, 1),
     ];
     let conc = [pool[8].clone()];
     let mut held: Vec<(Lease, Lease)> = Vec::new();
@@ -629,8 +656,8 @@ mod conformance_single {
 
     scenarios! {
         "current_thread":
-            sliding_window_limit,
-            sliding_window_weighting,
+            sliding_window_approx_limit,
+            sliding_window_approx_weighting,
             sliding_log_limit,
             sliding_log_costs,
             calendar_hour,
@@ -867,6 +894,21 @@ async fn extreme_inputs_answer() {
         Algorithm::SlidingLog {
             window: Duration::MAX,
         },
+        Algorithm::SlidingWindowApprox {
+            window: Duration::MAX,
+        },
+        Algorithm::Gcra {
+            window: Duration::ZERO,
+            burst: 0,
+        },
+        Algorithm::Gcra {
+            window: Duration::MAX,
+            burst: u64::MAX,
+        },
+        Algorithm::Gcra {
+            window: Duration::from_secs(1),
+            burst: 3,
+        },
         Algorithm::Calendar {
             period: Period::Hour,
         },
@@ -896,6 +938,11 @@ async fn extreme_inputs_answer() {
                 let p = store.peek(&t, std::slice::from_ref(&c)).await.unwrap();
                 let a = store.admit(&t, std::slice::from_ref(&c)).await.unwrap();
                 let d = a.decisions[0];
+                // GCRA reports its bucket: the burst (clamped below 2^53).
+                let limit = match algorithm {
+                    Algorithm::Gcra { burst, .. } => burst.min((1 << 53) - 1),
+                    _ => limit,
+                };
                 assert_eq!(d.limit, limit);
                 assert!(d.used <= limit || !d.allowed, "{algorithm:?} {now} {d:?}");
                 if cost > limit {

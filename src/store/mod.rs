@@ -48,9 +48,10 @@
 //!   `τ = T·(B - 1)`, state `tat` (theoretical arrival time, `now` when
 //!   missing). A request of `cost` units is never admitted when `cost > B`
 //!   (or `limit = 0`); otherwise it is admitted when `now >= tat + T·(cost -
-//!   1) - τ`, and then `tat' = max(tat, now) + T·cost`. `remaining =
-//!   floor(min(now + τ + T - max(tat, now), τ + T) / T)` (after consumption
-//!   when admitted), `used = B - remaining`, `reset = max(tat, now) - now`
+//!   1) - τ`, and then `tat' = max(tat, now) + T·cost`. The decision
+//!   reports the bucket: `limit = B`, `remaining = floor(min(now + τ + T -
+//!   max(tat, now), τ + T) / T)` (after consumption when admitted), `used =
+//!   B - remaining`, `reset = max(tat, now) - now`
 //!   rounded up to the millisecond (when the bucket is full again),
 //!   `retry_after = tat + T·(cost - 1) - τ - now` rounded up to the
 //!   millisecond.

@@ -453,15 +453,12 @@ impl RedisStore {
                 released.push(r.lease);
             }
         }
-        // Per check: the limit, and the capacity `remaining` is counted
-        // from (the limit; GCRA: the burst).
-        let limits: Vec<(u64, u64)> = checks
+        // Per check: the limit reported (GCRA: the burst).
+        let limits: Vec<u64> = checks
             .iter()
             .map(|c| match c.algorithm {
-                Algorithm::Gcra { window, burst } => {
-                    (c.limit, GcraParams::new(window, c.limit, burst).burst)
-                }
-                _ => (c.limit, c.limit),
+                Algorithm::Gcra { window, burst } => GcraParams::new(window, c.limit, burst).burst,
+                _ => c.limit,
             })
             .collect();
         let mut conn = self.conn.clone();
@@ -503,13 +500,13 @@ impl RedisStore {
             let decisions = limits
                 .iter()
                 .zip(reply.chunks_exact(4))
-                .map(|(&(limit, capacity), r)| {
+                .map(|(&limit, r)| {
                     let used = r[1].max(0) as u64;
                     Decision {
                         allowed: r[0] == 1,
                         limit,
                         used,
-                        remaining: capacity.saturating_sub(used),
+                        remaining: limit.saturating_sub(used),
                         reset: Duration::from_millis(r[2].max(0) as u64),
                         retry_after: (r[3] >= 0).then(|| Duration::from_millis(r[3] as u64)),
                     }

@@ -14,9 +14,11 @@
 //! * is admitted when `d + T·n ≤ C`, and then `tat' = now + d + T·n`;
 //! * otherwise waits `d + T·n − C` (rounded up to the millisecond).
 //!
-//! `remaining = floor((C − d) / T)` (with `d` after consumption when
-//! admitted), `used = B − remaining`, `reset = ceil(d)`: the time until the
-//! bucket is full again.
+//! The decision reports the bucket: `limit = B`, `remaining = floor((C −
+//! d) / T)` (with `d` after consumption when admitted), `used = B −
+//! remaining`, `reset = ceil(d)`: the time until the bucket is full again
+//! (as governor's `remaining_burst_capacity` and tower_governor's
+//! `x-ratelimit-limit` = burst).
 //!
 //! This is governor's `test_n_all_and_update` with `τ = T·(B − 1)`
 //! (`t0 ≥ tat + T·(n − 1) − τ ⟺ d + T·n ≤ T·B`); a property test replays
@@ -103,7 +105,7 @@ fn decide(d: u64, p: Params, check: &Check) -> Decision {
         .then(|| ceil_ms(u64::try_from(need - u128::from(p.cap)).unwrap_or(u64::MAX)));
     Decision {
         allowed,
-        limit: check.limit,
+        limit: p.burst,
         used: p.burst.saturating_sub(remaining),
         remaining,
         reset: ceil_ms(d),

@@ -1465,7 +1465,7 @@ mod tests {
             if limit == 0 || burst == 0 {
                 return Decision {
                     allowed: cost == 0,
-                    limit,
+                    limit: burst,
                     used: burst,
                     remaining: 0,
                     reset: Duration::ZERO,
@@ -1487,7 +1487,7 @@ mod tests {
             let remaining = remaining(after);
             Decision {
                 allowed,
-                limit,
+                limit: burst,
                 used: burst - remaining,
                 remaining,
                 reset: ms(after - now),
