@@ -570,9 +570,12 @@ mod tests {
             assert_eq!((r.algorithm, r.burst), (algorithm, None));
         }
         let r: RateRule =
-            serde_json::from_str(r#"{"limit":5,"window":"1s","algorithm":"gcra","burst":9}"#).unwrap();
+            serde_json::from_str(r#"{"limit":5,"window":"1s","algorithm":"gcra","burst":9}"#)
+                .unwrap();
         assert_eq!(r, RateRule::gcra(5, Duration::from_secs(1), 9));
-        assert!(serde_json::from_str::<RateRule>(r#"{"limit":1,"window":"1m","burst":-1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RateRule>(r#"{"limit":1,"window":"1m","burst":-1}"#).is_err()
+        );
         assert!(serde_json::from_str::<RateRule>(r#"{"limit":1,"window":"1m","x":1}"#).is_err());
         let c: ConcurrencyRule = serde_json::from_str(r#"{"limit":2}"#).unwrap();
         assert_eq!(c.lease_ttl, Duration::from_secs(300));

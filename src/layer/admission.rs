@@ -795,8 +795,7 @@ fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]
         .iter()
         .zip(decisions)
         .filter(|(c, _)| {
-            c.algorithm.rate_window().is_some()
-                || matches!(c.algorithm, Algorithm::Calendar { .. })
+            c.algorithm.rate_window().is_some() || matches!(c.algorithm, Algorithm::Calendar { .. })
         })
         .min_by_key(|(_, d)| (d.allowed, d.remaining))?;
     Some([

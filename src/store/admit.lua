@@ -349,7 +349,9 @@ for i = 1, n do
     if write then
       local whole = fdiv(d, 1000000)
       redis.call('HSET', c.key, 'm', num(now + whole), 'n', num(d - whole * 1000000))
-      redis.call('PEXPIRE', c.key, reset)
+      -- Once full the state equals none; one second of grace (expiry
+      -- runs on the server's clock, a test clock may be slower).
+      redis.call('PEXPIRE', c.key, reset + 1000)
     end
     if not denied then retry = -1 end
   elseif kind == 'sw' then

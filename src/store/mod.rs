@@ -175,10 +175,7 @@ impl From<&RateRule> for Algorithm {
             RateAlgorithm::SlidingWindowApprox => Algorithm::SlidingWindowApprox { window },
             RateAlgorithm::Gcra => Algorithm::Gcra {
                 window,
-                burst: rule
-                    .burst
-                    .or_else(|| rule.limit.max())
-                    .unwrap_or(u64::MAX),
+                burst: rule.burst.or_else(|| rule.limit.max()).unwrap_or(u64::MAX),
             },
         }
     }

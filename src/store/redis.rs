@@ -113,11 +113,11 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
 
+use super::memory::GcraParams;
 use super::{
     Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreError,
     StoreResult,
 };
-use super::memory::GcraParams;
 use crate::future::MaybeReady;
 use crate::plan::Period;
 use crate::tenant::TenantId;

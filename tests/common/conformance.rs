@@ -232,10 +232,7 @@ pub async fn sliding_window_approx_limit<S: CounterStore>(store: S, clock: Arc<M
 
 /// `used = curr + floor(prev * (W - elapsed) / W)` at several points, and
 /// both retry branches with `cost > 1`.
-pub async fn sliding_window_approx_weighting<S: CounterStore>(
-    store: S,
-    clock: Arc<ManualClock>,
-) {
+pub async fn sliding_window_approx_weighting<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
     let t = unique_tenant("sw-weight");
     let w = 60 * SEC;
     let c = |cost| Check::new("calls", approx(w), 10, cost);

@@ -96,5 +96,3 @@ pub(super) fn mul_div_ceil(a: u64, b: u64, c: u64) -> u64 {
     let c = u128::from(c);
     u64::try_from((u128::from(a) * u128::from(b)).div_ceil(c)).unwrap_or(u64::MAX)
 }
-
-

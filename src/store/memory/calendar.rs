@@ -52,5 +52,3 @@ impl Counter for CalendarState {
         None
     }
 }
-
-

@@ -60,7 +60,11 @@ impl Params {
     pub(crate) fn new(window: Duration, limit: u64, burst: u64) -> Self {
         let burst = burst.min(MAX_NS);
         if limit == 0 || burst == 0 {
-            return Self { t: 0, cap: 0, burst };
+            return Self {
+                t: 0,
+                cap: 0,
+                burst,
+            };
         }
         let w = u128::from(super::window_ms(window).min(MAX_NS)) * u128::from(NS);
         let t = w.div_ceil(u128::from(limit)).min(u128::from(MAX_NS)) as u64;
@@ -126,13 +130,7 @@ impl Counter for GcraState {
         decide(self.debt(now), p, check)
     }
 
-    fn admitted(
-        state: Option<&Self>,
-        now: u64,
-        p: Params,
-        check: &Check,
-        decision: &mut Decision,
-    ) {
+    fn admitted(state: Option<&Self>, now: u64, p: Params, check: &Check, decision: &mut Decision) {
         let mut after = state.copied().unwrap_or_default();
         after.consume(now, p, check.cost);
         let later = decide(after.debt(now), p, check);

@@ -78,5 +78,3 @@ impl Counter for Inflight {
         Some(Lease::counter(self.0.clone(), cost))
     }
 }
-
-

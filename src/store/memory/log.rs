@@ -77,13 +77,7 @@ impl Counter for LogState {
         })
     }
 
-    fn admitted(
-        _state: Option<&Self>,
-        _now: u64,
-        w: u64,
-        check: &Check,
-        decision: &mut Decision,
-    ) {
+    fn admitted(_state: Option<&Self>, _now: u64, w: u64, check: &Check, decision: &mut Decision) {
         // The entry just added becomes the oldest one of an empty log.
         if decision.used == 0 && check.cost > 0 {
             decision.reset = std::time::Duration::from_millis(w);
@@ -101,5 +95,3 @@ impl Counter for LogState {
         None
     }
 }
-
-

@@ -692,9 +692,7 @@ impl Tables {
                     .map(|state| state.rebase::<u64>(now, old, g))
             });
             if let Some(state) = moved {
-                self.windows[index]
-                    .counters
-                    .put(tenant.clone(), state);
+                self.windows[index].counters.put(tenant.clone(), state);
             }
         }
         &mut self.windows[index].counters
@@ -1074,7 +1072,10 @@ mod tests {
                     Buckets::Narrow(m) => bytes(m),
                     Buckets::Wide(m) => bytes(m) + m.len() * std::mem::size_of::<SubBuckets<u64>>(),
                 };
-                t.windows.iter().map(|p| buckets(&p.counters)).sum::<usize>()
+                t.windows
+                    .iter()
+                    .map(|p| buckets(&p.counters))
+                    .sum::<usize>()
                     + t.approx.iter().map(|p| bytes(&p.counters)).sum::<usize>()
                     + bytes(&t.gcra)
                     + bytes(&t.logs)
@@ -1275,7 +1276,7 @@ mod tests {
     }
 
     #[test]
-        fn churn_stays_bounded() {
+    fn churn_stays_bounded() {
         let clock = Arc::new(ManualClock::new(T0));
         let store = MemoryStore::builder()
             .shards(8)
