@@ -43,18 +43,17 @@
 //!   `retry_after = e - elapsed`; otherwise wait into the next window, where
 //!   `prev' = curr`: `e = ceil((curr - (limit - cost)) * W / curr)`,
 //!   `retry_after = start + W - now + e`.
-//! * **GCRA** (window `W`, burst `B`; `src/store/memory/gcra.rs`): as governor counts,
-//!   in nanoseconds: emission interval `T = ceil(W_ns / limit)`, tolerance
-//!   `τ = T·(B - 1)`, state `tat` (theoretical arrival time, `now` when
-//!   missing). A request of `cost` units is never admitted when `cost > B`
-//!   (or `limit = 0`); otherwise it is admitted when `now >= tat + T·(cost -
-//!   1) - τ`, and then `tat' = max(tat, now) + T·cost`. The decision
-//!   reports the bucket: `limit = B`, `remaining = floor(min(now + τ + T -
-//!   max(tat, now), τ + T) / T)` (after consumption when admitted), `used =
-//!   B - remaining`, `reset = max(tat, now) - now`
-//!   rounded up to the millisecond (when the bucket is full again),
-//!   `retry_after = tat + T·(cost - 1) - τ - now` rounded up to the
-//!   millisecond.
+//! * **GCRA** (window `W`, burst `B`; `src/store/memory/gcra.rs`): as
+//!   governor counts, in nanoseconds: emission interval `T = ceil(W_ns /
+//!   limit)`, tolerance `τ = T·(B - 1)`, state `tat` (theoretical arrival
+//!   time, `now` when missing). A request of `cost` units is never admitted
+//!   when `cost > B` (or `limit = 0`); otherwise it is admitted when `now >=
+//!   tat + T·(cost - 1) - τ`, and then `tat' = max(tat, now) + T·cost`. The
+//!   decision reports the bucket: `limit = B`, `remaining = floor(min(now +
+//!   τ + T - max(tat, now), τ + T) / T)` (after consumption when admitted),
+//!   `used = B - remaining`, `reset = max(tat, now) - now` rounded up to the
+//!   millisecond (when the bucket is full again), `retry_after = tat +
+//!   T·(cost - 1) - τ - now` rounded up to the millisecond.
 //! * **Sliding log** (window `W`): entries `(t, units)` with `t > now - W`
 //!   count; `used` is their sum; an admitted request adds `(now, cost)`.
 //!   `reset = oldest.t + W - now` (0 when empty). Retry: the oldest entries

@@ -97,11 +97,7 @@ impl GcraState {
 /// The decision at debt `d` (before consumption).
 fn decide(d: u64, p: Params, check: &Check) -> Decision {
     let n = check.cost;
-    let remaining = if p.t == 0 {
-        0
-    } else {
-        p.cap.saturating_sub(d) / p.t
-    };
+    let remaining = p.cap.saturating_sub(d).checked_div(p.t).unwrap_or(0);
     let never = n > 0 && (p.t == 0 || n > p.burst);
     let need = u128::from(d) + u128::from(p.t) * u128::from(n);
     let allowed = !never && need <= u128::from(p.cap);

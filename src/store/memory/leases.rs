@@ -39,8 +39,6 @@ impl Leases {
     }
 }
 
-/// Cache-line aligned so that two shards' locks never share a line.
-
 /// Concurrency: units held by live leases.
 pub(super) struct Inflight(pub(super) Arc<AtomicU64>);
 

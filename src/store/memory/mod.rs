@@ -451,6 +451,7 @@ fn moved(level: u64, delta: i64) -> u64 {
     }
 }
 
+/// Cache-line aligned so that two shards' locks never share a line.
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard(Mutex<Tables>);
