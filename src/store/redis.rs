@@ -13,13 +13,15 @@
 //!
 //! # Key layout
 //!
-//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sw:api_calls_per_minute`.
+//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sb:api_calls_per_minute`.
 //! The tenant is a hash tag, so all keys of a tenant live in one Redis Cluster
 //! slot and a batch is cluster-safe. The default prefix is `tt:`.
 //!
 //! | algorithm | key | type | content | expiry |
 //! |---|---|---|---|---|
-//! | sliding window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | sliding window `W` (8 sub-buckets of `b = ceil(W/8)`) | `tt:{t}:sb:p` | hash | `w` the window ms; per non-empty bucket `j` (index `floor(t/b)`, decimal) its count | when the newest bucket leaves the window (`(j+1)·b + W − 1`) |
+//! | two-counter window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | GCRA | `tt:{t}:gc:p` | hash | `m`, `n`: the theoretical arrival time, ms and ns | 1 s after the bucket is full again |
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
 //! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
 //! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
@@ -351,7 +353,7 @@ impl RedisStore {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
     /// let key = store.key(&"acme".parse()?, &Algorithm::SlidingWindow { window: Duration::from_secs(60) }, "api");
-    /// assert_eq!(key, "tt:{acme}:sw:api");
+    /// assert_eq!(key, "tt:{acme}:sb:api");
     /// # Ok(())
     /// # }
     /// ```

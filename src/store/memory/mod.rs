@@ -78,15 +78,18 @@ const MAX_SHARDS: usize = 4096;
 ///
 /// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
 /// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-/// nothing of its own. Sliding windows, the default rate limit, have one
-/// table per policy keyed by the tenant alone (the policy is found by a
+/// nothing of its own. Sliding windows (sub-bucket and two-counter) have
+/// one table per policy keyed by the tenant alone (the policy is found by a
 /// short scan of the shard's policy names). Memory per key, counting the
 /// hash map's buckets (`size_of::<(Key, Value)>() + 1` control byte per
 /// bucket, at a load factor between 7/16 and 7/8):
 ///
 /// | algorithm | bytes per bucket | heap besides the map |
 /// |---|---|---|
-/// | sliding window | 41 | — |
+/// | sliding window (8 sub-buckets), limits ≤ 65 535 | 41 | — |
+/// | the same, a limit above 65 535 seen for the policy | 25 | 80-byte box |
+/// | sliding window, two counters | 41 | — |
+/// | GCRA | 41 | — |
 /// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
 /// | calendar | 57 | — |
 /// | concurrency | 41 | 24-byte `Arc` |
@@ -99,9 +102,10 @@ const MAX_SHARDS: usize = 4096;
 /// # Eviction
 ///
 /// A counter whose state has fully expired is equivalent to no counter, so it
-/// may be dropped: a sliding window two windows after the start of the
-/// fixed window of its last use, a sliding
-/// log once its last entry left the window, a calendar counter once its
+/// may be dropped: a sub-bucket window once its newest bucket left the
+/// window, a two-counter window two windows after the start of the fixed
+/// window of its last use, a GCRA bucket once full again, a sliding log once
+/// its last entry left the window, a calendar counter once its
 /// period is over, a concurrency counter at zero with no lease alive, a gauge
 /// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
 /// where `n` is the number of counters its previous sweep left (so that the
@@ -120,55 +124,15 @@ const MAX_SHARDS: usize = 4096;
 ///
 /// # Accuracy
 ///
-/// The sliding window counter assumes that the requests of the previous
-/// fixed window were spread evenly over it; the sliding log is exact.
-/// `examples/accuracy.rs` replays request traces through both with a
-/// [`ManualClock`](crate::store::ManualClock) (limit 100 per 60 s window,
-/// one hour of simulated time per trace, cost 1, arrivals from a fixed-seed
-/// xorshift PRNG: Poisson for the steady traces at the given multiple of the
-/// limit; for the bursty ones, bursts of many requests within 1 to 5 s at
-/// Poisson times) and compares the decisions request by request, the log's
-/// being the truth. Two methods:
-///
-/// * **independent** (`wrong +`, `wrong -`): a window store and a log store
-///   see the same arrivals, each with its own state; `wrong +` is the share
-///   of requests the window admits and the log rejects, `wrong -` the other
-///   way round. Once the two disagree their histories differ, so this
-///   compares two limiters as a client experiences them, and counts a
-///   disagreement even when both admit the same number of requests, only
-///   not the same ones.
-/// * **shadow** (`over`, `under`): an exact log is fed only the requests the
-///   window admitted and judges each request against that same history.
-///   `over` is the share of requests the window admitted although its own
-///   admissions of the last 60 s already numbered 100 (the limit was really
-///   exceeded); `under`, those it rejected although they would have fit.
-///   `max/60s` is the most requests the window admitted in any 60 s span.
-///
-/// `cargo run --release --example accuracy`, 2026-11-23, on a 2-core
-/// machine (the example is deterministic: the figures do not depend on the
-/// machine):
-///
-/// ```text
-/// | trace       | requests | log admits | window admits | wrong + | wrong - | over   | under  | max/60s |
-/// |-------------|---------:|-----------:|--------------:|--------:|--------:|-------:|-------:|--------:|
-/// | steady 0.8x |     4855 |       4832 |          4848 |   0.43% |   0.10% |  1.61% |  0.06% |     107 |
-/// | steady 1.0x |     5931 |       5511 |          5589 |   4.64% |   3.32% | 13.78% |  1.92% |     111 |
-/// | steady 1.5x |     9029 |       5904 |          5950 |  15.73% |  15.22% | 18.61% | 10.68% |     107 |
-/// | steady 3x   |    18056 |       5999 |          5996 |  19.11% |  19.12% | 14.64% |  4.16% |     104 |
-/// | bursty 0.9x |     5067 |       3076 |          3095 |   6.02% |   5.64% |  4.91% | 17.76% |     141 |
-/// | bursty 2x   |    12512 |       4269 |          4377 |  10.89% |  10.03% |  6.24% | 30.38% |     176 |
-/// | bursty 5x   |    33139 |       4121 |          4218 |   4.76% |   4.47% |  2.75% | 43.34% |     184 |
-/// ```
-///
-/// Reading: under steady load the window admits within 1.5% as many
-/// requests as the log, and a true 60 s span never held more than 111 (11%
-/// over the limit), but it often picks different requests than the log
-/// (up to 19% each way at 3× the limit). Bursts are its weak case: a burst
-/// at the end of one fixed window is assumed spread over the whole window
-/// and fades too early, so a 60 s span admitted up to 184 (84% over), while
-/// a burst at the start of a window keeps weighing after it left the true
-/// window (`under`). Use [`Algorithm::SlidingLog`] where the limit must hold
-/// exactly; its memory is O(limit) per key instead of O(1).
+/// The sliding log is exact. The default sliding window (8 sub-buckets)
+/// never admits more than the limit in any window-long span and refuses at
+/// most what units admitted up to one bucket (`W/8`) too long ago still
+/// block (formula and bound in `src/store/memory/window.rs`, checked against
+/// brute force by `tests/rate_algorithms.rs`). GCRA decides as governor
+/// does. The two-counter window assumes that the previous fixed window's
+/// requests were spread evenly over it, and errs both ways. `cargo bench
+/// --bench accuracy` measures every algorithm on seven request traces
+/// (BENCHMARKS.md §5).
 ///
 /// A daily quota with a controlled clock:
 ///
