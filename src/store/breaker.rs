@@ -352,8 +352,8 @@ impl Breaker {
                 let (calls, failures) = self.count(&mut inner, now, true);
                 let outage = inner.run >= self.consecutive_failures
                     && now.saturating_duration_since(inner.run_start) >= self.silence;
-                let rate = calls >= self.minimum_calls
-                    && failures * 100 >= self.failure_rate * calls;
+                let rate =
+                    calls >= self.minimum_calls && failures * 100 >= self.failure_rate * calls;
                 if outage || rate {
                     inner.state = State::Open {
                         until: now + self.cool_down,

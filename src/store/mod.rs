@@ -70,9 +70,9 @@ pub mod resilient;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+pub use breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "redis")]
 pub use redis_partitions::ClusterPartitions;
-pub use breaker::{BreakerConfig, BreakerState};
 pub use resilient::{FailurePolicy, Partitions, ResilientStore};
 
 /// How a check counts.

@@ -183,10 +183,7 @@ async fn fetch(store: &RedisStore) -> RedisResult<SlotMap> {
         .query_async(&mut conn)
         .await?;
     parse_slots(&reply).ok_or_else(|| {
-        redis::RedisError::from((
-            redis::ErrorKind::Parse,
-            "unexpected CLUSTER SLOTS reply",
-        ))
+        redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply"))
     })
 }
 
@@ -245,7 +242,10 @@ fn slot_of(prefix: &str, tenant: &str) -> u16 {
             .chain(std::iter::once(b'}'))
     };
     let open = key().position(|b| b == b'{').expect("there is one");
-    let tag_len = key().skip(open + 1).position(|b| b == b'}').expect("there is one");
+    let tag_len = key()
+        .skip(open + 1)
+        .position(|b| b == b'}')
+        .expect("there is one");
     let crc = if tag_len == 0 {
         // An empty tag: the whole key counts; the store's keys continue
         // with `:kind:policy`, so no single slot (not a cluster-safe prefix).

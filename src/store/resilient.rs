@@ -164,7 +164,12 @@ impl Breakers {
         let Some(name) = self.partitions.as_ref().and_then(|p| p.partition(tenant)) else {
             return self.whole.clone();
         };
-        if let Some(b) = self.by_partition.read().iter().find(|b| **b.partition() == *name) {
+        if let Some(b) = self
+            .by_partition
+            .read()
+            .iter()
+            .find(|b| **b.partition() == *name)
+        {
             return b.clone();
         }
         let mut all = self.by_partition.write();
@@ -288,11 +293,7 @@ impl<S: CounterStore> ResilientStore<S> {
     }
 
     /// Rebuilds the breakers (closed) after a change of their settings.
-    fn rebuild(
-        mut self,
-        config: BreakerConfig,
-        partitions: Option<Arc<dyn Partitions>>,
-    ) -> Self {
+    fn rebuild(mut self, config: BreakerConfig, partitions: Option<Arc<dyn Partitions>>) -> Self {
         self.breakers = Arc::new(Breakers::new(config, self.timeout, partitions));
         self
     }
@@ -815,7 +816,12 @@ mod tests {
         fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
             self.0.peek(tenant, checks)
         }
-        fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
+        fn adjust(
+            &self,
+            tenant: &TenantId,
+            policy: &str,
+            delta: i64,
+        ) -> MaybeReady<StoreResult<u64>> {
             self.0.adjust(tenant, policy, delta)
         }
     }
