@@ -214,14 +214,19 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
     // A cost above the limit can never pass: 429 without Retry-After.
     let r = send(&client, req("5000")).await;
     assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "quota_exceeded");
+    assert_eq!(r.header("retry-after"), None, "no wait makes it pass");
+    assert_eq!(used(&store, &dir, "acme", "big").await, 1000);
 }
 
 #[tokio::test]
 async fn feature_gate_and_resource_limit() {
     let (dir, _) = setup();
     let projects = Arc::new(AtomicU64::new(0));
-    let count = projects.clone();
+    let asked = Arc::new(AtomicU64::new(0));
+    let (count, asks) = (projects.clone(), asked.clone());
     let limit = ResourceLimitLayer::new("projects", move |_: Arc<Tenant>, _: Arc<str>| {
+        asks.fetch_add(1, Ordering::SeqCst);
         let n = count.load(Ordering::SeqCst);
         async move { Ok::<_, Infallible>(n) }
     });
@@ -281,6 +286,7 @@ async fn feature_gate_and_resource_limit() {
         (body["limit"].as_u64(), body["usage"].as_u64()),
         (Some(3), Some(3))
     );
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "asked once per request");
     // Unlimited: the usage source is not even asked.
     for _ in 0..5 {
         assert_eq!(
@@ -290,6 +296,8 @@ async fn feature_gate_and_resource_limit() {
             201
         );
     }
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "unlimited: not asked");
+    assert_eq!(projects.load(Ordering::SeqCst), 8, "the handler ran");
 }
 
 #[tokio::test]
