@@ -254,7 +254,7 @@ async fn sigstop_fails_closed_within_1s_and_recovers_within_5s() {
         // While frozen: 503 problem+json only.
         for s in mine
             .iter()
-            .filter(|s| s.sent_ms > paused && s.recv_ms < resumed)
+            .filter(|s| s.sent_ms > frozen && s.recv_ms < resumed)
         {
             assert_eq!(s.status, Some(503), "{s:?}");
             assert_eq!(s.code.as_deref(), Some("unavailable"), "{s:?}");
