@@ -12,7 +12,10 @@
 //! store's [`Clock`] (the memory store) or from the server (`TIME` in Redis).
 //! For each check, `used` is the current level before this request; the check
 //! allows when `used + cost <= limit`. If every check of the batch allows,
-//! each consumes `cost`; otherwise nothing changes. The [`Decision`] reports
+//! each consumes `cost`; otherwise nothing changes — except with shadowed
+//! checks ([`Check::shadow`]): when every check that is not shadowed allows,
+//! those consume, and the shadowed ones consume only when every check of
+//! the batch allows (exactly what they would do if enforced). The [`Decision`] reports
 //! `used` (after consumption when admitted), `remaining = limit - used`
 //! (saturating), `reset`, and on denial `retry_after` (`None` when
 //! `cost > limit`: the request can never pass).
@@ -139,6 +142,11 @@ pub struct Check {
     pub limit: u64,
     /// Units this request consumes (usually 1).
     pub cost: u64,
+    /// Shadow mode: this check never blocks the others. It consumes only
+    /// when every check of the batch allows (as it would if enforced); the
+    /// others consume when every check that is not shadowed allows. Its
+    /// decision says whether it would have refused.
+    pub shadow: bool,
 }
 
 impl Check {
@@ -149,7 +157,32 @@ impl Check {
             algorithm,
             limit,
             cost,
+            shadow: false,
         }
+    }
+
+    /// The same check in shadow mode ([`Check::shadow`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::{Algorithm, Check, CounterStore, MemoryStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let acme = "acme".parse().unwrap();
+    /// let minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+    /// let checks = [Check::new("api", minute, 100, 1), Check::new("new_limit", minute, 1, 1).shadowed()];
+    /// let first = store.admit(&acme, &checks).await.unwrap();
+    /// assert!(first.decisions.iter().all(|d| d.allowed));
+    /// let second = store.admit(&acme, &checks).await.unwrap();
+    /// assert!(!second.decisions[1].allowed, "the shadowed check would refuse");
+    /// assert_eq!(second.decisions[0].used, 2, "the enforced one consumed");
+    /// assert_eq!(second.decisions[1].used, 1, "the shadowed one did not");
+    /// # });
+    /// ```
+    pub fn shadowed(mut self) -> Self {
+        self.shadow = true;
+        self
     }
 }
 
@@ -279,8 +312,19 @@ impl Admission {
     }
 
     /// Whether every check allowed the request (and so it was consumed).
+    /// With shadowed checks, the request is admitted when every check that
+    /// is not shadowed allowed it: see [`admits`](Self::admits).
     pub fn allowed(&self) -> bool {
         self.decisions.iter().all(|d| d.allowed)
+    }
+
+    /// Whether the store admitted `checks` (those of the call): every check
+    /// that is not [shadowed](Check::shadow) allowed.
+    pub fn admits(&self, checks: &[Check]) -> bool {
+        checks
+            .iter()
+            .zip(self.decisions.iter())
+            .all(|(c, d)| d.allowed || c.shadow)
     }
 }
 

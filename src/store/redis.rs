@@ -427,7 +427,11 @@ impl RedisStore {
                 }
                 keys.push(main);
             }
-            args.push(k.to_owned());
+            args.push(if check.shadow {
+                format!("~{k}")
+            } else {
+                k.to_owned()
+            });
             args.push(limit.to_string());
             args.push(cost);
             args.push(param);
