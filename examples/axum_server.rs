@@ -212,18 +212,31 @@ pub async fn shared_store(
 ) -> Result<Arc<dyn CounterStore>, String> {
     #[cfg(feature = "redis")]
     {
+        use tower_tenancy::store::ClusterPartitions;
         use tower_tenancy::{FailurePolicy, RedisStore, ResilientStore};
         let nodes: Vec<&str> = url
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .collect();
-        let redis = if nodes.len() > 1 {
+        let cluster = nodes.len() > 1;
+        let redis = if cluster {
             RedisStore::connect_cluster(nodes).await
         } else {
             RedisStore::connect(url).await
         }
         .map_err(|e| e.to_string())?;
+        // A cluster: one breaker per master, so that a master failing over
+        // degrades only the tenants whose slots it serves.
+        let masters = if cluster {
+            Some(
+                ClusterPartitions::discover(&redis, Duration::from_secs(1))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
         let policy = match failure {
             Some("open") => FailurePolicy::FailOpen,
             Some("closed") => FailurePolicy::FailClosed,
@@ -236,9 +249,11 @@ pub async fn shared_store(
         };
         let timeout_ms = timeout.as_millis();
         tracing::info!(%url, ?policy, timeout_ms, "counters in Redis");
-        Ok(Arc::new(
-            ResilientStore::new(redis).timeout(timeout).policy(policy),
-        ))
+        let resilient = ResilientStore::new(redis).timeout(timeout).policy(policy);
+        Ok(match masters {
+            Some(masters) => Arc::new(resilient.partitioned(masters)),
+            None => Arc::new(resilient),
+        })
     }
     #[cfg(not(feature = "redis"))]
     {

@@ -2,6 +2,12 @@
 //! limits, rate limits, quotas, concurrency (with slot release on completion,
 //! drop, disconnect and panic), gauges and soft limits, with the IETF
 //! RateLimit fields parsed from the wire.
+//!
+//! The memory store runs on a [`ManualClock`] standing at [`T0`]: time moves
+//! only when a test moves it, so `r`, `t`, `Retry-After` and `used` are
+//! exact, and "the request passes at exactly now + Retry-After" is checked
+//! by moving the clock there (and to the millisecond before, where the
+//! algorithm is exact).
 
 #[path = "common/http.rs"]
 mod http_util;
@@ -20,7 +26,7 @@ use http_body_util::Full;
 use http_util::{get as http_get, parse_policy, parse_ratelimit, send, TestServer};
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::resolve::HeaderResolver;
-use tower_tenancy::store::{CounterStore, MemoryStore};
+use tower_tenancy::store::{CounterStore, ManualClock, MemoryStore};
 use tower_tenancy::usage::usage_report;
 use tower_tenancy::{
     AdmissionLayer, Catalog, MemoryDirectory, RequireFeatureLayer, Rule, TenancyLayer, Tenant,
@@ -52,11 +58,24 @@ id = "initech"
 plan = "unlimited"
 "#;
 
+/// 2026-12-03T10:00:30Z: 30 s into a minute, 13 h 59 min 30 s before midnight.
+const T0: u64 = 1_796_292_030_000;
+/// The next UTC midnight after `T0`.
+const MIDNIGHT: u64 = T0 - T0 % 86_400_000 + 86_400_000;
+
 fn setup() -> (MemoryDirectory, Arc<MemoryStore>) {
+    let (dir, store, _) = setup_with_clock();
+    (dir, store)
+}
+
+/// The directory, a memory store on a manual clock at `T0`, and the clock.
+fn setup_with_clock() -> (MemoryDirectory, Arc<MemoryStore>, Arc<ManualClock>) {
     let catalog = Catalog::from_toml_str(PLANS).unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
     (
         MemoryDirectory::from_catalog(&catalog),
-        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryStore::with_clock(clock.clone())),
+        clock,
     )
 }
 
@@ -85,10 +104,15 @@ async fn used(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str, policy: 
 
 #[tokio::test]
 async fn rate_limit_fields_and_429() {
-    let (dir, store) = setup();
+    let (dir, store, clock) = setup_with_clock();
     let app = Router::new()
         .route("/api", get(|| async { "ok" }))
         .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::rate("api")))
+        .route(
+            "/exact",
+            get(|| async { "ok" })
+                .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::rate("exact"))),
+        )
         .layer(tenancy(&dir));
     let server = TestServer::start(app).await;
     let client = http_util::client();
@@ -116,7 +140,40 @@ async fn rate_limit_fields_and_429() {
     assert_eq!(body["limit"], 5);
     assert_eq!(body["usage"], 5);
     assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["retry_after"], retry);
     assert_eq!(parse_ratelimit(r.header("ratelimit").unwrap()).1, 0);
+    assert_eq!(
+        used(&store, &dir, "acme", "api").await,
+        5,
+        "the 429 took nothing"
+    );
+    // The request passes at exactly now + Retry-After.
+    clock.advance_ms(retry * 1000);
+    let r = http_get(&client, &server.url("/api"), &acme).await;
+    assert_eq!(r.status, 200, "at now + Retry-After ({retry} s)");
+
+    // The sliding log is exact: 4 requests at one instant, the 5th waits
+    // exactly one window (60 s); refused 1 ms before, admitted at 60 s.
+    let exact_url = server.url("/exact");
+    let exact = || http_get(&client, &exact_url, &acme);
+    for expected_remaining in (0..4).rev() {
+        let r = exact().await;
+        assert_eq!(r.status, 200);
+        let (_, remaining, reset) = parse_ratelimit(r.header("ratelimit").unwrap());
+        assert_eq!((remaining, reset), (expected_remaining, 60));
+    }
+    let r = exact().await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    clock.advance_ms(60_000 - 1);
+    let r = exact().await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"), "1 ms left, rounded up");
+    clock.advance_ms(1);
+    let r = exact().await;
+    assert_eq!(r.status, 200, "at exactly now + Retry-After");
+    // The four entries left the window together: 3 remain after this one.
+    assert_eq!(parse_ratelimit(r.header("ratelimit").unwrap()).1, 3);
 
     // Another tenant has its own counter; an unlimited plan is not counted.
     assert_eq!(
@@ -134,7 +191,7 @@ async fn rate_limit_fields_and_429() {
 
 #[tokio::test]
 async fn quota_skip_rules_cost_and_all_or_nothing() {
-    let (dir, store) = setup();
+    let (dir, store, clock) = setup_with_clock();
     let runs = AdmissionLayer::new(store.clone())
         .rule(Rule::rate("api"))
         .rule(Rule::quota("runs").skip_methods([Method::GET]));
@@ -184,17 +241,12 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
         (body["limit"].as_u64(), body["usage"].as_u64()),
         (Some(2), Some(2))
     );
-    // Retry-After points at the next UTC midnight.
-    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let to_midnight = 86_400 - now % 86_400;
-    assert!(
-        retry.abs_diff(to_midnight) <= 2,
-        "retry {retry} vs {to_midnight}"
+    // Retry-After points at the next UTC midnight, exactly.
+    assert_eq!(
+        r.header("retry-after"),
+        Some((MIDNIGHT - T0).div_ceil(1000).to_string().as_str())
     );
+    assert_eq!(body["retry_after"], (MIDNIGHT - T0) / 1000);
     // All or nothing: the refused POST consumed no rate-limit unit.
     assert_eq!(used(&store, &dir, "acme", "api").await, 3);
     assert_eq!(used(&store, &dir, "acme", "runs").await, 2);
@@ -214,14 +266,29 @@ async fn quota_skip_rules_cost_and_all_or_nothing() {
     // A cost above the limit can never pass: 429 without Retry-After.
     let r = send(&client, req("5000")).await;
     assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "quota_exceeded");
+    assert_eq!(r.header("retry-after"), None, "no wait makes it pass");
+    assert_eq!(used(&store, &dir, "acme", "big").await, 1000);
+
+    // The day's quota: still refused 1 ms before midnight, open at midnight.
+    clock.set_ms(MIDNIGHT - 1);
+    let r = post_as(&client, &url, "acme").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    clock.set_ms(MIDNIGHT);
+    let r = post_as(&client, &url, "acme").await;
+    assert_eq!(r.status, 200, "a new day");
+    assert_eq!(used(&store, &dir, "acme", "runs").await, 1);
 }
 
 #[tokio::test]
 async fn feature_gate_and_resource_limit() {
     let (dir, _) = setup();
     let projects = Arc::new(AtomicU64::new(0));
-    let count = projects.clone();
+    let asked = Arc::new(AtomicU64::new(0));
+    let (count, asks) = (projects.clone(), asked.clone());
     let limit = ResourceLimitLayer::new("projects", move |_: Arc<Tenant>, _: Arc<str>| {
+        asks.fetch_add(1, Ordering::SeqCst);
         let n = count.load(Ordering::SeqCst);
         async move { Ok::<_, Infallible>(n) }
     });
@@ -281,6 +348,7 @@ async fn feature_gate_and_resource_limit() {
         (body["limit"].as_u64(), body["usage"].as_u64()),
         (Some(3), Some(3))
     );
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "asked once per request");
     // Unlimited: the usage source is not even asked.
     for _ in 0..5 {
         assert_eq!(
@@ -290,6 +358,8 @@ async fn feature_gate_and_resource_limit() {
             201
         );
     }
+    assert_eq!(asked.load(Ordering::SeqCst), 4, "unlimited: not asked");
+    assert_eq!(projects.load(Ordering::SeqCst), 8, "the handler ran");
 }
 
 #[tokio::test]
@@ -349,17 +419,49 @@ async fn gauge_reserves_atomically_and_gives_back_on_failure() {
     );
 }
 
+/// Where `hold` handlers wait: counted in `held`, released when `open` is true.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn closed() -> Self {
+        Self {
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+            held: Arc::default(),
+        }
+    }
+
+    /// Polls (up to 10 s) until `n` handlers wait at the gate.
+    async fn until_held(&self, n: usize) {
+        for _ in 0..500 {
+            if self.held.load(Ordering::SeqCst) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{} handlers held, expected {n}",
+            self.held.load(Ordering::SeqCst)
+        );
+    }
+}
+
 /// A handler whose behaviour is chosen by the request: finish, stream
-/// forever, or panic.
-async fn job(req: Request<Body>) -> axum::response::Response {
+/// forever, wait at the gate (`hold`), or panic.
+async fn job(gate: Gate, req: Request<Body>) -> axum::response::Response {
     match req.headers().get("x-mode").and_then(|v| v.to_str().ok()) {
         Some("panic") => panic!("handler panicked (on purpose)"),
         Some("stream") => {
             let stream = futures_stream();
             axum::response::Response::new(Body::from_stream(stream))
         }
-        Some("slow") => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        Some("hold") => {
+            gate.held.fetch_add(1, Ordering::SeqCst);
+            let _ = gate.open.subscribe().wait_for(|open| *open).await;
+            gate.held.fetch_sub(1, Ordering::SeqCst);
             axum::response::Response::new(Body::from("done"))
         }
         _ => axum::response::Response::new(Body::from("done")),
@@ -374,8 +476,9 @@ fn futures_stream() -> impl tokio_stream::Stream<Item = Result<Bytes, Infallible
         .map(|i| Ok(Bytes::from(format!("{i}\n"))))
 }
 
+/// Polls (up to 10 s) until no slot is used; the slots used at the end.
 async fn wait_for_zero(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str) -> u64 {
-    for _ in 0..250 {
+    for _ in 0..500 {
         let n = used(store, dir, tenant, "jobs").await;
         if n == 0 {
             return 0;
@@ -388,10 +491,12 @@ async fn wait_for_zero(store: &MemoryStore, dir: &MemoryDirectory, tenant: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic() {
     let (dir, store) = setup();
+    let gate = Gate::closed();
+    let handler_gate = gate.clone();
     let app = Router::new()
         .route(
             "/jobs",
-            post(job)
+            post(move |req| job(handler_gate.clone(), req))
                 .route_layer(AdmissionLayer::new(store.clone()).rule(Rule::concurrency("jobs"))),
         )
         .layer(tenancy(&dir));
@@ -405,17 +510,20 @@ async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic(
             .unwrap()
     };
 
-    // Two slow jobs hold both slots; a third is refused.
-    let a = tokio::spawn(send_owned(client.clone(), req("slow")));
-    let b = tokio::spawn(send_owned(client.clone(), req("slow")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two jobs held at the gate hold both slots; a third is refused.
+    let a = tokio::spawn(send_owned(client.clone(), req("hold")));
+    let b = tokio::spawn(send_owned(client.clone(), req("hold")));
+    gate.until_held(2).await;
     let r = send(&client, req("fast")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["code"], "concurrency_limited");
-    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(used(&store, &dir, "acme", "jobs").await, 2);
+    gate.open.send_replace(true);
     assert_eq!(a.await.unwrap().status, 200);
     assert_eq!(b.await.unwrap().status, 200);
     assert_eq!(wait_for_zero(&store, &dir, "acme").await, 0);
+    gate.open.send_replace(false);
 
     // An open streaming body holds its slot; dropping the response (client
     // disconnect) frees it.
@@ -431,17 +539,23 @@ async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic(
     let mut tasks = Vec::new();
     for i in 0..2000u32 {
         let client = client.clone();
-        let request = req(match i % 4 {
+        let mode = match i % 4 {
             0 => "fast",
             1 => "stream",
             2 => "panic",
-            _ => "slow",
-        });
+            _ => "hold",
+        };
+        let request = req(mode);
         let completed = completed.clone();
         tasks.push(tokio::spawn(async move {
-            // Slow handlers outlive the 50 ms timeout: the client gives up.
-            let answered =
-                tokio::time::timeout(Duration::from_millis(50), client.request(request)).await;
+            // Held handlers never answer (the gate stays closed): the
+            // client gives up after 20 ms, admitted or not yet.
+            let patience = if mode == "hold" {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_secs(30)
+            };
+            let answered = tokio::time::timeout(patience, client.request(request)).await;
             if let Ok(Ok(resp)) = answered {
                 completed.fetch_add(1, Ordering::Relaxed);
                 // Streams are dropped unread: the client disconnects.
@@ -457,9 +571,12 @@ async fn concurrency_slots_are_released_on_completion_drop_disconnect_and_panic(
     for t in tasks {
         t.await.unwrap();
     }
+    // Every fast and stream request is answered (200, or 429 while the
+    // slots are taken); admitted panics close the connection.
     assert!(
-        completed.load(Ordering::Relaxed) > 500,
-        "most requests got an answer"
+        completed.load(Ordering::Relaxed) >= 1000,
+        "{} answered",
+        completed.load(Ordering::Relaxed)
     );
     assert_eq!(
         wait_for_zero(&store, &dir, "acme").await,

@@ -17,7 +17,7 @@ use http::Request;
 use http_body_util::Full;
 use http_util::{get as http_get, parse_ratelimit, send, HttpClient, Reply, TestServer};
 use serde_json::{json, Value};
-use tower_tenancy::store::{CounterStore, MemoryStore};
+use tower_tenancy::store::{CounterStore, ManualClock, MemoryStore};
 use tower_tenancy::{Catalog, RedisStore};
 
 const ADMIN: (&str, &str) = ("authorization", "Bearer s3cret");
@@ -210,7 +210,11 @@ async fn admin_rejects_missing_and_wrong_tokens_and_bad_input() {
 
 #[tokio::test]
 async fn plan_status_and_catalog_reload_apply_to_the_next_request_and_keep_counters() {
-    let demo = start(Arc::new(MemoryStore::new())).await;
+    // Time stands still: the exact counts below cannot move with a minute.
+    let demo = start(Arc::new(MemoryStore::with_clock(Arc::new(
+        ManualClock::new(T0),
+    ))))
+    .await;
     let acme = [("x-tenant-id", "acme")];
     for _ in 0..3 {
         assert_eq!(demo.get("/v1/me", &acme).await.status, 200);
@@ -286,7 +290,21 @@ async fn plan_status_and_catalog_reload_apply_to_the_next_request_and_keep_count
     assert_eq!(demo.get("/v1/me", &acme).await.json()["plan"], "enterprise");
 }
 
-async fn usage_equals_consumption(store: Arc<dyn CounterStore>) {
+/// 2026-12-03T10:00:30Z: 30 s into a minute, 13 h 59 min 30 s before midnight.
+const T0: u64 = 1_796_292_030_000;
+
+/// `clock`: the store's manual clock (exact figures), or `None` for a store
+/// on real time (Redis), where only what holds at any instant is asserted.
+async fn usage_equals_consumption(store: Arc<dyn CounterStore>, clock: Option<Arc<ManualClock>>) {
+    let started = std::time::Instant::now();
+    let day = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400
+    };
+    let first_day = day();
     let demo = start(store).await;
     let h = [
         ("x-tenant-id", "globex"),
@@ -315,32 +333,59 @@ async fn usage_equals_consumption(store: Arc<dyn CounterStore>) {
     let usage = demo.usage("globex").await;
     assert_eq!(usage["plan"], "pro");
     let api = policy(&usage, "api_calls_per_minute");
-    assert_eq!(api["used"], 12);
-    assert_eq!(api["limit"], 300);
-    assert_eq!(api["remaining"], 288);
-    assert_eq!(api["utilization_percent"], 4.0);
     let runs = policy(&usage, "executions_per_day");
-    assert_eq!(
-        (runs["used"].as_u64(), runs["limit"].as_u64()),
-        (Some(3), Some(5000))
-    );
-    let reset = runs["reset_seconds"].as_u64().unwrap();
-    assert!((1..=86_400).contains(&reset));
+    assert_eq!(api["limit"], 300);
+    assert_eq!(runs["limit"], 5000);
     assert_eq!(policy(&usage, "concurrent_executions")["used"], 0);
     assert_eq!(policy(&usage, "workflows")["used"], 4);
+    let used = |p: &Value| p["used"].as_u64().unwrap();
+    if clock.is_some() {
+        // Time stood still: exact figures.
+        assert_eq!(used(api), 12);
+        assert_eq!(api["remaining"], 288);
+        assert_eq!(api["utilization_percent"], 4.0);
+        assert_eq!(used(runs), 3);
+        let midnight = T0 - T0 % 86_400_000 + 86_400_000;
+        assert_eq!(runs["reset_seconds"], (midnight - T0) / 1000);
+    } else {
+        // Real time: a window boundary may have passed during the test,
+        // discounting at most the share of the 12 calls that the elapsed
+        // time is of the window; a UTC midnight may have reset the quota.
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let least = 12 - (12 * elapsed_ms).div_ceil(60_000).min(12);
+        assert!(
+            (least..=12).contains(&used(api)),
+            "api used {api}, at least {least}"
+        );
+        assert_eq!(api["remaining"].as_u64().unwrap(), 300 - used(api));
+        let runs_least = if day() == first_day { 3 } else { 0 };
+        assert!((runs_least..=3).contains(&used(runs)), "runs {runs}");
+        let reset = runs["reset_seconds"].as_u64().unwrap();
+        assert!((1..=86_400).contains(&reset));
+    }
     // Reading usage consumed nothing.
     let again = demo.usage("globex").await;
-    assert_eq!(policy(&again, "api_calls_per_minute")["used"], 12);
+    let api_again = used(policy(&again, "api_calls_per_minute"));
+    if clock.is_some() {
+        assert_eq!(api_again, 12);
+    } else {
+        assert!(api_again <= used(api), "{api_again} after {}", used(api));
+    }
 }
 
 #[tokio::test]
 async fn usage_equals_consumption_on_memory() {
-    usage_equals_consumption(Arc::new(MemoryStore::new())).await;
+    let clock = Arc::new(ManualClock::new(T0));
+    usage_equals_consumption(
+        Arc::new(MemoryStore::with_clock(clock.clone())),
+        Some(clock),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn usage_equals_consumption_on_redis() {
     let redis = redis_server::RedisServer::new();
     let store = RedisStore::connect(redis.url().as_str()).await.unwrap();
-    usage_equals_consumption(Arc::new(store)).await;
+    usage_equals_consumption(Arc::new(store), None).await;
 }

@@ -26,7 +26,7 @@ use tower_tenancy::layer::feature::RequireFeatureLayer;
 use tower_tenancy::layer::limit::ResourceLimitLayer;
 use tower_tenancy::resolve::HeaderResolver;
 use tower_tenancy::store::{
-    Admission, Check, CounterStore, Decisions, MemoryStore, StoreError, StoreResult,
+    Admission, Check, CounterStore, Decisions, ManualClock, MemoryStore, StoreError, StoreResult,
 };
 use tower_tenancy::{Catalog, MemoryDirectory, TenancyLayer, Tenant, TenantId};
 
@@ -355,10 +355,16 @@ async fn feature_gate() {
     );
 }
 
+/// 2026-12-03T10:00:30Z: 30 s into a minute, 13 h 59 min 30 s before midnight.
+const T0: u64 = 1_796_292_030_000;
+
+/// The stores run on a manual clock: exact fields, and the refused call
+/// passes at exactly now + `retry-after`.
 #[tokio::test]
 async fn rate_limit_and_quota_exhausted_with_metadata() {
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
     let server = serve!(Server::builder()
         .layer(tenancy())
         .layer(AdmissionLayer::new(store.clone()).rule(Rule::rate("calls")))
@@ -389,12 +395,18 @@ async fn rate_limit_and_quota_exhausted_with_metadata() {
     assert!((1..=retry).contains(&t), "t {t}, retry-after {retry}");
     // Other tenants have their own counters.
     client.check(check_req("globex")).await.unwrap();
+    // The call passes at exactly now + retry-after.
+    clock.advance_ms(retry * 1000);
+    client.check(check_req("acme")).await.unwrap();
 
     // A calendar quota (separate server, fresh store): 2 a day.
     let (_reporter, health) = tonic_health::server::health_reporter();
+    let clock = Arc::new(ManualClock::new(T0));
     let server = serve!(Server::builder()
         .layer(tenancy())
-        .layer(AdmissionLayer::new(MemoryStore::new()).rule(Rule::quota("daily")))
+        .layer(
+            AdmissionLayer::new(MemoryStore::with_clock(clock.clone())).rule(Rule::quota("daily"))
+        )
         .add_service(health));
     let mut client = server.client().await;
     client.check(check_req("acme")).await.unwrap();
@@ -402,8 +414,19 @@ async fn rate_limit_and_quota_exhausted_with_metadata() {
     let status = client.check(check_req("acme")).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "daily: 2 of 2 used");
-    assert!(meta(&status, "retry-after").is_some());
-    assert!(meta(&status, "ratelimit").is_some());
+    let midnight = T0 - T0 % 86_400_000 + 86_400_000;
+    let to_midnight = (midnight - T0) / 1000;
+    assert_eq!(
+        meta(&status, "retry-after"),
+        Some(to_midnight.to_string().as_str())
+    );
+    let (_, r, t) = parse_ratelimit(meta(&status, "ratelimit").unwrap());
+    assert_eq!((r, t), (0, to_midnight));
+    clock.set_ms(midnight - 1);
+    let status = client.check(check_req("acme")).await.unwrap_err();
+    assert_eq!(meta(&status, "retry-after"), Some("1"));
+    clock.set_ms(midnight);
+    client.check(check_req("acme")).await.unwrap();
 }
 
 #[tokio::test]

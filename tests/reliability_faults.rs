@@ -7,8 +7,11 @@
 //! restarted, frozen with SIGSTOP, or — in a Redis Cluster with replicas —
 //! the master serving the tenant is killed and a replica takes over.
 //!
-//! Asserted: no panic; every request answered, none slower than the 100 ms
-//! timeout + 400 ms; the failure policy holds while Redis is away (fail-open
+//! Asserted: no panic; every request answered, none slower than a sanity
+//! bound of 2 s (below the 3 s outage: no request waits for Redis to come
+//! back; the slowest and p99 are printed as figures); the failure policy
+//! holds while Redis is away, timed from the confirmed fault (the process
+//! reaped or stopped, PING unanswered) to the restart (fail-open
 //! → 200, fail-closed → 503 problem+json `unavailable` with Retry-After,
 //! fallback → 200 within each instance's local limits); and every instance
 //! counts in Redis again within a few seconds of the recovery (measured:
@@ -38,7 +41,9 @@ use rel::{drive, histogram, key, remaining, request, scale, unix_ms, Load, Shot}
 
 const INSTANCES: usize = 2;
 const TIMEOUT: Duration = Duration::from_millis(100);
-const SLACK: Duration = Duration::from_millis(400);
+/// No answer may take this long (a sanity bound, shorter than an outage:
+/// a request that waited for Redis to come back would exceed it).
+const SANITY: Duration = Duration::from_secs(2);
 const BIG: u64 = 1_000_000;
 
 /// `big`: the load; `small0`..`small15`: 20 a minute, to see local limits
@@ -137,17 +142,20 @@ async fn until_all_count(
     }
 }
 
-/// An outage: `[down, up]` in Unix ms.
+/// An outage in Unix ms: the fault was caused after `before`, confirmed at
+/// `down` (the process reaped or stopped, PING unanswered), and lasted at
+/// least until `up`.
 #[derive(Clone, Copy)]
 struct Outage {
+    before: f64,
     down: f64,
     up: f64,
 }
 
 impl Outage {
-    /// Sent after the fault began and answered before it ended.
+    /// Sent after the fault was confirmed and answered before it ended.
     fn contains(&self, s: &Shot) -> bool {
-        s.sent_ms >= self.down + 10.0 && s.recv_ms <= self.up
+        s.sent_ms >= self.down && s.recv_ms <= self.up
     }
 }
 
@@ -173,21 +181,18 @@ fn check_shots(policy: &str, shots: &[Shot], outages: &[Outage]) -> String {
     rel::silence_deliberate_panics();
     for s in shots {
         assert!(s.status.is_some(), "no answer: {s:?}");
-        assert!(
-            s.took <= TIMEOUT + SLACK,
-            "a request took {:?}: {s:?}",
-            s.took
-        );
+        assert!(s.took <= SANITY, "a request took {:?}: {s:?}", s.took);
     }
     let during: Vec<&Shot> = shots
         .iter()
         .filter(|s| outages.iter().any(|o| o.contains(s)))
         .collect();
+    assert!(!during.is_empty(), "no request fell inside an outage");
     for s in &during {
         assert_policy(policy, s);
     }
-    let first_down = outages[0].down;
-    let before: Vec<&Shot> = shots.iter().filter(|s| s.recv_ms < first_down).collect();
+    let first_fault = outages[0].before;
+    let before: Vec<&Shot> = shots.iter().filter(|s| s.recv_ms < first_fault).collect();
     assert!(!before.is_empty());
     for s in &before {
         assert_eq!(s.status, Some(200), "before the fault: {s:?}");
@@ -227,23 +232,27 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
     let bases: Vec<String> = insts.iter().map(|i| i.url("")).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&bases, "big", &stop);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(server.cli(&["ZCARD", &log_key("big")]).trim() != "0");
+    rel::wait_until(Duration::from_secs(10), || {
+        server.int(&["ZCARD", &log_key("big")]) > 0
+    })
+    .await
+    .expect("the load counted in Redis");
 
     let cycles = scale(1, 4);
-    let away = Duration::from_millis(scale(1500, 5000) as u64);
+    let away = Duration::from_millis(scale(3000, 5000) as u64);
     let mut outages = Vec::new();
     let mut figures = Vec::new();
     let mut small = Vec::new();
     for cycle in 0..cycles {
-        let down = unix_ms();
+        let before = unix_ms();
+        // Both return once the fault is confirmed.
         match fault {
             Fault::Kill => server.stop(),
             Fault::Pause => server.pause(),
         }
+        let down = unix_ms();
         if policy == "fallback" {
             // Local limits: 30 requests per instance on a 20/min tenant.
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let shots = drive(
                 &bases,
                 Load {
@@ -281,11 +290,11 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
             Fault::Kill => server.start(),
             Fault::Pause => server.resume(),
         }
-        outages.push(Outage { down, up });
+        outages.push(Outage { before, down, up });
         // Redis counts again (any instance): a restarted server is empty.
         let first = if fault == Fault::Kill {
             rel::wait_until(Duration::from_secs(15), || {
-                server.cli(&["ZCARD", &log_key("big")]).trim() != "0"
+                server.int(&["ZCARD", &log_key("big")]) > 0
             })
             .await
         } else {
@@ -295,13 +304,7 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
         let all = until_all_count(
             &bases,
             "probe",
-            || {
-                server
-                    .cli(&["ZCARD", &probe_key])
-                    .trim()
-                    .parse()
-                    .unwrap_or(0)
-            },
+            || server.int(&["ZCARD", &probe_key]) as u64,
             up_instant,
         )
         .await;
@@ -318,7 +321,6 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
             }
         ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let shots = load.await.unwrap();
     let summary = check_shots(policy, &shots, &outages);
@@ -422,11 +424,18 @@ async fn cluster_master_killed_replica_takes_over() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&bases, victim, &stop);
     let load_other = start_load(&bases, other, &stop);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim_node_ref = &cluster.nodes()[victim_node];
+    rel::wait_until(Duration::from_secs(10), || {
+        victim_node_ref.int(&["ZCARD", &log_key(victim)]) > 0
+    })
+    .await
+    .expect("the load counted in Redis");
 
-    let down = unix_ms();
+    let before = unix_ms();
     let killed_at = Instant::now();
+    // Returns once the process is reaped and PING goes unanswered.
     cluster.node_mut(victim_node).stop();
+    let down = unix_ms();
     // A replica is promoted: another node serves the slot, and every
     // running node says cluster_state:ok.
     let victim_key = log_key(victim);
@@ -447,39 +456,40 @@ async fn cluster_master_killed_replica_takes_over() {
     let all = until_all_count(
         &bases,
         probe,
-        || {
-            cluster_ref
-                .node_for(&probe_key)
-                .cli(&["ZCARD", &probe_key])
-                .trim()
-                .parse()
-                .unwrap_or(0)
-        },
+        || cluster_ref.node_for(&probe_key).int(&["ZCARD", &probe_key]) as u64,
         killed_at,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let shots = load.await.unwrap();
     let other_shots = load_other.await.unwrap();
+    // No replica is promoted before the node timeout (2 s) has passed since
+    // the kill: the failover measured ends later, and until 1.5 s after the
+    // kill the slot certainly had no master.
+    let no_master_until = before + 1500.0;
+    assert!(
+        up >= no_master_until,
+        "failover over {:.0} ms after the kill, before the node timeout",
+        up - before
+    );
     // While the slot had no master: fail-closed answers.
     let summary = check_shots(
         policy,
         &shots,
         &[Outage {
+            before,
             down,
-            up: down + 1500.0,
+            up: no_master_until,
         }],
     );
     for s in &other_shots {
         assert!(s.status.is_some(), "no answer: {s:?}");
-        assert!(s.took <= TIMEOUT + SLACK, "a request took {:?}", s.took);
+        assert!(s.took <= SANITY, "a request took {:?}", s.took);
         assert!(matches!(s.status, Some(200 | 503)), "{s:?}");
     }
     let other_503 = other_shots.iter().filter(|s| s.status == Some(503)).count();
     let other_slowest = rel::slowest(&other_shots);
     assert_eq!(rel::UNEXPECTED_PANICS.load(Ordering::SeqCst), panics);
-    let _ = up;
     println!(
         "FIGURES faults cluster failover (3 masters + 3 replicas, node timeout 2 s), \
          fail-{policy}, {INSTANCES} instances: cluster set up in {setup:?}; tenant {victim}: {summary}"

@@ -166,7 +166,7 @@ async fn exact_counts(backend: Backend) {
     check_answers("quota", &shots, 200, 429, "quota_exceeded");
     let admitted = count(&shots, 200);
     let cal = key("quota", "cal", "executions_per_day");
-    let in_redis = backend.int(&cal, &["HGET", &cal, "c"]);
+    let in_redis = backend.int_or_nil(&cal, &["HGET", &cal, "c"]);
     figures.push(format!(
         "calendar quota 150/day: sent {sent}, admitted {admitted}, in Redis {in_redis} [{}]",
         histogram(&shots)
@@ -184,7 +184,7 @@ async fn exact_counts(backend: Backend) {
     check_answers("gauge", &shots, 201, 403, "resource_limit_reached");
     let admitted = count(&shots, 201);
     let g = key("seats", "g", "seats");
-    let in_redis = backend.int(&g, &["GET", &g]);
+    let in_redis = backend.int_or_nil(&g, &["GET", &g]);
     figures.push(format!(
         "gauge 40: sent {sent}, admitted {admitted}, in Redis {in_redis} [{}]",
         histogram(&shots)
@@ -197,7 +197,8 @@ async fn exact_counts(backend: Backend) {
     let cc = key("conc", "cc", "concurrent_executions");
     let rounds = scale(3, 20);
     let mut released_in = Duration::ZERO;
-    for round in 0..rounds {
+    let (mut round, mut retries) = (0, 0);
+    while round < rounds {
         let shots = drive(
             &bases,
             Load {
@@ -216,10 +217,20 @@ async fn exact_counts(backend: Backend) {
         .await;
         check_answers("concurrency", &shots, 200, 429, "concurrency_limited");
         let spread = shots.last().unwrap().sent_ms - shots[0].sent_ms;
-        assert!(
-            spread < 1000.0,
-            "round {round}: requests spread over {spread} ms"
-        );
+        if spread >= 1000.0 {
+            // The machine was too busy to send the round within the 1.5 s
+            // the executions last: the round proves nothing; run it again.
+            println!("FIGURES multi: round {round} spread over {spread} ms, run again");
+            retries += 1;
+            assert!(retries < 5, "five rounds spread over more than 1 s");
+            rel::wait_until(Duration::from_secs(10), || {
+                backend.int(&cc, &["ZCARD", &cc]) == 0
+            })
+            .await
+            .expect("leases left in Redis after a round");
+            continue;
+        }
+        round += 1;
         assert_eq!(
             count(&shots, 200),
             5,

@@ -219,7 +219,7 @@ async fn exact(backend: Backend) {
     .await;
     only("quota", &shots, &[200, 429]);
     let cal = key("quota", "cal", "executions_per_day");
-    let in_redis = backend.int(&cal, &["HGET", &cal, "c"]);
+    let in_redis = backend.int_or_nil(&cal, &["HGET", &cal, "c"]);
     println!(
         "FIGURES processes {} ({PROCESSES} demo processes): calendar quota 150/day: sent {sent}, \
          admitted {}, in Redis {in_redis} [{}]",

@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod breaker;
 pub(crate) mod calendar;
 mod clock;
 mod memory;
@@ -66,11 +67,16 @@ use crate::tenant::TenantId;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod redis_partitions;
 pub mod resilient;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-pub use resilient::{BreakerState, FailurePolicy, ResilientStore};
+pub use breaker::{BreakerConfig, BreakerState};
+#[cfg(feature = "redis")]
+pub use redis_partitions::ClusterPartitions;
+pub use resilient::{FailurePolicy, Partitions, ResilientStore};
 
 /// How a check counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

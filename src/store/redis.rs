@@ -292,6 +292,19 @@ impl RedisStore {
         Self::from_conn(Conn::Cluster(conn))
     }
 
+    /// The cluster connection, for [`ClusterPartitions`](super::ClusterPartitions).
+    pub(crate) fn cluster_connection(&self) -> Option<ClusterConnection> {
+        match &self.conn {
+            Conn::Cluster(c) => Some(c.clone()),
+            Conn::Single(_) => None,
+        }
+    }
+
+    /// The key prefix.
+    pub(crate) fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn from_conn(conn: Conn) -> Self {
         Self {
             conn,

@@ -1,13 +1,18 @@
-//! [`ResilientStore`]: timeouts, a failure policy and a circuit breaker
+//! [`ResilientStore`]: timeouts, a failure policy and circuit breakers
 //! around any [`CounterStore`].
 //!
 //! A shared store (Redis) can be slow or gone. The wrapper bounds every call
-//! by a timeout, counts consecutive failures, and after `failures` of them
-//! opens a breaker for a cool-down during which the store is not called at
-//! all (so a dead store does not add a timeout to every request). After the
-//! cool-down the breaker is half-open: one probe call goes to the store,
-//! while the other calls are answered by the policy; a successful probe
-//! closes the breaker, a failed one opens it again.
+//! by a timeout and feeds each outcome to a circuit breaker that tells an
+//! outage from a hiccup (see [`breaker`](crate::store::breaker) for the
+//! rules: by default it opens after 3 failures in a row spanning 2 × the
+//! timeout, or 50 % failures of at least 20 calls over 10 s; it probes again
+//! after 1 s). While a breaker is open its store is not called at all, so a
+//! dead store does not add a timeout to every request.
+//!
+//! With [`partitioned`](ResilientStore::partitioned) there is one breaker
+//! per partition of the store — per Redis Cluster master with
+//! [`ClusterPartitions`](crate::store::ClusterPartitions) — so that a master
+//! failing over degrades only the tenants whose slots it serves.
 //!
 //! While the store cannot answer, the [`FailurePolicy`] decides:
 //!
@@ -18,9 +23,8 @@
 //! * [`Fallback`](FailurePolicy::Fallback): ask a local store instead
 //!   (typically an in-memory store: per-instance limits, better than none).
 //!
-//! Transitions of the breaker are logged with `tracing` at WARN level; each
-//! failure at DEBUG. A store answer that arrives after the breaker opened
-//! (a call started before) closes it: the store is answering again.
+//! Transitions of a breaker are logged with `tracing` at WARN level; each
+//! failure at DEBUG.
 //!
 //! Typical wiring, Redis with a local fallback:
 //!
@@ -33,8 +37,7 @@
 //!
 //! let store = ResilientStore::new(RedisStore::connect("redis://127.0.0.1:6379").await?)
 //!     .timeout(Duration::from_millis(50))
-//!     .fallback(MemoryStore::new())
-//!     .breaker(5, Duration::from_secs(2));
+//!     .fallback(MemoryStore::new());
 //! # Ok(())
 //! # }
 //! ```
@@ -43,9 +46,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
+use super::breaker::{Breaker, BreakerConfig, BreakerState};
 use super::{Admission, Check, CounterStore, Decision, Decisions, StoreError, StoreResult};
 use crate::future::MaybeReady;
 use crate::tenant::TenantId;
@@ -86,27 +90,116 @@ impl fmt::Debug for FailurePolicy {
     }
 }
 
-/// State of a [`ResilientStore`]'s circuit breaker.
+/// Which partition of a store serves a tenant's counters, for one breaker
+/// per partition ([`ResilientStore::partitioned`]).
+///
+/// Names should come from a small set (the masters of a cluster, slot
+/// ranges): each name gets a breaker that is kept for the store's life.
+/// A closure `Fn(&TenantId) -> Option<Arc<str>>` is a `Partitions`.
 ///
 /// ```
-/// use tower_tenancy::store::BreakerState;
-/// assert_ne!(BreakerState::Closed, BreakerState::Open);
+/// use std::sync::Arc;
+/// use tower_tenancy::store::Partitions;
+/// use tower_tenancy::TenantId;
+///
+/// // Two shards by the first letter of the tenant id.
+/// let shards = |tenant: &TenantId| -> Option<Arc<str>> {
+///     Some(Arc::from(if tenant.as_str() < "m" { "a-l" } else { "m-z" }))
+/// };
+/// assert_eq!(shards.partition(&"acme".parse().unwrap()).as_deref(), Some("a-l"));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// The store is called.
-    Closed,
-    /// The store failed repeatedly and is not called until the cool-down ends.
-    Open,
-    /// The cool-down ended: the next call (one at a time) probes the store.
-    HalfOpen,
+pub trait Partitions: Send + Sync + 'static {
+    /// The partition serving `tenant`, or `None` when unknown (the store's
+    /// own breaker, partition `"store"`, is used).
+    fn partition(&self, tenant: &TenantId) -> Option<Arc<str>>;
+
+    /// Whether `partition` still exists (a former Cluster master does not):
+    /// [`ResilientStore::breaker_states`] lists live partitions only.
+    fn live(&self, partition: &str) -> bool {
+        let _ = partition;
+        true
+    }
+}
+
+impl<F> Partitions for F
+where
+    F: Fn(&TenantId) -> Option<Arc<str>> + Send + Sync + 'static,
+{
+    fn partition(&self, tenant: &TenantId) -> Option<Arc<str>> {
+        self(tenant)
+    }
+}
+
+/// The name of the breaker used without partitions (or for a tenant whose
+/// partition is unknown).
+const WHOLE: &str = "store";
+
+/// The breakers of one store: one for the whole store, and one per
+/// partition when partitioned.
+struct Breakers {
+    config: BreakerConfig,
+    timeout: Duration,
+    partitions: Option<Arc<dyn Partitions>>,
+    whole: Arc<Breaker>,
+    by_partition: RwLock<Vec<Arc<Breaker>>>,
+}
+
+impl Breakers {
+    fn new(
+        config: BreakerConfig,
+        timeout: Duration,
+        partitions: Option<Arc<dyn Partitions>>,
+    ) -> Self {
+        Self {
+            whole: Arc::new(Breaker::new(Arc::from(WHOLE), &config, timeout)),
+            config,
+            timeout,
+            partitions,
+            by_partition: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The breaker guarding `tenant`'s calls.
+    fn of(&self, tenant: &TenantId) -> Arc<Breaker> {
+        let Some(name) = self.partitions.as_ref().and_then(|p| p.partition(tenant)) else {
+            return self.whole.clone();
+        };
+        if let Some(b) = self
+            .by_partition
+            .read()
+            .iter()
+            .find(|b| **b.partition() == *name)
+        {
+            return b.clone();
+        }
+        let mut all = self.by_partition.write();
+        if let Some(b) = all.iter().find(|b| **b.partition() == *name) {
+            return b.clone();
+        }
+        let breaker = Arc::new(Breaker::new(name, &self.config, self.timeout));
+        all.push(breaker.clone());
+        breaker
+    }
+
+    fn all(&self) -> Vec<Arc<Breaker>> {
+        let mut all = self.by_partition.read().clone();
+        if let Some(partitions) = &self.partitions {
+            all.retain(|b| partitions.live(b.partition()));
+        }
+        all.sort_by(|a, b| a.partition().cmp(b.partition()));
+        if self.partitions.is_none() || self.whole.state() != BreakerState::Closed || all.is_empty()
+        {
+            all.insert(0, self.whole.clone());
+        }
+        all
+    }
 }
 
 /// A [`CounterStore`] wrapper with a per-call timeout, a [`FailurePolicy`]
-/// and a circuit breaker. See the [module documentation](self).
+/// and circuit breakers. See the [module documentation](self).
 ///
-/// Defaults: timeout 100 ms, [`FailurePolicy::FailOpen`], breaker opens
-/// after 5 consecutive failures for 2 s. Cloning shares the breaker.
+/// Defaults: timeout 100 ms, [`FailurePolicy::FailOpen`], one breaker with
+/// the [`BreakerConfig`] defaults. Cloning shares the breakers.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -133,7 +226,8 @@ pub enum BreakerState {
 /// let store = ResilientStore::new(Down)
 ///     .timeout(Duration::from_millis(50))
 ///     .policy(FailurePolicy::FailOpen)
-///     .breaker(3, Duration::from_secs(10));
+///     // Open on 3 failures in a row, however quick.
+///     .breaker_config(BreakerConfig::new().consecutive_failures(3).silence(Duration::ZERO));
 /// let tenant: TenantId = "acme".parse().unwrap();
 /// let checks = [Check::new("api", Algorithm::SlidingWindow { window: Duration::from_secs(60) }, 100, 1)];
 /// for _ in 0..3 {
@@ -148,7 +242,7 @@ pub struct ResilientStore<S> {
     store: Arc<S>,
     timeout: Duration,
     policy: FailurePolicy,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers>,
 }
 
 impl<S> Clone for ResilientStore<S> {
@@ -157,7 +251,7 @@ impl<S> Clone for ResilientStore<S> {
             store: self.store.clone(),
             timeout: self.timeout,
             policy: self.policy.clone(),
-            breaker: self.breaker.clone(),
+            breakers: self.breakers.clone(),
         }
     }
 }
@@ -167,13 +261,15 @@ impl<S> fmt::Debug for ResilientStore<S> {
         f.debug_struct("ResilientStore")
             .field("timeout", &self.timeout)
             .field("policy", &self.policy)
-            .field("breaker", &self.breaker.state())
+            .field("breaker", &self.breakers.config)
+            .field("partitioned", &self.breakers.partitions.is_some())
             .finish()
     }
 }
 
 impl<S: CounterStore> ResilientStore<S> {
-    /// Wraps `store` with the defaults (100 ms, fail-open, 5 failures → 2 s open).
+    /// Wraps `store` with the defaults (100 ms, fail-open, the
+    /// [`BreakerConfig`] defaults).
     ///
     /// ```
     /// # use tower_tenancy::store::{ResilientStore, BreakerState};
@@ -187,12 +283,19 @@ impl<S: CounterStore> ResilientStore<S> {
     /// assert_eq!(store.breaker_state(), BreakerState::Closed);
     /// ```
     pub fn new(store: S) -> Self {
+        let timeout = Duration::from_millis(100);
         Self {
             store: Arc::new(store),
-            timeout: Duration::from_millis(100),
+            timeout,
             policy: FailurePolicy::FailOpen,
-            breaker: Arc::new(Breaker::new(5, Duration::from_secs(2))),
+            breakers: Arc::new(Breakers::new(BreakerConfig::default(), timeout, None)),
         }
+    }
+
+    /// Rebuilds the breakers (closed) after a change of their settings.
+    fn rebuild(mut self, config: BreakerConfig, partitions: Option<Arc<dyn Partitions>>) -> Self {
+        self.breakers = Arc::new(Breakers::new(config, self.timeout, partitions));
+        self
     }
 
     /// Sets the longest time a store call may take; a slower call counts as
@@ -208,7 +311,8 @@ impl<S: CounterStore> ResilientStore<S> {
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
+        let (config, partitions) = (self.breakers.config, self.breakers.partitions.clone());
+        self.rebuild(config, partitions)
     }
 
     /// Sets what is answered while the store cannot.
@@ -236,8 +340,26 @@ impl<S: CounterStore> ResilientStore<S> {
         self.policy(FailurePolicy::Fallback(Arc::new(local)))
     }
 
-    /// Opens the breaker after `failures` consecutive failures (at least 1)
-    /// for `cool_down`.
+    /// Sets when the breakers open and for how long ([`BreakerConfig`]).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tenancy::store::{BreakerConfig, ResilientStore};
+    /// # fn wrap<S: tower_tenancy::store::CounterStore>(redis: S) -> ResilientStore<S> {
+    /// ResilientStore::new(redis).breaker_config(BreakerConfig::new().failure_rate(80))
+    /// # }
+    /// ```
+    pub fn breaker_config(self, config: BreakerConfig) -> Self {
+        let partitions = self.breakers.partitions.clone();
+        self.rebuild(config, partitions)
+    }
+
+    /// Shorthand kept from earlier versions: the outage rule needs
+    /// `failures` failures in a row (at least 1) — spanning 2 × the timeout,
+    /// as with [`BreakerConfig::consecutive_failures`] — and an open breaker
+    /// stays open for `cool_down`. The failure-rate rule keeps its settings.
+    /// Before 0.2 the breaker opened on `failures` consecutive failures
+    /// alone, however close together.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -246,9 +368,31 @@ impl<S: CounterStore> ResilientStore<S> {
     /// ResilientStore::new(redis).breaker(10, Duration::from_secs(5))
     /// # }
     /// ```
-    pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
-        self.breaker = Arc::new(Breaker::new(failures.max(1), cool_down));
-        self
+    pub fn breaker(self, failures: u32, cool_down: Duration) -> Self {
+        let config = self
+            .breakers
+            .config
+            .consecutive_failures(failures)
+            .cool_down(cool_down);
+        self.breaker_config(config)
+    }
+
+    /// One breaker per partition of the store (for Redis Cluster:
+    /// [`ClusterPartitions`](crate::store::ClusterPartitions), one per
+    /// master), so that a failing partition degrades only its tenants.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_tenancy::store::ResilientStore;
+    /// # use tower_tenancy::TenantId;
+    /// # fn wrap<S: tower_tenancy::store::CounterStore>(redis: S) -> ResilientStore<S> {
+    /// ResilientStore::new(redis)
+    ///     .partitioned(|t: &TenantId| Some(Arc::from(if t.as_str() < "m" { "a" } else { "b" })))
+    /// # }
+    /// ```
+    pub fn partitioned(self, partitions: impl Partitions) -> Self {
+        let config = self.breakers.config;
+        self.rebuild(config, Some(Arc::new(partitions)))
     }
 
     /// The wrapped store.
@@ -263,8 +407,9 @@ impl<S: CounterStore> ResilientStore<S> {
         &self.store
     }
 
-    /// Whether the breaker is open (the store is not being called; a
-    /// half-open breaker counts as open until its probe succeeds).
+    /// Whether any breaker is not closed (its store or partition is not
+    /// being called; a half-open breaker counts as open until its probe
+    /// succeeds).
     ///
     /// ```
     /// # use tower_tenancy::store::ResilientStore;
@@ -278,8 +423,9 @@ impl<S: CounterStore> ResilientStore<S> {
         self.breaker_state() != BreakerState::Closed
     }
 
-    /// The breaker's state now (an open breaker whose cool-down has ended
-    /// reports [`BreakerState::HalfOpen`]).
+    /// The state of the breaker, or with partitions the worst of them (open,
+    /// then half-open, then closed). An open breaker whose cool-down has
+    /// ended reports [`BreakerState::HalfOpen`].
     ///
     /// ```
     /// # use tower_tenancy::store::{BreakerState, ResilientStore};
@@ -288,33 +434,80 @@ impl<S: CounterStore> ResilientStore<S> {
     /// # }
     /// ```
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        let states = self.breaker_states();
+        let has = |s| states.iter().any(|(_, state)| *state == s);
+        if has(BreakerState::Open) {
+            BreakerState::Open
+        } else if has(BreakerState::HalfOpen) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Closed
+        }
     }
 
-    /// Runs one store call under the breaker and the timeout; on failure
-    /// answers with `fail(error)`.
+    /// Each breaker with its partition's name, sorted by name: `"store"`
+    /// alone without partitions; with partitions, one per partition seen so
+    /// far (plus `"store"`, for tenants of no known partition, while it is
+    /// not closed or before any partition was seen).
+    ///
+    /// ```
+    /// # use tower_tenancy::store::{BreakerState, ResilientStore};
+    /// # fn check<S: tower_tenancy::store::CounterStore>(s: &ResilientStore<S>) {
+    /// for (partition, state) in s.breaker_states() {
+    ///     println!("{partition}: {state:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn breaker_states(&self) -> Vec<(Arc<str>, BreakerState)> {
+        self.breakers
+            .all()
+            .iter()
+            .map(|b| (b.partition().clone(), b.state()))
+            .collect()
+    }
+
+    /// The state of the breaker guarding `tenant`'s calls.
+    ///
+    /// ```
+    /// # use tower_tenancy::store::{BreakerState, ResilientStore};
+    /// # fn check<S: tower_tenancy::store::CounterStore>(s: &ResilientStore<S>) {
+    /// let acme = s.breaker_state_for(&"acme".parse().unwrap());
+    /// # }
+    /// ```
+    pub fn breaker_state_for(&self, tenant: &TenantId) -> BreakerState {
+        self.breakers.of(tenant).state()
+    }
+
+    /// Runs one store call of `tenant` under its breaker and the timeout;
+    /// on failure answers with `fail(error)`.
     fn guarded<T: Send + 'static>(
         &self,
-        call: MaybeReady<StoreResult<T>>,
+        tenant: &TenantId,
+        call: impl FnOnce() -> MaybeReady<StoreResult<T>>,
         fail: impl FnOnce(StoreError) -> MaybeReady<StoreResult<T>> + Send + 'static,
     ) -> MaybeReady<StoreResult<T>> {
-        let mut call = call;
+        let breaker = self.breakers.of(tenant);
+        if !breaker.try_acquire() {
+            return fail(StoreError::BreakerOpen);
+        }
+        let started = Instant::now();
+        let mut call = call();
         // Synchronous answers (an in-memory store) need no timer.
         if let Some(result) = call.try_take() {
             return match result {
                 Ok(value) => {
-                    self.breaker.success();
+                    breaker.success();
                     MaybeReady::ready(Ok(value))
                 }
                 Err(error) => {
-                    self.breaker.failure();
+                    breaker.failure(started);
                     fail(error)
                 }
             };
         }
         let timeout = self.timeout;
         // Created outside the future so that dropping it unpolled counts too.
-        let probe = ProbeGuard(Some(self.breaker.clone()));
+        let probe = ProbeGuard(Some(breaker));
         MaybeReady::boxed(async move {
             let mut probe = probe;
             let result = match tokio::time::timeout(timeout, call).await {
@@ -328,7 +521,7 @@ impl<S: CounterStore> ResilientStore<S> {
                     Ok(value)
                 }
                 Err(error) => {
-                    breaker.failure();
+                    breaker.failure(started);
                     fail(error).await
                 }
             }
@@ -344,10 +537,7 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
             Answer::Error(error) => MaybeReady::ready(Err(error)),
             Answer::Ask(local, tenant, checks) => local.admit(&tenant, &checks),
         };
-        if !self.breaker.try_acquire() {
-            return fail(StoreError::BreakerOpen);
-        }
-        self.guarded(self.store.admit(tenant, checks), fail)
+        self.guarded(tenant, || self.store.admit(tenant, checks), fail)
     }
 
     fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
@@ -357,10 +547,7 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
             Answer::Error(error) => MaybeReady::ready(Err(error)),
             Answer::Ask(local, tenant, checks) => local.peek(&tenant, &checks),
         };
-        if !self.breaker.try_acquire() {
-            return fail(StoreError::BreakerOpen);
-        }
-        self.guarded(self.store.peek(tenant, checks), fail)
+        self.guarded(tenant, || self.store.peek(tenant, checks), fail)
     }
 
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
@@ -377,10 +564,7 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
                 None => MaybeReady::ready(Err(error)),
             }
         };
-        if !self.breaker.try_acquire() {
-            return fail(StoreError::BreakerOpen);
-        }
-        self.guarded(self.store.adjust(tenant, policy, delta), fail)
+        self.guarded(tenant, || self.store.adjust(tenant, policy, delta), fail)
     }
 }
 
@@ -441,110 +625,6 @@ impl Drop for ProbeGuard {
     fn drop(&mut self) {
         if let Some(breaker) = self.0.take() {
             breaker.abandoned();
-        }
-    }
-}
-
-struct Breaker {
-    threshold: u32,
-    cool_down: Duration,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
-}
-
-impl Breaker {
-    fn new(threshold: u32, cool_down: Duration) -> Self {
-        Self {
-            threshold,
-            cool_down,
-            state: Mutex::new(State::Closed { failures: 0 }),
-        }
-    }
-
-    fn state(&self) -> BreakerState {
-        match *self.state.lock() {
-            State::Closed { .. } => BreakerState::Closed,
-            State::Open { until } if Instant::now() < until => BreakerState::Open,
-            State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
-    }
-
-    /// Whether this call may go to the store.
-    fn try_acquire(&self) -> bool {
-        let mut state = self.state.lock();
-        match *state {
-            State::Closed { .. } => true,
-            State::Open { until } => {
-                if Instant::now() < until {
-                    false
-                } else {
-                    *state = State::HalfOpen { probing: true };
-                    tracing::warn!("counter store breaker half-open: probing the store");
-                    true
-                }
-            }
-            State::HalfOpen { probing: true } => false,
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
-                true
-            }
-        }
-    }
-
-    fn success(&self) {
-        let mut state = self.state.lock();
-        match *state {
-            State::Closed { failures: 0 } => {}
-            State::Closed { .. } => *state = State::Closed { failures: 0 },
-            State::HalfOpen { .. } | State::Open { .. } => {
-                *state = State::Closed { failures: 0 };
-                tracing::warn!("counter store breaker closed: the store answers again");
-            }
-        }
-    }
-
-    fn failure(&self) {
-        let mut state = self.state.lock();
-        match *state {
-            State::Closed { failures } => {
-                let failures = failures + 1;
-                if failures >= self.threshold {
-                    *state = State::Open {
-                        until: Instant::now() + self.cool_down,
-                    };
-                    tracing::warn!(
-                        failures,
-                        cool_down_ms = self.cool_down.as_millis() as u64,
-                        "counter store breaker open: the store is not called during the cool-down"
-                    );
-                } else {
-                    *state = State::Closed { failures };
-                }
-            }
-            State::HalfOpen { .. } => {
-                *state = State::Open {
-                    until: Instant::now() + self.cool_down,
-                };
-                tracing::warn!(
-                    cool_down_ms = self.cool_down.as_millis() as u64,
-                    "counter store breaker open again: the probe failed"
-                );
-            }
-            // A call started before the breaker opened: already open.
-            State::Open { .. } => {}
-        }
-    }
-
-    fn abandoned(&self) {
-        let mut state = self.state.lock();
-        if let State::HalfOpen { probing: true } = *state {
-            *state = State::HalfOpen { probing: false };
         }
     }
 }
@@ -616,13 +696,21 @@ mod tests {
         "acme".parse().unwrap()
     }
 
+    /// Opens on `n` failures in a row, however quick; 1 s cool-down.
+    fn quick(n: u32) -> BreakerConfig {
+        BreakerConfig::new()
+            .consecutive_failures(n)
+            .silence(Duration::ZERO)
+            .cool_down(Duration::from_secs(1))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn breaker_opens_half_opens_and_closes() {
         let flaky = Arc::new(Flaky::default());
         let store = ResilientStore::new(flaky.clone())
             .timeout(Duration::from_millis(50))
             .policy(FailurePolicy::FailClosed)
-            .breaker(3, Duration::from_secs(1));
+            .breaker_config(quick(3));
         flaky.down.store(true, Ordering::SeqCst);
         for _ in 0..3 {
             let err = store.admit(&tenant(), &checks()).await.unwrap_err();
@@ -662,6 +750,7 @@ mod tests {
         let start = Instant::now();
         let admission = store.admit(&tenant(), &checks()).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(50));
+        // Two failures in a row spanning 100 ms (2 × the timeout) open it.
         assert!(admission.allowed());
         assert!(admission.lease.is_none());
         assert_eq!(admission.decisions[0].remaining, 10);
@@ -682,7 +771,7 @@ mod tests {
         let store = ResilientStore::new(flaky.clone())
             .timeout(Duration::from_millis(50))
             .policy(FailurePolicy::FailClosed)
-            .breaker(1, Duration::from_secs(1));
+            .breaker_config(quick(1));
         flaky.down.store(true, Ordering::SeqCst);
         assert!(store.admit(&tenant(), &checks()).await.is_err());
         assert!(store.is_open());
@@ -712,5 +801,83 @@ mod tests {
         assert!(admission.lease.is_some(), "the fallback's answer");
         assert_eq!(local.calls.load(Ordering::SeqCst), 1);
         assert_eq!(store.adjust(&tenant(), "g", 1).await.unwrap(), 3);
+    }
+
+    /// Fails the calls of tenants whose id starts with `down`.
+    struct Partial(Flaky, &'static str);
+
+    impl CounterStore for Partial {
+        fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
+            if tenant.as_str().starts_with(self.1) {
+                return MaybeReady::ready(Err(StoreError::Backend("refused".into())));
+            }
+            self.0.admit(tenant, checks)
+        }
+        fn peek(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
+            self.0.peek(tenant, checks)
+        }
+        fn adjust(
+            &self,
+            tenant: &TenantId,
+            policy: &str,
+            delta: i64,
+        ) -> MaybeReady<StoreResult<u64>> {
+            self.0.adjust(tenant, policy, delta)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_breaker_per_partition() {
+        let store = ResilientStore::new(Partial(Flaky::default(), "down"))
+            .policy(FailurePolicy::FailClosed)
+            .breaker_config(quick(3))
+            .partitioned(|t: &TenantId| {
+                Some(Arc::from(if t.as_str().starts_with("down") {
+                    "node-a"
+                } else {
+                    "node-b"
+                }))
+            });
+        let down: TenantId = "down-1".parse().unwrap();
+        let up: TenantId = "up-1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(store.admit(&down, &checks()).await.is_err());
+        }
+        assert_eq!(store.breaker_state_for(&down), BreakerState::Open);
+        assert_eq!(store.breaker_state_for(&up), BreakerState::Closed);
+        assert!(matches!(
+            store.admit(&"down-2".parse().unwrap(), &checks()).await,
+            Err(StoreError::BreakerOpen)
+        ));
+        for _ in 0..10 {
+            assert!(store.admit(&up, &checks()).await.unwrap().allowed());
+        }
+        assert_eq!(store.breaker_state(), BreakerState::Open, "the worst");
+        let states = store.breaker_states();
+        assert_eq!(
+            states,
+            vec![
+                (Arc::from("node-a"), BreakerState::Open),
+                (Arc::from("node-b"), BreakerState::Closed)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn legacy_breaker_shorthand_needs_a_silence() {
+        let flaky = Arc::new(Flaky::default());
+        let store = ResilientStore::new(flaky.clone())
+            .timeout(Duration::from_millis(50))
+            .policy(FailurePolicy::FailClosed)
+            .breaker(3, Duration::from_secs(1));
+        flaky.down.store(true, Ordering::SeqCst);
+        // Ten quick refusals: a hiccup as far as the outage rule goes.
+        for _ in 0..10 {
+            assert!(store.admit(&tenant(), &checks()).await.is_err());
+        }
+        assert!(!store.is_open());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(store.admit(&tenant(), &checks()).await.is_err());
+        assert!(store.is_open());
     }
 }

@@ -201,8 +201,16 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.confirm_down();
         }
         self.paused = false;
+    }
+
+    fn kill_quietly(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Starts the server again on the same port.
@@ -224,9 +232,33 @@ impl RedisServer {
     }
 
     /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    /// Returns once the kernel reports the process stopped (state `T` in
+    /// `/proc/PID/stat`) and a PING goes unanswered: the fault is confirmed.
     pub fn pause(&mut self) {
         self.signal("STOP");
         self.paused = true;
+        let pid = self.pid().expect("server not running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {pid} not stopped 10 s after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.confirm_down();
+    }
+
+    /// Panics unless a PING goes unanswered (within 200 ms): the server is
+    /// down or frozen. Called after [`stop`](Self::stop) and
+    /// [`pause`](Self::pause), so fault tests time the outage from a
+    /// confirmed fault.
+    pub fn confirm_down(&self) {
+        assert!(
+            !pings(self.port),
+            "redis-server on port {} still answers PING",
+            self.port
+        );
     }
 
     /// Resumes a paused process (SIGCONT).
@@ -245,9 +277,28 @@ impl RedisServer {
         assert!(status.success(), "kill -{sig} failed");
     }
 
-    /// Runs `redis-cli -p PORT args…` and returns its standard output.
+    /// Runs `redis-cli -p PORT args…` and returns its standard output;
+    /// panics (with the command and the answer) when redis-cli fails or
+    /// Redis answers an error.
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.port, args)
+    }
+
+    /// [`cli`](Self::cli), the failure as an `Err` (for servers that may be down).
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        try_cli(self.port, args)
+    }
+
+    /// An integer reply; panics on anything else (an error, nil, no answer).
+    pub fn int(&self, args: &[&str]) -> i64 {
+        parse_int(self.port, args, &self.cli(args))
+            .unwrap_or_else(|| panic!("{}: nil reply", command_line(self.port, args)))
+    }
+
+    /// An integer reply or nil (`GET`/`HGET` of a missing key or field:
+    /// `None`); panics on anything else.
+    pub fn int_or_nil(&self, args: &[&str]) -> Option<i64> {
+        parse_int(self.port, args, &self.cli(args))
     }
 
     /// `INFO section` parsed into `(field, value)` lines.
@@ -259,7 +310,8 @@ impl RedisServer {
             .collect()
     }
 
-    /// The `calls` of `cmdstat_<command>` in `INFO commandstats` (0 when absent).
+    /// The `calls` of `cmdstat_<command>` in `INFO commandstats` (0 when
+    /// the command was never called; panics when INFO does not answer).
     pub fn command_calls(&self, command: &str) -> u64 {
         command_calls(self.port, command)
     }
@@ -267,30 +319,107 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill_quietly();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Runs `redis-cli -p port args…`.
-pub fn cli(port: u16, args: &[&str]) -> String {
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state …`: the state follows the last `)`.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|s| s == "T")
+        })
+        .unwrap_or(false)
+}
+
+fn command_line(port: u16, args: &[&str]) -> String {
+    format!("redis-cli -p {port} {}", args.join(" "))
+}
+
+/// Error replies redis-cli prints on standard output (with exit status 0).
+const ERROR_REPLIES: &[&str] = &[
+    "ERR",
+    "WRONGTYPE",
+    "MOVED",
+    "ASK",
+    "CLUSTERDOWN",
+    "NOSCRIPT",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "NOAUTH",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CROSSSLOT",
+    "OOM",
+    "EXECABORT",
+    "NOPERM",
+    "NOREPLICAS",
+    "MISCONF",
+];
+
+/// Runs `redis-cli -p port args…`: its standard output, or why not (redis-cli
+/// failed, e.g. no server, or Redis answered an error).
+pub fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{MISSING} ({e})"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stdout.split_whitespace().next().unwrap_or_default();
+    if !out.status.success() || ERROR_REPLIES.contains(&first) {
+        return Err(format!(
+            "{} failed ({}): stdout {stdout:?}, stderr {stderr:?}",
+            command_line(port, args),
+            out.status
+        ));
+    }
+    Ok(stdout)
+}
+
+/// Runs `redis-cli -p port args…` and returns its standard output; panics
+/// with the command and the answer when redis-cli fails or Redis answers
+/// an error, so a check never passes because Redis was not asked.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    try_cli(port, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An integer reply (`Some`), nil (`None`: redis-cli prints an empty line);
+/// panics on anything else.
+fn parse_int(port: u16, args: &[&str], answer: &str) -> Option<i64> {
+    let t = answer.trim();
+    if t.is_empty() {
+        return None;
+    }
+    Some(t.parse().unwrap_or_else(|_| {
+        panic!(
+            "{}: expected an integer, got {answer:?}",
+            command_line(port, args)
+        )
+    }))
 }
 
 /// The `calls` of `cmdstat_<command>` on the server at `port`.
 pub fn command_calls(port: u16, command: &str) -> u64 {
     let needle = format!("cmdstat_{}:", command.to_ascii_lowercase());
-    cli(port, &["INFO", "commandstats"])
-        .lines()
+    let info = cli(port, &["INFO", "commandstats"]);
+    assert!(
+        info.contains("# Commandstats"),
+        "INFO commandstats on port {port}: {info:?}"
+    );
+    // A command never called has no line: 0 calls.
+    info.lines()
         .find_map(|l| l.trim().strip_prefix(&needle).map(str::to_owned))
-        .and_then(|rest| {
+        .map(|rest| {
             rest.split(',')
                 .find_map(|kv| kv.strip_prefix("calls=").map(|v| v.parse().unwrap()))
+                .unwrap_or_else(|| panic!("no calls= in {rest:?}"))
         })
         .unwrap_or(0)
 }

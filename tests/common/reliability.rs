@@ -119,17 +119,37 @@ impl Backend {
         }
     }
 
-    /// `redis-cli` on the node that serves `key`.
+    /// `redis-cli` on the node that serves `key` (panics when it fails).
     pub fn cli(&self, key: &str, args: &[&str]) -> String {
+        self.node(key).cli(args)
+    }
+
+    fn node(&self, key: &str) -> &RedisServer {
         match self {
-            Backend::Single(s) => s.cli(args),
-            Backend::Cluster(c) => c.node_for(key).cli(args),
+            Backend::Single(s) => s,
+            Backend::Cluster(c) => c.node_for(key),
         }
     }
 
-    /// An integer reply of `args` (on `key`'s node); 0 when empty or not a number.
+    /// An integer reply of `args` (on `key`'s node). Panics, with the
+    /// command and the answer, when redis-cli fails or Redis answers
+    /// anything but a non-negative integer: a check built on it never
+    /// passes because Redis was not asked.
     pub fn int(&self, key: &str, args: &[&str]) -> u64 {
-        self.cli(key, args).trim().parse().unwrap_or(0)
+        let n = self.node(key).int(args);
+        u64::try_from(n).unwrap_or_else(|_| panic!("{args:?}: negative reply {n}"))
+    }
+
+    /// [`int`](Self::int) for `GET`/`HGET`, where nil (no such key or field)
+    /// means 0.
+    pub fn int_or_nil(&self, key: &str, args: &[&str]) -> u64 {
+        let n = self.node(key).int_or_nil(args).unwrap_or(0);
+        u64::try_from(n).unwrap_or_else(|_| panic!("{args:?}: negative reply {n}"))
+    }
+
+    /// Concurrency slots held in the sorted set `key` (`ZCARD`), strict.
+    pub fn slots(&self, key: &str) -> u64 {
+        self.int(key, &["ZCARD", key])
     }
 }
 
@@ -140,17 +160,36 @@ pub fn key(tenant: &str, kind: &str, policy: &str) -> String {
 
 /// What the instrumented handler of `/x/jobs` saw: requests inside the
 /// handler right now, the most at once, how many ran.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Probe {
     pub in_flight: Arc<AtomicUsize>,
     pub max: Arc<AtomicUsize>,
     pub ran: Arc<AtomicU64>,
+    /// Handlers in `hold` mode wait until this is `true`.
+    pub gate: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            in_flight: Arc::default(),
+            max: Arc::default(),
+            ran: Arc::default(),
+            gate: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl Probe {
     pub fn reset_max(&self) {
         self.max
             .store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Lets every `hold` handler finish (now and later), or makes the next
+    /// ones wait again.
+    pub fn set_gate(&self, open: bool) {
+        self.gate.send_replace(open);
     }
 }
 
@@ -176,8 +215,8 @@ impl Drop for InFlight {
 ///
 /// * `POST /x/jobs`: concurrency rule `concurrent_executions`; the handler
 ///   counts itself in `probe`, and by `x-mode` finishes (`fast`), sleeps
-///   `x-sleep-ms` (`sleep`), streams an endless body (`stream`) or panics
-///   (`panic`);
+///   `x-sleep-ms` (`sleep`), waits until the probe's gate opens (`hold`),
+///   streams an endless body (`stream`) or panics (`panic`);
 /// * `POST /x/seats`: a crate-kept gauge `seats` (`Rule::gauge`).
 pub fn extras(directory: MemoryDirectory, store: Arc<dyn CounterStore>, probe: Probe) -> Router {
     Router::new()
@@ -206,6 +245,12 @@ async fn job(State(probe): State<Probe>, headers: HeaderMap) -> axum::response::
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match header("x-mode") {
         Some("panic") => panic!("handler panicked (on purpose)"),
+        Some("hold") => {
+            let mut gate = probe.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            drop(guard);
+            axum::response::Response::new(Body::from("done"))
+        }
         Some("stream") => {
             drop(guard);
             axum::response::Response::new(Body::from_stream(endless()))
