@@ -294,7 +294,10 @@ pub struct ConcurrencyRule {
     /// Requests in flight at once.
     pub limit: Limit,
     /// How long a slot is held at most when its holder never releases it
-    /// (a crashed instance); shared stores expire leases after this.
+    /// (a crashed instance); shared stores expire leases after this. A live
+    /// request or stream renews its lease every `lease_ttl / 3`, so it keeps
+    /// its slot however long it lives; a dead instance's slots come back
+    /// within `lease_ttl` of its last renewal.
     #[serde(
         with = "duration_serde",
         default = "ConcurrencyRule::default_lease_ttl"

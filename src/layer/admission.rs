@@ -115,7 +115,9 @@ impl Rule {
     /// a success (2xx; for gRPC, a trailers-only response with a non-zero
     /// `grpc-status`, which is how a unary handler's error travels) gives it
     /// back. Deleting a resource is the application's call:
-    /// `store.adjust(tenant, name, -1)`.
+    /// `store.adjust(tenant, name, -1)`. A unit reserved by a store call
+    /// whose answer never came (a timeout) is kept, erring towards refusing:
+    /// the Redis store's documentation (`store::redis`, "Leases") says why.
     pub fn gauge(name: &str) -> Self {
         Self::new(RuleKind::Gauge, name)
     }
