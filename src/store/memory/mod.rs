@@ -334,12 +334,23 @@ impl MemoryStore {
                 .iter()
                 .map(|check| tables.apply(tenant, check, now, Op::Eval, &mut leases))
                 .collect();
-            if decisions.iter().all(|d| d.allowed) {
+            // Shadowed checks consume only when every check allows; the
+            // others when every one that is not shadowed does.
+            let all = decisions.iter().all(|d| d.allowed);
+            let enforced = all
+                || decisions
+                    .iter()
+                    .zip(checks)
+                    .all(|(d, c)| d.allowed || c.shadow);
+            if enforced {
                 let op = Op::Take {
                     commit,
                     force: true,
                 };
                 for (decision, check) in decisions.iter_mut().zip(checks) {
+                    if !all && check.shadow {
+                        continue;
+                    }
                     *decision = tables.apply(tenant, check, now, op, &mut leases);
                 }
             }
