@@ -1,12 +1,17 @@
-//! The store conformance suite against [`MemoryStore`].
+//! The store conformance suite against [`MemoryStore`], alone and through a
+//! [`ResilientStore`]: over a healthy primary, with a fallback configured,
+//! and with a dead primary (every decision from the fallback).
 
 #[path = "common/conformance.rs"]
 mod conformance;
 
 use std::sync::Arc;
 
-use tower_tenancy::store::ManualClock;
-use tower_tenancy::MemoryStore;
+use tower_tenancy::future::MaybeReady;
+use tower_tenancy::store::{
+    Admission, Check, CounterStore, Decisions, ManualClock, ResilientStore, StoreError, StoreResult,
+};
+use tower_tenancy::{MemoryStore, TenantId};
 
 fn store(clock: Arc<ManualClock>) -> MemoryStore {
     MemoryStore::with_clock(clock)
@@ -42,6 +47,8 @@ scenarios! {
         concurrency_lease,
         gauge_adjust,
         isolation,
+        clock_goes_backwards,
+        calendar_first_request_1ms_before_a_period,
         extreme_values;
     "multi_thread":
         concurrent_exact,
@@ -66,4 +73,41 @@ async fn run_all_one_shard_eager_sweeps() {
             .build()
     })
     .await;
+}
+
+/// Through a `ResilientStore` whose primary is healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_all_resilient_healthy() {
+    conformance::run_all(|clock| async move { ResilientStore::new(store(clock)) }).await;
+}
+
+/// With a fallback configured: the healthy primary still decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_all_resilient_with_a_fallback() {
+    conformance::run_all(|clock| async move {
+        ResilientStore::new(store(clock.clone())).fallback(store(clock))
+    })
+    .await;
+}
+
+/// A primary that is down (every call fails at once).
+struct Dead;
+
+impl CounterStore for Dead {
+    fn admit(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Admission>> {
+        MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
+    }
+    fn peek(&self, _: &TenantId, _: &[Check]) -> MaybeReady<StoreResult<Decisions>> {
+        MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
+    }
+    fn adjust(&self, _: &TenantId, _: &str, _: i64) -> MaybeReady<StoreResult<u64>> {
+        MaybeReady::ready(Err(StoreError::Backend("connection refused".into())))
+    }
+}
+
+/// A dead primary: the fallback answers every call with the same semantics.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_all_resilient_dead_primary_fallback() {
+    conformance::run_all(|clock| async move { ResilientStore::new(Dead).fallback(store(clock)) })
+        .await;
 }

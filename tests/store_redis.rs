@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use redis_server::{RedisCluster, RedisServer};
 use tower_tenancy::store::{
-    Algorithm, Check, Clock, CounterStore, Lease, ManualClock, MemoryStore, RedisStore, StoreError,
+    Algorithm, Check, Clock, CounterStore, Lease, ManualClock, MemoryStore, RedisStore,
+    ResilientStore, StoreError,
 };
 use tower_tenancy::{Period, TenantId};
 
@@ -444,7 +445,13 @@ async fn leases(target: &Target, t: &str) {
     let store = store.clock(clock.clone());
     let tenant2 = self::tenant(&format!("{t}-ttl"));
     let check = [cc("conc", 2_000, 3, 2)];
-    let admitted = std::time::Instant::now();
+    // Redis expires leases on its wall clock (TIME): time them on the same clock.
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    let admitted = wall();
     let a = store.admit(&tenant2, &check).await.unwrap();
     assert!(a.allowed());
     assert_eq!(a.decisions[0].used, 2);
@@ -453,14 +460,14 @@ async fn leases(target: &Target, t: &str) {
     let held = level(&store, &tenant2, &check[0]).await;
     // (Held unless the check came 2 s late, on a stalled machine.)
     assert!(
-        held == 2 || admitted.elapsed() >= Duration::from_secs(2),
+        held == 2 || wall() - admitted >= Duration::from_secs(2),
         "{held}"
     );
     wait_for_used(&store, &tenant2, &check, 0).await;
+    let expired_after = wall() - admitted;
     assert!(
-        admitted.elapsed() >= Duration::from_millis(2_000),
-        "expired {:?} after the admission, before its 2 s TTL",
-        admitted.elapsed()
+        expired_after >= Duration::from_millis(2_000),
+        "expired {expired_after:?} after the admission, before its 2 s TTL"
     );
     let again = store.admit(&tenant2, &check).await.unwrap();
     assert!(again.allowed());
@@ -659,10 +666,57 @@ mod conformance_single {
             peek_consumes_nothing,
             concurrency_lease,
             gauge_adjust,
-            isolation;
+            isolation,
+            clock_goes_backwards,
+            calendar_first_request_1ms_before_a_period;
         "multi_thread":
             concurrent_exact,
             concurrent_batches;
+    }
+
+    /// The whole suite through a `ResilientStore` over a healthy Redis.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn run_all_resilient_healthy() {
+        let server = RedisServer::new();
+        let url = server.url();
+        conformance::run_all(|clock| {
+            let url = url.clone();
+            async move { ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock)) }
+        })
+        .await;
+    }
+
+    /// With a fallback configured: the healthy Redis still decides.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn run_all_resilient_with_a_fallback() {
+        let server = RedisServer::new();
+        let url = server.url();
+        conformance::run_all(|clock| {
+            let url = url.clone();
+            async move {
+                ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock.clone()))
+                    .fallback(MemoryStore::with_clock(clock))
+            }
+        })
+        .await;
+    }
+
+    /// Redis killed after connecting: the fallback answers every call with
+    /// the same semantics.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn run_all_resilient_dead_redis_fallback() {
+        let mut server = RedisServer::new();
+        let redis = RedisStore::connect(server.url()).await.unwrap();
+        server.stop();
+        conformance::run_all(|clock| {
+            let redis = redis.clone().clock(clock.clone());
+            async move {
+                ResilientStore::new(redis)
+                    .timeout(Duration::from_millis(500))
+                    .fallback(MemoryStore::with_clock(clock))
+            }
+        })
+        .await;
     }
 }
 

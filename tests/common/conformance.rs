@@ -86,6 +86,8 @@ where
         isolation,
         concurrent_exact,
         concurrent_batches,
+        clock_goes_backwards,
+        calendar_first_request_1ms_before_a_period,
     );
 }
 
@@ -679,6 +681,129 @@ pub async fn gauge_adjust<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
     assert_eq!(store.adjust(&t, "fresh", -5).await.unwrap(), 0);
     assert_eq!(store.adjust(&t, "fresh", 1).await.unwrap(), 1);
     assert_eq!(store.adjust(&t, "fresh", i64::MIN).await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Time that does not behave.
+
+/// The clock steps back 20 s (an NTP correction; a failover to a Redis
+/// whose clock lags) after 3 admissions, then returns: the store keeps
+/// answering, forgets nothing, and over the whole scenario — less than one
+/// window or period long — admits no more than the limit (round towards
+/// refusing). Once the clock has moved past the window, requests pass
+/// again. Each rate algorithm steps back both within its fixed window and
+/// across a window boundary; the calendar within a period.
+pub async fn clock_goes_backwards<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
+    let w = 60 * SEC;
+    let hour = T0 + 10 * HOUR;
+    // (what, algorithm, the instant of the step, an instant where the
+    // counter is free again: two windows later, or the next period)
+    let cases = [
+        (
+            "window, back within its fixed window",
+            window(w),
+            hour + 30 * SEC,
+            hour + 30 * SEC + 2 * w + SEC,
+        ),
+        (
+            "window, back across a window boundary",
+            window(w),
+            hour + 10 * SEC,
+            hour + 10 * SEC + 2 * w + SEC,
+        ),
+        (
+            "log, back within a window",
+            log(w),
+            hour + 30 * SEC,
+            hour + 30 * SEC + w + SEC,
+        ),
+        (
+            "log, back across a window boundary",
+            log(w),
+            hour + 10 * SEC,
+            hour + 10 * SEC + w + SEC,
+        ),
+        (
+            "calendar hour",
+            calendar(Period::Hour),
+            hour + 30 * 60 * SEC,
+            hour + HOUR,
+        ),
+        ("calendar day", calendar(Period::Day), hour, T0 + DAY),
+    ];
+    for (what, algorithm, at, later) in cases {
+        let t = unique_tenant("backwards");
+        let c = Check::new("calls", algorithm, 5, 1);
+        let mut admitted = 0;
+        let mut step = |d: Decision, when: &str| {
+            assert!(d.used <= d.limit, "{what}, {when}: {d:?}");
+            assert_eq!(d.remaining, d.limit - d.used, "{what}, {when}: {d:?}");
+            admitted += u64::from(d.allowed);
+        };
+        clock.set_ms(at);
+        for _ in 0..3 {
+            let d = admit1(&store, &t, &c).await;
+            assert!(d.allowed, "{what}: {d:?}");
+            step(d, "before");
+        }
+        clock.set_ms(at - 20 * SEC);
+        for _ in 0..6 {
+            let d = admit1(&store, &t, &c).await;
+            step(d, "20 s back");
+        }
+        let seen = level(&store, &t, &c).await;
+        assert!(
+            seen >= 3,
+            "{what}: the 3 units before the step are forgotten ({seen})"
+        );
+        for now in [at - SEC, at, at + SEC] {
+            clock.set_ms(now);
+            for _ in 0..3 {
+                let d = admit1(&store, &t, &c).await;
+                step(d, "back to time");
+            }
+        }
+        assert!(
+            (3..=5).contains(&admitted),
+            "{what}: {admitted} admitted within 21 s, limit 5"
+        );
+        // Past the window (a sliding window may wait up to two), or in the
+        // next period: admitted again.
+        clock.set_ms(later);
+        let d = admit1(&store, &t, &c).await;
+        assert!(d.allowed, "{what}, later: {d:?}");
+    }
+}
+
+/// The first request of a tenant 1 ms before a period starts counts in the
+/// ending period (reset 1 ms); the next one, at the start, in a fresh one.
+pub async fn calendar_first_request_1ms_before_a_period<S: CounterStore>(
+    store: S,
+    clock: Arc<ManualClock>,
+) {
+    // Each period starts at T0 (Monday 2026-11-23, 00:00 UTC) except the
+    // month, which starts on 2026-12-01.
+    let december = 1_796_083_200 * SEC;
+    for (period, start, end) in [
+        (Period::Hour, T0, T0 + HOUR),
+        (Period::Day, T0, T0 + DAY),
+        (Period::Week, T0, T0 + 7 * DAY),
+        (Period::Month, december, 1_798_761_600 * SEC),
+    ] {
+        let t = unique_tenant("cal-edge");
+        let c = Check::new("quota", calendar(period), 1, 1);
+        clock.set_ms(start - 1);
+        allowed(&admit1(&store, &t, &c).await, 1, 1);
+        denied(&admit1(&store, &t, &c).await, 1, 1, Some(1));
+        clock.set_ms(start);
+        allowed(&admit1(&store, &t, &c).await, 1, end - start);
+        denied(
+            &admit1(&store, &t, &c).await,
+            1,
+            end - start,
+            Some(end - start),
+        );
+    }
 }
 
 /// Counters are keyed by (tenant, algorithm kind, policy).
