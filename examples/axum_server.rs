@@ -68,7 +68,7 @@ use tower_tenancy::store::{CounterStore, MemoryStore};
 use tower_tenancy::usage::usage_report;
 use tower_tenancy::{
     Catalog, CurrentTenant, MemoryDirectory, Overrides, TenancyLayer, Tenant, TenantId,
-    TenantStatus,
+    TenantStatus, UtcTime,
 };
 
 /// The PostgreSQL mode (`DATABASE_URL`).
@@ -498,6 +498,8 @@ fn tenant_json(t: &Arc<Tenant>) -> Value {
         "status": t.status(),
         "plan": t.base_plan().name,
         "overrides": t.overrides(),
+        // Overrides with an `until` end by themselves.
+        "overrides_active": t.overrides_at(UtcTime::now()).is_some(),
         "effective": &**t.plan(),
     })
 }

@@ -61,6 +61,7 @@ pub mod resolve;
 pub mod store;
 pub mod tenant;
 pub mod usage;
+pub mod utc;
 
 #[cfg(feature = "axum")]
 mod extract;
@@ -93,6 +94,7 @@ pub use resolve::AllowedTenants;
 pub use store::RedisStore;
 pub use store::{FailurePolicy, MemoryStore, ResilientStore};
 pub use tenant::{Tenant, TenantId, TenantIdRef, TenantIdRules, TenantStatus};
+pub use utc::UtcTime;
 
 /// The tenant of the current request, inserted into the request extensions
 /// by [`TenancyLayer`]. Dereferences to [`Tenant`].

@@ -4,7 +4,11 @@
 //! * every rejection: a `tracing` event (`info` for 4xx, `warn` for 503)
 //!   with `tenant.id`, `code`, `policy`, `limit` and `usage`;
 //! * `tenancy_admitted_total{policy}`: one increment per admitted check;
-//! * `tenancy_rejected_total{code,policy}`: one increment per rejection.
+//! * `tenancy_rejected_total{code,policy}`: one increment per rejection;
+//! * every would-be refusal by a rule in shadow mode: an `info` event
+//!   `shadow rejection` with `tenant.id`, `code`, `policy`, `limit`, `usage`
+//!   and an increment of `tenancy_shadow_rejected_total{code,policy}`
+//!   (the request itself was admitted).
 //!
 //! Counters carry no tenant label by default (one series per tenant can be
 //! too many); [`label_tenants`] adds it where the number of tenants allows.
@@ -12,8 +16,8 @@
 #[cfg(feature = "metrics")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::reject::Rejection;
-use crate::store::Check;
+use crate::reject::{Rejection, RejectionKind};
+use crate::store::{Check, Decision};
 use crate::tenant::TenantId;
 
 #[cfg(feature = "metrics")]
@@ -73,5 +77,29 @@ pub(crate) fn rejected(rejection: &Rejection) {
         let mut labels = vec![("code", code.to_owned()), ("policy", policy.to_owned())];
         labels.extend(tenant_label(tenant));
         metrics::counter!("tenancy_rejected_total", &labels).increment(1);
+    }
+}
+
+/// Records a refusal that a shadowed rule would have made.
+pub(crate) fn shadow_rejected(
+    tenant: &TenantId,
+    kind: RejectionKind,
+    policy: &str,
+    decision: &Decision,
+) {
+    let code = kind.code();
+    tracing::info!(
+        tenant.id = %tenant,
+        code,
+        policy,
+        limit = decision.limit,
+        usage = decision.used,
+        "shadow rejection"
+    );
+    #[cfg(feature = "metrics")]
+    {
+        let mut labels = vec![("code", code.to_owned()), ("policy", policy.to_owned())];
+        labels.extend(tenant_label(tenant.as_str()));
+        metrics::counter!("tenancy_shadow_rejected_total", &labels).increment(1);
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::utc::UtcTime;
+
 /// A numeric limit: a maximum, or unlimited.
 ///
 /// In a catalog a limit is a non-negative integer or the string `"unlimited"`.
@@ -199,6 +201,10 @@ pub struct RateRule {
     /// The counting algorithm.
     #[serde(default)]
     pub algorithm: RateAlgorithm,
+    /// Shadow mode: counted exactly as if enforced, never refusing; each
+    /// would-be refusal is reported (see [`AdmissionLayer::shadow`](crate::AdmissionLayer::shadow)).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
 }
 
 impl RateRule {
@@ -208,7 +214,14 @@ impl RateRule {
             limit: limit.into(),
             window,
             algorithm: RateAlgorithm::SlidingWindow,
+            shadow: false,
         }
+    }
+
+    /// The same rule in shadow mode (counted, never refusing).
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
     }
 
     /// The same rule counted with another algorithm.
@@ -252,6 +265,9 @@ pub struct QuotaRule {
     pub limit: Limit,
     /// The calendar period.
     pub period: Period,
+    /// Shadow mode: counted exactly as if enforced, never refusing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
 }
 
 impl QuotaRule {
@@ -260,7 +276,14 @@ impl QuotaRule {
         Self {
             limit: limit.into(),
             period,
+            shadow: false,
         }
+    }
+
+    /// The same quota in shadow mode (counted, never refusing).
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
     }
 }
 
@@ -271,12 +294,19 @@ pub struct ConcurrencyRule {
     /// Requests in flight at once.
     pub limit: Limit,
     /// How long a slot is held at most when its holder never releases it
-    /// (a crashed instance); shared stores expire leases after this.
+    /// (a crashed instance); shared stores expire leases after this. A live
+    /// request or stream renews its lease every `lease_ttl / 3`, so it keeps
+    /// its slot however long it lives; a dead instance's slots come back
+    /// within `lease_ttl` of its last renewal.
     #[serde(
         with = "duration_serde",
         default = "ConcurrencyRule::default_lease_ttl"
     )]
     pub lease_ttl: Duration,
+    /// Shadow mode: counted (the slot is taken) exactly as if enforced,
+    /// never refusing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
 }
 
 impl ConcurrencyRule {
@@ -285,7 +315,14 @@ impl ConcurrencyRule {
         Self {
             limit: limit.into(),
             lease_ttl: Self::default_lease_ttl(),
+            shadow: false,
         }
+    }
+
+    /// The same limit in shadow mode (counted, never refusing).
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
     }
 
     fn default_lease_ttl() -> Duration {
@@ -331,6 +368,10 @@ pub struct Plan {
     /// Concurrency limits by name.
     #[serde(default)]
     pub concurrency: BTreeMap<String, ConcurrencyRule>,
+    /// Every rate, quota and concurrency rule of the plan in shadow mode
+    /// (usually set per tenant through [`Overrides::shadow`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
 }
 
 impl Plan {
@@ -343,6 +384,7 @@ impl Plan {
             rates: BTreeMap::new(),
             quotas: BTreeMap::new(),
             concurrency: BTreeMap::new(),
+            shadow: false,
         }
     }
 
@@ -402,6 +444,9 @@ impl Plan {
         plan.rates.extend(overrides.rates.clone());
         plan.quotas.extend(overrides.quotas.clone());
         plan.concurrency.extend(overrides.concurrency.clone());
+        if let Some(shadow) = overrides.shadow {
+            plan.shadow = shadow;
+        }
         plan
     }
 }
@@ -436,6 +481,17 @@ pub struct Overrides {
     /// Concurrency limits replaced.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub concurrency: BTreeMap<String, ConcurrencyRule>,
+    /// Every rate, quota and concurrency rule of this tenant in shadow mode
+    /// (`true`); `false` undoes a plan-wide `shadow = true` (a rule marked
+    /// `shadow` itself stays in shadow mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+    /// When these overrides end (RFC 3339, UTC): from then on the plan
+    /// applies again, on the next request, without anyone acting
+    /// ([`Tenant::plan`](crate::Tenant::plan) switches by itself). `None`:
+    /// they never end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UtcTime>,
 }
 
 impl Overrides {
@@ -469,6 +525,36 @@ impl Overrides {
             .insert(name.into(), ConcurrencyRule::new(limit));
         self
     }
+
+    /// Puts every rate, quota and concurrency rule of the tenant in shadow
+    /// mode (`true`); see [`Overrides::shadow`](#structfield.shadow).
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = Some(on);
+        self
+    }
+
+    /// Ends these overrides at `until`; see [`Overrides::until`](#structfield.until).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_tenancy::{Overrides, Plan, Tenant, TenantStatus, UtcTime};
+    ///
+    /// let plan = Arc::new(Plan::new("free").limit("workflows", 5));
+    /// let until: UtcTime = "2026-12-31T00:00:00Z".parse().unwrap();
+    /// let boost = Overrides::default().limit("workflows", 50).until(until);
+    /// let tenant = Tenant::with_overrides("acme".parse().unwrap(), plan, TenantStatus::Active, boost);
+    /// let before = UtcTime::from_unix_ms(until.unix_ms() - 1);
+    /// assert_eq!(tenant.plan_at(before).limit_of("workflows"), Some(50.into()));
+    /// assert_eq!(tenant.plan_at(until).limit_of("workflows"), Some(5.into()));
+    /// ```
+    pub fn until(mut self, until: UtcTime) -> Self {
+        self.until = Some(until);
+        self
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A shared plan, as held by tenants.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::plan::{Overrides, Plan};
+use crate::utc::{now_ms, UtcTime};
 
 /// A validated tenant identifier.
 ///
@@ -383,6 +384,10 @@ impl fmt::Display for TenantStatus {
 /// plan (plan with overrides applied) computed once at construction (a
 /// tenant without overrides shares its base plan).
 ///
+/// Overrides with an [`until`](Overrides::until) end by themselves: from
+/// that instant on, [`plan`](Self::plan) returns the base plan (the check
+/// is one comparison with the system clock, made only for such tenants).
+///
 /// The [`TenancyLayer`](crate::TenancyLayer) inserts an `Arc<Tenant>` (as
 /// [`CurrentTenant`](crate::CurrentTenant)) into the request extensions.
 ///
@@ -402,6 +407,8 @@ pub struct Tenant {
     base_plan: Arc<Plan>,
     overrides: Overrides,
     effective: Arc<Plan>,
+    /// `overrides.until` in ms since the epoch.
+    until: Option<u64>,
 }
 
 impl Tenant {
@@ -428,6 +435,7 @@ impl Tenant {
             id,
             status,
             base_plan: plan,
+            until: overrides.until.map(UtcTime::unix_ms),
             overrides,
             effective,
         }
@@ -466,9 +474,29 @@ impl Tenant {
         self.status
     }
 
-    /// The effective plan: the base plan with this tenant's overrides applied.
+    /// The effective plan: the base plan with this tenant's overrides
+    /// applied, or the base plan alone once the overrides' `until` has
+    /// passed (system clock).
     pub fn plan(&self) -> &Arc<Plan> {
-        &self.effective
+        match self.until {
+            Some(until) if now_ms() >= until => &self.base_plan,
+            _ => &self.effective,
+        }
+    }
+
+    /// The effective plan at `now`: [`plan`](Self::plan) for a given instant.
+    pub fn plan_at(&self, now: UtcTime) -> &Arc<Plan> {
+        match self.until {
+            Some(until) if now.unix_ms() >= until => &self.base_plan,
+            _ => &self.effective,
+        }
+    }
+
+    /// The overrides in force at `now`: `None` when there are none or their
+    /// `until` has passed.
+    pub fn overrides_at(&self, now: UtcTime) -> Option<&Overrides> {
+        let ended = self.until.is_some_and(|until| now.unix_ms() >= until);
+        (!ended && self.overrides != Overrides::default()).then_some(&self.overrides)
     }
 
     /// The base plan, without overrides.

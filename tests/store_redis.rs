@@ -452,10 +452,25 @@ async fn leases(target: &Target, t: &str) {
             .unwrap()
     };
     let admitted = wall();
-    let a = store.admit(&tenant2, &check).await.unwrap();
-    assert!(a.allowed());
-    assert_eq!(a.decisions[0].used, 2);
-    std::mem::forget(a); // a crashed instance never releases
+    // A crashed instance never releases nor renews: the admission runs on a
+    // runtime of its own (which the lease's renewal runs on), then the
+    // lease is forgotten and that runtime shut down.
+    let (crashed, t2, c2) = (store.clone(), tenant2.clone(), check.clone());
+    let used = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let a = rt.block_on(crashed.admit(&t2, &c2)).unwrap();
+        assert!(a.allowed());
+        let used = a.decisions[0].used;
+        std::mem::forget(a);
+        drop(rt);
+        used
+    })
+    .await
+    .unwrap();
+    assert_eq!(used, 2);
     clock.advance_ms(86_400_000);
     let held = level(&store, &tenant2, &check[0]).await;
     // (Held unless the check came 2 s late, on a stalled machine.)

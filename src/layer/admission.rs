@@ -115,7 +115,9 @@ impl Rule {
     /// a success (2xx; for gRPC, a trailers-only response with a non-zero
     /// `grpc-status`, which is how a unary handler's error travels) gives it
     /// back. Deleting a resource is the application's call:
-    /// `store.adjust(tenant, name, -1)`.
+    /// `store.adjust(tenant, name, -1)`. A unit reserved by a store call
+    /// whose answer never came (a timeout) is kept, erring towards refusing:
+    /// the Redis store's documentation (`store::redis`, "Leases") says why.
     pub fn gauge(name: &str) -> Self {
         Self::new(RuleKind::Gauge, name)
     }
@@ -141,19 +143,26 @@ impl Rule {
         self
     }
 
-    /// The plan's limit for this rule: its algorithm and limit, or `None`
-    /// when the plan does not define it or leaves it unlimited.
-    fn limit_in(&self, plan: &Plan) -> Option<(Algorithm, u64)> {
-        let (algorithm, limit) = match self.kind {
-            RuleKind::Rate => plan.rates.get(&*self.name).map(|r| (r.into(), r.limit))?,
-            RuleKind::Quota => plan.quotas.get(&*self.name).map(|q| (q.into(), q.limit))?,
+    /// The plan's limit for this rule: its algorithm, limit and whether the
+    /// plan puts it in shadow mode, or `None` when the plan does not define
+    /// it or leaves it unlimited. Gauges are never shadowed.
+    fn limit_in(&self, plan: &Plan) -> Option<(Algorithm, u64, bool)> {
+        let (algorithm, limit, shadow) = match self.kind {
+            RuleKind::Rate => plan
+                .rates
+                .get(&*self.name)
+                .map(|r| (r.into(), r.limit, r.shadow || plan.shadow))?,
+            RuleKind::Quota => plan
+                .quotas
+                .get(&*self.name)
+                .map(|q| (q.into(), q.limit, q.shadow || plan.shadow))?,
             RuleKind::Concurrency => plan
                 .concurrency
                 .get(&*self.name)
-                .map(|c| (c.into(), c.limit))?,
-            RuleKind::Gauge => (Algorithm::Gauge, plan.limit_of(&self.name)?),
+                .map(|c| (c.into(), c.limit, c.shadow || plan.shadow))?,
+            RuleKind::Gauge => (Algorithm::Gauge, plan.limit_of(&self.name)?, false),
         };
-        Some((algorithm, limit.max()?))
+        Some((algorithm, limit.max()?, shadow))
     }
 
     /// The units this request costs under this rule (0: it does not count).
@@ -170,6 +179,9 @@ impl Rule {
 struct Limited {
     algorithm: Algorithm,
     limit: u64,
+    /// Shadow mode (the layer's, the plan's or the rule's): counted, never
+    /// refusing, left out of the header fields.
+    shadow: bool,
     /// The first rule of the layer naming the same counter (itself when
     /// none before): requests count once per counter, with the summed cost.
     first: u32,
@@ -240,10 +252,10 @@ struct PlanRules {
 }
 
 impl PlanRules {
-    fn new(rules: &[Rule], plan: &Plan) -> Self {
+    fn new(rules: &[Rule], plan: &Plan, shadow: bool) -> Self {
         let mut limited: SmallVec<[Option<Limited>; 4]> = SmallVec::new();
         for (index, rule) in rules.iter().enumerate() {
-            let entry = rule.limit_in(plan).map(|(algorithm, limit)| {
+            let entry = rule.limit_in(plan).map(|(algorithm, limit, shadowed)| {
                 let first = rules[..index]
                     .iter()
                     .zip(&limited)
@@ -254,6 +266,7 @@ impl PlanRules {
                 Limited {
                     algorithm,
                     limit,
+                    shadow: (shadow && rule.kind != RuleKind::Gauge) || shadowed,
                     first: first as u32,
                 }
             });
@@ -263,7 +276,7 @@ impl PlanRules {
             .iter()
             .zip(&limited)
             .map(|(rule, limited)| {
-                let limited = limited.as_ref()?;
+                let limited = limited.as_ref().filter(|l| !l.shadow)?;
                 let window = match limited.algorithm {
                     Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
                         Some(ceil_secs(window))
@@ -280,7 +293,10 @@ impl PlanRules {
             .collect();
         let reported = limited
             .iter()
-            .map(|l| l.and_then(|l| Reported::of(l.algorithm, l.limit)))
+            .map(|l| {
+                l.filter(|l| !l.shadow)
+                    .and_then(|l| Reported::of(l.algorithm, l.limit))
+            })
             .collect();
         let sets = 1usize << rules.len().min(CACHED_SET_RULES);
         Self {
@@ -325,6 +341,11 @@ struct Config<St> {
     rules: Vec<Rule>,
     style: HeaderStyle,
     soft: Option<SoftLimit>,
+    /// Every rule in shadow mode.
+    shadow: bool,
+    /// Whether admitted responses name the shadowed policies that would
+    /// have refused them.
+    shadow_header: bool,
     /// Per-plan limits and `RateLimit-Policy` values.
     plans: PlanCache<PlanRules>,
 }
@@ -334,7 +355,13 @@ struct Admitted {
     lease: Option<Lease>,
     fields: Option<RateLimitHeaders>,
     warning: Option<HeaderValue>,
+    /// `x-tenancy-shadow-rejected`.
+    shadow_rejected: Option<HeaderValue>,
 }
+
+/// The header naming the shadowed policies that would have refused a
+/// request ([`AdmissionLayer::shadow_header`]).
+pub const SHADOW_REJECTED: HeaderName = HeaderName::from_static("x-tenancy-shadow-rejected");
 
 /// Admits requests against the counter rules of the tenant's plan: rate
 /// limits, quotas, concurrency limits and gauges, **all in one store call**,
@@ -394,6 +421,8 @@ impl<St: CounterStore> AdmissionLayer<St> {
                 rules: Vec::new(),
                 style: HeaderStyle::default(),
                 soft: None,
+                shadow: false,
+                shadow_header: false,
                 plans: PlanCache::new(),
             }),
         }
@@ -448,6 +477,47 @@ impl<St: CounterStore> AdmissionLayer<St> {
             .soft
             .get_or_insert_with(|| SoftLimit::new(80))
             .header(on);
+        self
+    }
+
+    /// Shadow mode for every rate, quota and concurrency rule of this layer
+    /// (gauges stay enforced): requests are counted exactly as if the rules
+    /// were enforced, and never refused by them. Each would-be refusal is a
+    /// `tracing` event (`info`, target `tower_tenancy::observe`, message
+    /// `shadow rejection`) and, with the `metrics` feature, an increment of
+    /// `tenancy_shadow_rejected_total{code,policy}`. Shadowed rules are left
+    /// out of the `RateLimit` fields.
+    ///
+    /// A single rule is shadowed in the catalog (`shadow = true` on a rate,
+    /// quota or concurrency rule), a tenant by an override
+    /// (`overrides = { shadow = true }`).
+    ///
+    /// Counting: the shadowed checks consume only when every check of the
+    /// request allows — as they would when enforced, so that turning shadow
+    /// mode off continues from the same counts; the enforced checks of the
+    /// same request consume whenever they all allow (see
+    /// [`Check::shadow`](crate::store::Check::shadow)).
+    ///
+    /// ```
+    /// use tower_tenancy::{AdmissionLayer, Rule};
+    /// use tower_tenancy::store::MemoryStore;
+    ///
+    /// let watch_only = AdmissionLayer::new(MemoryStore::new())
+    ///     .rule(Rule::rate("api_calls_per_minute"))
+    ///     .shadow(true)
+    ///     .shadow_header(true); // x-tenancy-shadow-rejected: api_calls_per_minute
+    /// ```
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.config_mut().shadow = on;
+        self
+    }
+
+    /// Adds `x-tenancy-shadow-rejected: <policy>[, <policy>…]` to responses
+    /// that a shadowed rule would have refused (default: off).
+    #[must_use]
+    pub fn shadow_header(mut self, on: bool) -> Self {
+        self.config_mut().shadow_header = on;
         self
     }
 
@@ -521,9 +591,9 @@ where
         };
         let head = RequestHead::of(&req);
         let config = &*self.config;
-        let prepared = config
-            .plans
-            .get(tenant.plan(), |plan| PlanRules::new(&config.rules, plan));
+        let prepared = config.plans.get(tenant.plan(), |plan| {
+            PlanRules::new(&config.rules, plan, config.shadow)
+        });
         let mut asked = Asked {
             tenant: tenant.id(),
             checks: Checks::new(),
@@ -547,6 +617,7 @@ where
                         algorithm: limited.algorithm,
                         limit: limited.limit,
                         cost,
+                        shadow: limited.shadow,
                     });
                     asked.rules.push(index as u32);
                 }
@@ -671,6 +742,7 @@ fn decide<St, T: Borrow<TenantId>>(
         }
     };
     let pairs = || asked.checks.iter().zip(&admission.decisions);
+    let enforced = || pairs().filter(|(c, _)| !c.shadow);
     let fields = if config.style == HeaderStyle::None {
         None
     } else if config.style.most_restrictive() {
@@ -679,7 +751,7 @@ fn decide<St, T: Borrow<TenantId>>(
         every_policy(config, prepared, asked, &admission.decisions)
     };
     // The refusal names the check that blocks longest.
-    let denied = pairs()
+    let denied = enforced()
         .filter(|(_, d)| !d.allowed)
         .max_by_key(|(_, d)| d.retry_after.unwrap_or(Duration::MAX));
     let Some((check, decision)) = denied else {
@@ -687,29 +759,36 @@ fn decide<St, T: Borrow<TenantId>>(
             return Err(Rejection::new(RejectionKind::Unavailable).tenant(asked.tenant().clone()));
         }
         crate::observe::admitted(asked.tenant(), &asked.checks);
+        let mut shadow_rejected = SmallVec::<[&str; 4]>::new();
+        for (check, decision) in pairs().filter(|(c, d)| c.shadow && !d.allowed) {
+            crate::observe::shadow_rejected(
+                asked.tenant(),
+                refusal_kind(check.algorithm),
+                &check.policy,
+                decision,
+            );
+            shadow_rejected.push(&check.policy);
+        }
+        let shadow_rejected = (config.shadow_header && !shadow_rejected.is_empty())
+            .then(|| HeaderValue::from_str(&shadow_rejected.join(", ")).ok())
+            .flatten();
         let warning = config
             .soft
             .as_ref()
-            .and_then(|soft| soft.observe(asked.tenant(), pairs()));
+            .and_then(|soft| soft.observe(asked.tenant(), enforced()));
         return Ok(Admitted {
             lease: admission.lease.take(),
             fields,
             warning,
+            shadow_rejected,
         });
     };
-    let kind = match check.algorithm {
-        Algorithm::Calendar { .. } => RejectionKind::QuotaExceeded,
-        Algorithm::Concurrency { .. } => RejectionKind::ConcurrencyLimited,
-        Algorithm::Gauge => RejectionKind::ResourceLimitReached,
-        // Sliding window, sliding log and any later rate algorithm.
-        _ => RejectionKind::RateLimited,
-    };
-    let mut rejection = Rejection::new(kind)
+    let mut rejection = Rejection::new(refusal_kind(check.algorithm))
         .tenant(asked.tenant().clone())
         .policy(&*check.policy)
         .usage(decision.limit, decision.used)
         .violated_policies(
-            pairs()
+            enforced()
                 .filter(|(_, d)| !d.allowed)
                 .map(|(c, _)| String::from(&*c.policy)),
         );
@@ -725,6 +804,17 @@ fn decide<St, T: Borrow<TenantId>>(
         rejection = rejection.rate_limit(fields);
     }
     Err(rejection)
+}
+
+/// The rejection a refusal by a check of `algorithm` is.
+fn refusal_kind(algorithm: Algorithm) -> RejectionKind {
+    match algorithm {
+        Algorithm::Calendar { .. } => RejectionKind::QuotaExceeded,
+        Algorithm::Concurrency { .. } => RejectionKind::ConcurrencyLimited,
+        Algorithm::Gauge => RejectionKind::ResourceLimitReached,
+        // Sliding window, sliding log and any later rate algorithm.
+        _ => RejectionKind::RateLimited,
+    }
 }
 
 /// `t` of a policy in `RateLimit` (draft-11 §4.1.2): the seconds until the
@@ -797,12 +887,13 @@ fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]
         .iter()
         .zip(decisions)
         .filter(|(c, _)| {
-            matches!(
-                c.algorithm,
-                Algorithm::SlidingWindow { .. }
-                    | Algorithm::SlidingLog { .. }
-                    | Algorithm::Calendar { .. }
-            )
+            !c.shadow
+                && matches!(
+                    c.algorithm,
+                    Algorithm::SlidingWindow { .. }
+                        | Algorithm::SlidingLog { .. }
+                        | Algorithm::Calendar { .. }
+                )
         })
         .min_by_key(|(_, d)| (d.allowed, d.remaining))?;
     Some([
@@ -822,12 +913,13 @@ fn most_restrictive<St, T>(
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
     let windowed = |c: &Check| {
-        matches!(
-            c.algorithm,
-            Algorithm::SlidingWindow { .. }
-                | Algorithm::SlidingLog { .. }
-                | Algorithm::Calendar { .. }
-        )
+        !c.shadow
+            && matches!(
+                c.algorithm,
+                Algorithm::SlidingWindow { .. }
+                    | Algorithm::SlidingLog { .. }
+                    | Algorithm::Calendar { .. }
+            )
     };
     let (i, decision) = asked
         .checks
@@ -951,6 +1043,9 @@ where
                             response
                                 .headers_mut()
                                 .insert(HeaderName::from_static("x-ratelimit-warning"), warning);
+                        }
+                        if let Some(policies) = a.shadow_rejected {
+                            response.headers_mut().insert(SHADOW_REJECTED, policies);
                         }
                         a.lease
                     });

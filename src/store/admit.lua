@@ -11,13 +11,17 @@
 --   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
 --   kind "g" gauge             param = ignored          keys: integer
+--   a kind prefixed with "~" is shadowed: it never blocks the batch; it
+--   consumes only when every check allows, the others when every check
+--   that is not shadowed allows
 -- then r, the number of lease members to remove first, and the r members;
 -- KEYS are consumed in check order (two for "sl", one for the others),
 -- followed by the r concurrency sets of those members. All share the
 -- tenant's hash tag, so the script touches one cluster slot.
 --
 -- Returns 4 integers per check: allowed (0/1), used, reset ms, retry ms
--- (-1 when there is no retry), followed by the admitted flag (0/1). A dry
+-- (-1 when there is no retry), followed by the admitted flag (0/1: every
+-- check that is not shadowed allowed). A dry
 -- run reports what an admission would (used including the cost when every
 -- check allows). A check of cost 0 consumes nothing.
 --
@@ -136,6 +140,7 @@ end
 -- Pass 1: read every counter and decide; nothing is written.
 local checks = {}
 local all = true
+local enforced = true
 local k = 1
 for i = 1, n do
   local a = 4 + (i - 1) * 4
@@ -148,6 +153,10 @@ for i = 1, n do
     key = KEYS[k],
   }
   k = k + 1
+  if string.sub(c.kind, 1, 1) == '~' then
+    c.shadow = true
+    c.kind = string.sub(c.kind, 2)
+  end
   local kind = c.kind
   if kind == 'sw' then
     local w = tonumber(c.param)
@@ -200,13 +209,15 @@ for i = 1, n do
     c.used = tonumber(redis.call('GET', c.key)) or 0
   end
   c.allowed = c.used + c.cost <= c.limit
-  if not c.allowed then all = false end
+  if not c.allowed then
+    all = false
+    if not c.shadow then enforced = false end
+  end
   checks[i] = c
 end
 
 -- A dry run reports the same decisions as an admission would.
-local would = all
-local admitted = all and mode == 'a'
+local admitted = enforced and mode == 'a'
 
 -- Pass 2: consume (when admitted) and report.
 local out = {}
@@ -216,7 +227,8 @@ for i = 1, n do
   local used = c.used
   local reset, retry = 0, -1
   local denied = not c.allowed and c.cost <= c.limit
-  local write = admitted and c.cost > 0
+  local would = all or (enforced and not c.shadow)
+  local write = would and mode == 'a' and c.cost > 0
   if would then
     used = used + c.cost
   end

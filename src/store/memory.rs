@@ -355,8 +355,19 @@ impl MemoryStore {
                 .iter()
                 .map(|check| tables.check(tenant, check, now))
                 .collect();
-            if decisions.iter().all(|d| d.allowed) {
+            // Shadowed checks consume only when every check allows; the
+            // others when every one that is not shadowed does.
+            let all = decisions.iter().all(|d| d.allowed);
+            let enforced = all
+                || decisions
+                    .iter()
+                    .zip(checks)
+                    .all(|(d, c)| d.allowed || c.shadow);
+            if enforced {
                 for (decision, check) in decisions.iter_mut().zip(checks) {
+                    if !all && check.shadow {
+                        continue;
+                    }
                     if commit {
                         tables.consume(tenant, check, now, &mut leases);
                     }

@@ -12,7 +12,10 @@
 //! store's [`Clock`] (the memory store) or from the server (`TIME` in Redis).
 //! For each check, `used` is the current level before this request; the check
 //! allows when `used + cost <= limit`. If every check of the batch allows,
-//! each consumes `cost`; otherwise nothing changes. The [`Decision`] reports
+//! each consumes `cost`; otherwise nothing changes — except with shadowed
+//! checks ([`Check::shadow`]): when every check that is not shadowed allows,
+//! those consume, and the shadowed ones consume only when every check of
+//! the batch allows (exactly what they would do if enforced). The [`Decision`] reports
 //! `used` (after consumption when admitted), `remaining = limit - used`
 //! (saturating), `reset`, and on denial `retry_after` (`None` when
 //! `cost > limit`: the request can never pass).
@@ -145,6 +148,11 @@ pub struct Check {
     pub limit: u64,
     /// Units this request consumes (usually 1).
     pub cost: u64,
+    /// Shadow mode: this check never blocks the others. It consumes only
+    /// when every check of the batch allows (as it would if enforced); the
+    /// others consume when every check that is not shadowed allows. Its
+    /// decision says whether it would have refused.
+    pub shadow: bool,
 }
 
 impl Check {
@@ -155,7 +163,32 @@ impl Check {
             algorithm,
             limit,
             cost,
+            shadow: false,
         }
+    }
+
+    /// The same check in shadow mode ([`Check::shadow`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::{Algorithm, Check, CounterStore, MemoryStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let acme = "acme".parse().unwrap();
+    /// let minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+    /// let checks = [Check::new("api", minute, 100, 1), Check::new("new_limit", minute, 1, 1).shadowed()];
+    /// let first = store.admit(&acme, &checks).await.unwrap();
+    /// assert!(first.decisions.iter().all(|d| d.allowed));
+    /// let second = store.admit(&acme, &checks).await.unwrap();
+    /// assert!(!second.decisions[1].allowed, "the shadowed check would refuse");
+    /// assert_eq!(second.decisions[0].used, 2, "the enforced one consumed");
+    /// assert_eq!(second.decisions[1].used, 1, "the shadowed one did not");
+    /// # });
+    /// ```
+    pub fn shadowed(mut self) -> Self {
+        self.shadow = true;
+        self
     }
 }
 
@@ -285,8 +318,19 @@ impl Admission {
     }
 
     /// Whether every check allowed the request (and so it was consumed).
+    /// With shadowed checks, the request is admitted when every check that
+    /// is not shadowed allowed it: see [`admits`](Self::admits).
     pub fn allowed(&self) -> bool {
         self.decisions.iter().all(|d| d.allowed)
+    }
+
+    /// Whether the store admitted `checks` (those of the call): every check
+    /// that is not [shadowed](Check::shadow) allowed.
+    pub fn admits(&self, checks: &[Check]) -> bool {
+        checks
+            .iter()
+            .zip(self.decisions.iter())
+            .all(|(c, d)| d.allowed || c.shadow)
     }
 }
 
@@ -355,9 +399,18 @@ impl<S: CounterStore + ?Sized> CounterStore for Arc<S> {
 pub struct Lease(LeaseKind);
 
 enum LeaseKind {
-    Counter { counter: Arc<AtomicU64>, units: u64 },
+    Counter {
+        counter: Arc<AtomicU64>,
+        units: u64,
+    },
     Custom(Option<Box<dyn FnOnce() + Send + Sync>>),
-    Many { _held: Vec<Lease> },
+    Many {
+        _held: Vec<Lease>,
+    },
+    Renewing {
+        _held: Box<Lease>,
+        heartbeat: tokio::task::AbortHandle,
+    },
 }
 
 impl Lease {
@@ -369,6 +422,62 @@ impl Lease {
     /// A lease that subtracts `units` from `counter` when dropped.
     pub fn counter(counter: Arc<AtomicU64>, units: u64) -> Self {
         Self(LeaseKind::Counter { counter, units })
+    }
+
+    /// This lease, kept alive while it is held: `renew` runs every
+    /// `lease_ttl / 3` (first after one period) on the current Tokio
+    /// runtime, until the lease is dropped — for a request, until its
+    /// response body or stream ends or is dropped. A store whose leases
+    /// expire after `lease_ttl` (Redis) moves their expiry forward in
+    /// `renew`, so that a slot held by a live stream never expires, while
+    /// the slots of a dead process expire within `lease_ttl` of its last
+    /// renewal. A renewal that takes longer than a period is abandoned (the
+    /// next one runs on time); two missed renewals in a row still leave a
+    /// third before the expiry. Without a runtime the lease is returned as
+    /// it is (not renewed).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::Lease;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// let renewals = Arc::new(AtomicU32::new(0));
+    /// let counted = renewals.clone();
+    /// let lease = Lease::new(|| ()).renewing(Duration::from_secs(3), move || {
+    ///     counted.fetch_add(1, Ordering::SeqCst);
+    ///     async {}
+    /// });
+    /// tokio::time::sleep(Duration::from_millis(3_500)).await; // renewed at 1 s, 2 s, 3 s
+    /// assert_eq!(renewals.load(Ordering::SeqCst), 3);
+    /// drop(lease); // no renewal after this
+    /// tokio::time::sleep(Duration::from_secs(10)).await;
+    /// assert_eq!(renewals.load(Ordering::SeqCst), 3);
+    /// # });
+    /// ```
+    pub fn renewing<F, Fut>(self, lease_ttl: Duration, renew: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self;
+        };
+        let period = (lease_ttl / 3).max(Duration::from_millis(1));
+        let heartbeat = runtime.spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut ticks = tokio::time::interval_at(start, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let _ = tokio::time::timeout(period, renew()).await;
+            }
+        });
+        Self(LeaseKind::Renewing {
+            _held: Box::new(self),
+            heartbeat: heartbeat.abort_handle(),
+        })
     }
 
     /// One lease holding several.
@@ -396,6 +505,8 @@ impl Drop for Lease {
                 }
             }
             LeaseKind::Many { .. } => {}
+            // The heartbeat stops first; the held lease is released after.
+            LeaseKind::Renewing { heartbeat, .. } => heartbeat.abort(),
         }
     }
 }

@@ -23,7 +23,7 @@
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
 //! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
 //! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
-//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `lease_ttl` after the last admission |
+//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `lease_ttl` after the last admission or renewal |
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
 //!
 //! Expiries are relative (`PEXPIRE`, so that a test clock far from the
@@ -90,11 +90,34 @@
 //! never finds it held even if the task has not run yet. Without a runtime,
 //! or while Redis is unreachable, pending releases wait for that next call
 //! (at most 65 536 are kept); a lease never released expires after its
-//! `lease_ttl`. An admission whose answer never arrives — cancelled by a
+//! `lease_ttl`.
+//!
+//! A lease held by a live request is **renewed** ([`Lease::renewing`]):
+//! every third of its `lease_ttl` one `renew.lua` call (`ZADD XX` of each
+//! member with the expiry `TIME + lease_ttl`, on the server's clock) keeps
+//! it alive for as long as the response body or stream lives, however long
+//! that is. A member that has already expired is not brought back (its slot
+//! may have gone to another request; a warning is logged). When the
+//! process holding it dies, renewals stop and the slot comes back within
+//! `lease_ttl` of the last renewal (RELIABILITY.md has the measured times).
+//!
+//! An admission whose answer never arrives — cancelled by a
 //! timeout or because its request went away while it waited for Redis, or
 //! failed after it was sent — releases its lease id the same way, since the
 //! script may have run and taken it (otherwise the slot would stay taken
 //! until `lease_ttl`, 5 minutes by default).
+//!
+//! A **gauge** unit reserved by such an admission is *not* given back: the
+//! store cannot tell whether the script ran (a call that timed out may have
+//! run, or may still run, or may never have reached the server), and a
+//! blind `DECRBY` when it did not run would lower the level below the
+//! resources that exist — admitting above the limit. Keeping it errs
+//! towards refusing, by at most the reserved units per lost answer, until
+//! the application corrects the level (`adjust`). It is also what the
+//! request needs when a [`ResilientStore`](crate::store::ResilientStore)
+//! fails open or falls back: the request is then served and may create the
+//! resource the unit stands for. (The admission layer gives a gauge unit
+//! back only when the store answered and the response is not a success.)
 //!
 //! # Limits
 //!
@@ -160,6 +183,7 @@ pub struct RedisStore {
 struct Shared {
     admit: Script,
     adjust: Script,
+    renew: Script,
     lease_prefix: String,
     lease_seq: AtomicU64,
     /// Released leases whose removal has not been confirmed yet. The next
@@ -313,6 +337,7 @@ impl RedisStore {
             shared: Arc::new(Shared {
                 admit: Script::new(include_str!("admit.lua")),
                 adjust: Script::new(include_str!("adjust.lua")),
+                renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
                 lease_seq: AtomicU64::new(0),
                 pending: Mutex::new(Vec::new()),
@@ -406,6 +431,8 @@ impl RedisStore {
         args.push(lease_id.clone());
         args.push(checks.len().to_string());
         let mut held = Vec::new();
+        // Per held member: its lease TTL in ms and whether its check is shadowed.
+        let mut renewal = Vec::new();
         for check in checks {
             let k = kind(&check.algorithm);
             // Clamped into exact doubles, keeping `cost > limit` when it holds.
@@ -435,12 +462,19 @@ impl RedisStore {
                 keys.push(main);
                 keys.push(key(&self.prefix, tenant, "sq", &check.policy));
             } else {
-                if has_lease && k == "cc" && check.cost > 0 {
+                if let (true, Algorithm::Concurrency { lease_ttl }) =
+                    (has_lease && check.cost > 0, check.algorithm)
+                {
                     held.push((main.clone(), format!("{lease_id}:{cost}")));
+                    renewal.push((ms(lease_ttl).max(1), check.shadow));
                 }
                 keys.push(main);
             }
-            args.push(k.to_owned());
+            args.push(if check.shadow {
+                format!("~{k}")
+            } else {
+                k.to_owned()
+            });
             args.push(limit.to_string());
             args.push(cost);
             args.push(param);
@@ -510,16 +544,64 @@ impl RedisStore {
                 })
                 .collect();
             let admitted = reply[reply.len() - 1] == 1;
-            // Answered: an admitted batch holds the lease; a denied one took nothing.
+            // Shadowed checks consumed only if every check allowed.
+            let all = reply.chunks_exact(4).all(|r| r[0] == 1);
+            // Answered: an admitted batch holds the lease (renewed while it is
+            // held); a denied one took nothing.
             let lease = unanswered
                 .release
                 .take()
                 .and_then(|(conn, shared, tenant, n, held)| {
-                    admitted.then(|| release_on_drop(conn, shared, tenant, n, held))
+                    let renewed: Vec<_> = held
+                        .iter()
+                        .zip(&renewal)
+                        .filter(|(_, (_, shadow))| all || !shadow)
+                        .map(|((key, member), (ttl, _))| (key.clone(), member.clone(), *ttl))
+                        .collect();
+                    admitted.then(|| {
+                        let lease = release_on_drop(conn.clone(), shared.clone(), tenant, n, held);
+                        renew_while_held(lease, conn, shared, renewed)
+                    })
                 });
             Ok((decisions, lease))
         }
     }
+}
+
+/// `lease`, renewed every third of the shortest lease TTL of its members
+/// while it is held ([`Lease::renewing`]): one `renew.lua` call moves the
+/// expiry of each member still alive to the server's time + its TTL.
+fn renew_while_held(
+    lease: Lease,
+    conn: Conn,
+    shared: Arc<Shared>,
+    members: Vec<(String, String, u64)>,
+) -> Lease {
+    let Some(shortest) = members.iter().map(|m| m.2).min() else {
+        return lease;
+    };
+    let members: Arc<[(String, String, u64)]> = members.into();
+    lease.renewing(Duration::from_millis(shortest), move || {
+        let (mut conn, shared, members) = (conn.clone(), shared.clone(), members.clone());
+        async move {
+            let mut invocation = shared.renew.prepare_invoke();
+            for (key, member, ttl) in members.iter() {
+                invocation.key(key).arg(member).arg(ttl);
+            }
+            match invocation.invoke_async::<usize>(&mut conn).await {
+                Ok(renewed) if renewed == members.len() => {}
+                Ok(renewed) => tracing::warn!(
+                    renewed,
+                    held = members.len(),
+                    "a concurrency lease expired before it was renewed (the store was \
+                     unreachable for longer than its TTL): its slot may be taken by another request"
+                ),
+                Err(error) => {
+                    tracing::debug!(%error, "renewing a concurrency lease failed; retried next period")
+                }
+            }
+        }
+    })
 }
 
 /// The lease an admission asked for, released when dropped unless taken:
