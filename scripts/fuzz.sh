@@ -4,6 +4,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s, every target
 #   FUZZ_CMIN=1 scripts/fuzz.sh 300           # then minimize each corpus
 #   FUZZ_REQUIRED=1 scripts/fuzz.sh           # fail (not skip) without cargo-fuzz/nightly
+#   FUZZ_SCRATCH=1 scripts/fuzz.sh 10         # on throw-away copies of the corpora
+#                                             # (scripts/test.sh: the repository stays clean)
 #
 # Needs a nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 # `cargo install cargo-fuzz`). Without them it says so and exits 0, unless
@@ -33,14 +35,25 @@ fi
 
 cargo "+$toolchain" fuzz build || exit 1
 
+scratch=""
+if [ "${FUZZ_SCRATCH:-0}" = 1 ]; then
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+fi
+
 status=0
 summary=()
 mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t"
+    corpus="fuzz/corpus/$t"
+    if [ -n "$scratch" ]; then
+        cp -r "fuzz/corpus/$t" "$scratch/$t"
+        corpus="$scratch/$t"
+    fi
     log="fuzz/logs/$t.log"
     echo "== $t: ${secs}s" >&2
-    cargo "+$toolchain" fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+    cargo "+$toolchain" fuzz run "$t" "$corpus" -- -max_total_time="$secs" -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1
     rc=$?
     runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | grep -oE '[0-9]+ runs in [0-9]+' || true)
@@ -49,7 +62,7 @@ for t in "${targets[@]}"; do
         status=1
         summary+=("$t: CRASH (exit $rc), see $log and fuzz/artifacts/$t/")
     else
-        summary+=("$t: ok, ${runs:-? runs} s, ${cov:-cov ?}, corpus $(find "fuzz/corpus/$t" -type f | wc -l) files")
+        summary+=("$t: ok, ${runs:-? runs} s, ${cov:-cov ?}, corpus $(find "$corpus" -type f | wc -l) files")
     fi
     if [ "${FUZZ_CMIN:-0}" = 1 ] && [ $rc -eq 0 ]; then
         cargo "+$toolchain" fuzz cmin "$t" >>"$log" 2>&1 || true

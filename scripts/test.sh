@@ -34,6 +34,8 @@ echo "==> cargo build --no-default-features"
 cargo build --no-default-features --lib
 echo "==> cargo test --all-features"
 cargo test --all-features
+echo "==> fuzz: every target for 10 s on scratch copies of its corpus (needs nightly + cargo-fuzz)"
+FUZZ_SCRATCH=1 scripts/fuzz.sh 10
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "==> all checks passed"

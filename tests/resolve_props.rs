@@ -668,3 +668,66 @@ fn toml_integer_seconds_load() {
     let doc = "[[plans]]\nname = \"free\"\nrates = { api = { limit = 5, window = 30 } }\n";
     Catalog::from_toml_str(doc).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// The path resolver against its reference model (tests/common/path_reference.rs,
+// also the fuzz target's oracle).
+
+#[path = "common/path_reference.rs"]
+mod path_reference;
+
+fn path_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("tenants".to_owned()),
+        Just(String::new()),
+        Just("acme".to_owned()),
+        Just("ACME".to_owned()),
+        Just("%61cme".to_owned()),
+        Just("%2e%2e".to_owned()),
+        Just("a%2Fb".to_owned()),
+        Just("%".to_owned()),
+        Just("%4".to_owned()),
+        Just("%zz".to_owned()),
+        Just("%C3%A9".to_owned()),
+        Just("%FF".to_owned()),
+        Just("-x".to_owned()),
+        Just("x.y_z-1".to_owned()),
+        "[a-zA-Z0-9._~%-]{0,12}",
+        "[a-z]{60,70}",
+    ]
+}
+
+proptest! {
+    #[test]
+    fn path_resolver_matches_the_shared_reference(
+        pieces in proptest::collection::vec(path_piece(), 0..6),
+        query in proptest::option::of("[a-z=&]{0,8}"),
+        index in 0usize..7,
+        max_len in 1usize..70,
+        lowercase in any::<bool>(),
+    ) {
+        let path = format!("/{}", pieces.join("/"));
+        let uri = match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let Ok(req) = Request::get(uri.as_str()).body(()) else {
+            return Ok(());
+        };
+        let head = RequestHead::of(&req);
+        let rules = TenantIdRules::default().max_len(max_len).lowercase(lowercase);
+        let path = req.uri().path();
+        for (resolver, segment) in [
+            (PathResolver::after("tenants"), path_reference::Segment::After("tenants")),
+            (PathResolver::segment(index), path_reference::Segment::Index(index)),
+        ] {
+            let got = resolver
+                .rules(rules)
+                .resolve(&head)
+                .map(|id| id.map(|id| id.as_str().to_owned()))
+                .map_err(|_| ());
+            let want = path_reference::expected(path, segment, &rules);
+            prop_assert_eq!(got, want, "{:?} {:?}", path, segment);
+        }
+    }
+}

@@ -1,7 +1,12 @@
 //! Header, path, query and host resolvers on requests built from arbitrary
 //! bytes (inputs that `http` refuses are skipped): never panic, and every
-//! id they return comes from where they say.
+//! id they return comes from where they say. The path resolver's answer
+//! (id, none, or refusal) must equal the reference model's
+//! (`tests/common/path_reference.rs`, shared with the property tests).
 #![no_main]
+
+#[path = "../../tests/common/path_reference.rs"]
+mod path_reference;
 
 use arbitrary::Arbitrary;
 use http::header::{HeaderValue, HOST};
@@ -46,10 +51,23 @@ fuzz_target!(|input: Input<'_>| {
         assert_eq!(values[0].as_bytes(), id.as_str().as_bytes());
     }
 
-    let _ = PathResolver::after("tenants").rules(rules).resolve(&head);
-    let _ = PathResolver::segment(usize::from(input.segment % 8))
-        .rules(rules)
-        .resolve(&head);
+    let path = req.uri().path();
+    let index = usize::from(input.segment % 8);
+    for (resolver, segment) in [
+        (
+            PathResolver::after("tenants"),
+            path_reference::Segment::After("tenants"),
+        ),
+        (PathResolver::segment(index), path_reference::Segment::Index(index)),
+    ] {
+        let got = resolver
+            .rules(rules)
+            .resolve(&head)
+            .map(|id| id.map(|id| id.as_str().to_owned()))
+            .map_err(|_| ());
+        let want = path_reference::expected(path, segment, &rules);
+        assert_eq!(got, want, "{path:?} {segment:?}");
+    }
 
     let query = QueryResolver::new("tenant").rules(rules);
     let got = query.resolve(&head);

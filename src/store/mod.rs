@@ -75,7 +75,7 @@ pub mod resilient;
 pub use self::redis::RedisStore;
 pub use breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "redis")]
-pub use redis_partitions::ClusterPartitions;
+pub use redis_partitions::{ClusterPartitions, ClusterShardStore};
 pub use resilient::{FailurePolicy, Partitions, ResilientStore};
 
 /// How a check counts.
