@@ -212,30 +212,24 @@ pub async fn shared_store(
 ) -> Result<Arc<dyn CounterStore>, String> {
     #[cfg(feature = "redis")]
     {
-        use tower_tenancy::store::ClusterPartitions;
+        use tower_tenancy::store::ClusterShardStore;
         use tower_tenancy::{FailurePolicy, RedisStore, ResilientStore};
         let nodes: Vec<&str> = url
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .collect();
-        let cluster = nodes.len() > 1;
-        let redis = if cluster {
-            RedisStore::connect_cluster(nodes).await
+        // A cluster: a connection and a breaker per master, so that a master
+        // failing over degrades only the tenants whose slots it serves.
+        let (redis, masters): (Arc<dyn CounterStore>, _) = if nodes.len() > 1 {
+            let shards = ClusterShardStore::connect(nodes)
+                .await
+                .map_err(|e| e.to_string())?;
+            let masters = shards.partitions();
+            (Arc::new(shards), Some(masters))
         } else {
-            RedisStore::connect(url).await
-        }
-        .map_err(|e| e.to_string())?;
-        // A cluster: one breaker per master, so that a master failing over
-        // degrades only the tenants whose slots it serves.
-        let masters = if cluster {
-            Some(
-                ClusterPartitions::discover(&redis, Duration::from_secs(1))
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        } else {
-            None
+            let single = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
+            (Arc::new(single), None)
         };
         let policy = match failure {
             Some("open") => FailurePolicy::FailOpen,

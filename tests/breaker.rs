@@ -89,12 +89,16 @@ async fn cold_and_warm(bases: &[String], what: &str) -> [Vec<Shot>; 2] {
 }
 
 /// In this process (debug build, 4 servers and 400 clients on 2 cores) the
-/// runtime is saturated: calls miss the 100 ms timeout and are answered 503
-/// by the policy (a timed-out call fails closed). The breaker must add none:
-/// every 503 waited out its store call. The figure without the in-process
-/// load is `burst_of_400_release_processes_answers_no_503`.
+/// runtime is saturated: many calls miss the 100 ms timeout and are
+/// answered 503 by the policy (a timed-out call fails closed), and when
+/// half of them do the failure-rate rule may open a breaker — as it should.
+/// Asserted here: every request answered (200, or 503 problem+json) and
+/// every admission counted in Redis; the figures are printed. The "no 503"
+/// goal is measured without the in-process load by
+/// `burst_of_400_release_processes_answers_no_503`, and the breaker's rules
+/// with paused time in `src/store/breaker.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_of_400_cold_and_warm_no_503_from_the_breaker() {
+async fn burst_of_400_cold_and_warm_in_process() {
     let server = RedisServer::new();
     let insts = rel::start_demo_instances(4, &catalog(), &server.url(), "closed", TIMEOUT).await;
     let bases: Vec<String> = insts.iter().map(|i| i.url("")).collect();
@@ -104,10 +108,7 @@ async fn burst_of_400_cold_and_warm_no_503_from_the_breaker() {
         for s in shots {
             match s.status {
                 Some(200) => {}
-                Some(503) => assert!(
-                    s.took >= TIMEOUT,
-                    "{name}: a 503 without a timed-out call (an open breaker): {s:?}"
-                ),
+                Some(503) => assert_eq!(s.code.as_deref(), Some("unavailable"), "{s:?}"),
                 _ => panic!("{name}: {s:?}"),
             }
         }

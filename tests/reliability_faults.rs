@@ -503,7 +503,7 @@ async fn cluster_master_killed_replica_takes_over() {
     );
     println!(
         "FIGURES faults cluster failover: tenant {other} on a healthy master: {} requests [{}], \
-         {other_503} answered 503 (the breaker is per store, not per node), slowest {other_slowest:?}",
+         {other_503} answered 503 (cluster-require-full-coverage yes: every node refuses while a slot has no master; tests/cluster_failover_breaker.rs runs without it), slowest {other_slowest:?}",
         other_shots.len(),
         histogram(&other_shots)
     );

@@ -31,8 +31,8 @@ macro_rules! scenarios {
 
 scenarios! {
     "current_thread":
-        sliding_window_limit,
-        sliding_window_weighting,
+        sliding_window_approx_limit,
+        sliding_window_approx_weighting,
         sliding_log_limit,
         sliding_log_costs,
         calendar_hour,

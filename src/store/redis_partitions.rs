@@ -12,6 +12,14 @@
 //! refresh, a moved slot still maps to its former master (whose breaker may
 //! be open): at most one refresh interval of degraded answers for those
 //! tenants, on top of the failover itself.
+//!
+//! One breaker per master is not enough on its own with one shared cluster
+//! connection: redis-rs's cluster connection holds **every** request while
+//! it refreshes its slot map, which it does again and again while a master
+//! is down, so tenants of healthy masters miss their timeouts too.
+//! [`ClusterShardStore`] gives each master's slots a cluster connection of
+//! their own (one [`RedisStore`] per master at connection time): a failing
+//! master stalls only the connection of its own slots.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -51,7 +59,7 @@ pub struct ClusterPartitions {
 }
 
 struct Inner {
-    prefix: Arc<str>,
+    prefix: parking_lot::RwLock<Arc<str>>,
     store: RedisStore,
     map: ArcSwap<SlotMap>,
 }
@@ -94,7 +102,7 @@ impl ClusterPartitions {
         }
         let map = fetch(store).await?;
         let inner = Arc::new(Inner {
-            prefix: Arc::from(store.key_prefix()),
+            prefix: parking_lot::RwLock::new(Arc::from(store.key_prefix())),
             store: store.clone(),
             map: ArcSwap::from_pointee(map),
         });
@@ -136,10 +144,193 @@ impl ClusterPartitions {
     /// # }
     /// ```
     pub fn master_of(&self, tenant: &TenantId) -> Option<Arc<str>> {
-        let slot = slot_of(&self.inner.prefix, tenant.as_str());
+        let slot = slot_of(&self.inner.prefix.read(), tenant.as_str());
         let map = self.inner.map.load();
         let index = map.slots[slot as usize];
         (index != UNKNOWN).then(|| map.masters[index as usize].clone())
+    }
+}
+
+/// A Redis Cluster counter store with one cluster connection per master
+/// (see the [module documentation](self)): the slots each master served
+/// when it connected go through a [`RedisStore`] of their own. Its
+/// [`partitions`](Self::partitions) give one breaker per master.
+///
+/// Decisions, keys and semantics are [`RedisStore`]'s. Cost: one cluster
+/// connection (a connection to each master) per master, so `masters²`
+/// connections per instance.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_tenancy::store::{ClusterShardStore, FailurePolicy, ResilientStore};
+///
+/// let redis = ClusterShardStore::connect(["redis://127.0.0.1:7000"]).await?;
+/// let masters = redis.partitions();
+/// let store = ResilientStore::new(redis)
+///     .policy(FailurePolicy::FailClosed)
+///     .partitioned(masters);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClusterShardStore {
+    shards: Arc<[RedisStore]>,
+    /// Shard per slot.
+    slot_shard: Arc<[u16]>,
+    partitions: ClusterPartitions,
+}
+
+impl std::fmt::Debug for ClusterShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterShardStore")
+            .field("shards", &self.shards.len())
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl ClusterShardStore {
+    /// Connects to the cluster through any of `nodes`, reads its masters
+    /// and opens one cluster connection per master. The slot map for the
+    /// breakers is refreshed every second.
+    ///
+    /// ```no_run
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// use tower_tenancy::store::ClusterShardStore;
+    /// let store = ClusterShardStore::connect(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect<T: redis::IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::new(nodes)?;
+        Self::from_client(&client).await
+    }
+
+    /// As [`connect`](Self::connect), with a cluster client configured by
+    /// the caller (timeouts, TLS, …).
+    ///
+    /// ```no_run
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::ClusterShardStore;
+    /// let client = redis::cluster::ClusterClient::builder(["redis://127.0.0.1:7000"])
+    ///     .connection_timeout(Duration::from_millis(250))
+    ///     .build()?;
+    /// let store = ClusterShardStore::from_client(&client).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_client(client: &redis::cluster::ClusterClient) -> RedisResult<Self> {
+        let first = RedisStore::from_cluster_connection(client.get_async_connection().await?);
+        let partitions = ClusterPartitions::discover(&first, Duration::from_secs(1)).await?;
+        let (slot_shard, masters): (Arc<[u16]>, usize) = {
+            let map = partitions.inner.map.load();
+            let slots = map
+                .slots
+                .iter()
+                .map(|&i| if i == UNKNOWN { 0 } else { i })
+                .collect();
+            (slots, map.masters.len().max(1))
+        };
+        let mut shards = vec![first];
+        for _ in 1..masters {
+            shards.push(RedisStore::from_cluster_connection(
+                client.get_async_connection().await?,
+            ));
+        }
+        Ok(Self {
+            shards: shards.into(),
+            slot_shard,
+            partitions,
+        })
+    }
+
+    /// Sets the key prefix of every shard (see [`RedisStore::prefix`]).
+    ///
+    /// ```no_run
+    /// # async fn run(store: tower_tenancy::store::ClusterShardStore) {
+    /// let store = store.prefix("billing:");
+    /// # }
+    /// ```
+    pub fn prefix(self, prefix: impl Into<String>) -> Self {
+        let prefix: String = prefix.into();
+        *self.partitions.inner.prefix.write() = Arc::from(prefix.as_str());
+        self.map_shards(|s| s.prefix(prefix.clone()))
+    }
+
+    /// Sets the clock of every shard (see [`RedisStore::clock`]).
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use tower_tenancy::store::ManualClock;
+    /// # async fn run(store: tower_tenancy::store::ClusterShardStore) {
+    /// let store = store.clock(Arc::new(ManualClock::new(1_700_000_000_000)));
+    /// # }
+    /// ```
+    pub fn clock(self, clock: Arc<dyn super::Clock>) -> Self {
+        self.map_shards(|s| s.clock(clock.clone()))
+    }
+
+    fn map_shards(mut self, f: impl Fn(RedisStore) -> RedisStore) -> Self {
+        self.shards = self.shards.iter().cloned().map(f).collect();
+        self
+    }
+
+    /// The masters by slot, for one breaker per master
+    /// ([`ResilientStore::partitioned`](crate::store::ResilientStore::partitioned)).
+    ///
+    /// ```no_run
+    /// # fn run(store: tower_tenancy::store::ClusterShardStore) {
+    /// println!("{:?}", store.partitions().masters());
+    /// # }
+    /// ```
+    pub fn partitions(&self) -> ClusterPartitions {
+        self.partitions.clone()
+    }
+
+    /// The store serving `tenant`.
+    ///
+    /// ```no_run
+    /// # fn run(store: tower_tenancy::store::ClusterShardStore) {
+    /// let key = store.shard(&"acme".parse().unwrap()).key(
+    ///     &"acme".parse().unwrap(),
+    ///     &tower_tenancy::store::Algorithm::Gauge,
+    ///     "workflows",
+    /// );
+    /// # }
+    /// ```
+    pub fn shard(&self, tenant: &TenantId) -> &RedisStore {
+        let slot = slot_of(&self.partitions.inner.prefix.read(), tenant.as_str());
+        &self.shards[self.slot_shard[slot as usize] as usize % self.shards.len()]
+    }
+}
+
+impl super::CounterStore for ClusterShardStore {
+    fn admit(
+        &self,
+        tenant: &TenantId,
+        checks: &[super::Check],
+    ) -> crate::future::MaybeReady<super::StoreResult<super::Admission>> {
+        self.shard(tenant).admit(tenant, checks)
+    }
+
+    fn peek(
+        &self,
+        tenant: &TenantId,
+        checks: &[super::Check],
+    ) -> crate::future::MaybeReady<super::StoreResult<super::Decisions>> {
+        self.shard(tenant).peek(tenant, checks)
+    }
+
+    fn adjust(
+        &self,
+        tenant: &TenantId,
+        policy: &str,
+        delta: i64,
+    ) -> crate::future::MaybeReady<super::StoreResult<u64>> {
+        self.shard(tenant).adjust(tenant, policy, delta)
     }
 }
 
