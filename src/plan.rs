@@ -177,16 +177,46 @@ mod duration_serde {
     }
 }
 
-/// How a rate limit counts.
+/// How a rate limit counts. Which to pick:
+///
+/// * [`SlidingWindow`](Self::SlidingWindow) (the default, `"sliding_window"`):
+///   never admits more than `limit` in any window-long span; may refuse up to
+///   one eighth of a window early. 24 bytes of state per key in memory.
+/// * [`Gcra`](Self::Gcra) (`"gcra"`): a steady rate of `limit / window` with
+///   bursts of up to `burst` (default: `limit`), as governor and
+///   tower_governor count; 8 bytes per key.
+/// * [`SlidingLog`](Self::SlidingLog) (`"sliding_log"`): exact, O(limit)
+///   memory per key.
+/// * [`SlidingWindowApprox`](Self::SlidingWindowApprox)
+///   (`"sliding_window_approx"`): the two-counter estimate; O(1) memory but
+///   it may admit up to about twice the limit in a span after a burst.
+///
+/// The measured accuracy of each is in BENCHMARKS.md §5 and in
+/// [`MemoryStore`](crate::MemoryStore#accuracy).
+///
+/// ```
+/// use tower_tenancy::{RateAlgorithm, RateRule};
+///
+/// let r: RateRule = serde_json::from_str(r#"{"limit":10,"window":"1s","algorithm":"gcra","burst":20}"#).unwrap();
+/// assert_eq!((r.algorithm, r.burst), (RateAlgorithm::Gcra, Some(20)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RateAlgorithm {
-    /// Sliding window counter: two fixed windows, the previous one weighted
-    /// by its overlap with the sliding window. O(1) memory, approximate.
+    /// Sliding window of 8 sub-buckets: counts every admission of the last
+    /// window, the oldest (partly expired) sub-bucket in full. Never over the
+    /// limit; O(1) memory.
     #[default]
     SlidingWindow,
     /// Sliding log: one timestamp per admitted unit. O(limit) memory, exact.
     SlidingLog,
+    /// The two-counter sliding window (the previous fixed window weighted by
+    /// its overlap): O(1) memory, approximate in both directions.
+    SlidingWindowApprox,
+    /// Generic cell rate algorithm: one unit every `window / limit`, bursts
+    /// of up to `burst`.
+    Gcra,
 }
 
 /// A rate limit: at most `limit` units per sliding `window`.
@@ -201,6 +231,10 @@ pub struct RateRule {
     /// The counting algorithm.
     #[serde(default)]
     pub algorithm: RateAlgorithm,
+    /// [`RateAlgorithm::Gcra`] only: the most units admitted at once after
+    /// an idle period (default: `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
     /// Shadow mode: counted exactly as if enforced, never refusing; each
     /// would-be refusal is reported (see [`AdmissionLayer::shadow`](crate::AdmissionLayer::shadow)).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -208,12 +242,34 @@ pub struct RateRule {
 }
 
 impl RateRule {
-    /// A sliding-window-counter rule.
+    /// A sliding-window rule.
     pub fn new(limit: impl Into<Limit>, window: Duration) -> Self {
         Self {
             limit: limit.into(),
             window,
             algorithm: RateAlgorithm::SlidingWindow,
+            burst: None,
+            shadow: false,
+        }
+    }
+
+    /// A GCRA rule: `limit` units per `window` as a steady rate, bursts of
+    /// up to `burst` units.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tenancy::{RateAlgorithm, RateRule};
+    ///
+    /// let rule = RateRule::gcra(100, Duration::from_secs(60), 10);
+    /// assert_eq!(rule.algorithm, RateAlgorithm::Gcra);
+    /// assert_eq!(rule.burst, Some(10));
+    /// ```
+    pub fn gcra(limit: impl Into<Limit>, window: Duration, burst: u64) -> Self {
+        Self {
+            limit: limit.into(),
+            window,
+            algorithm: RateAlgorithm::Gcra,
+            burst: Some(burst),
             shadow: false,
         }
     }
@@ -225,8 +281,16 @@ impl RateRule {
     }
 
     /// The same rule counted with another algorithm.
+    #[must_use]
     pub fn algorithm(mut self, algorithm: RateAlgorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// The same rule with a burst ([`RateAlgorithm::Gcra`] only).
+    #[must_use]
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
         self
     }
 }
@@ -583,6 +647,22 @@ mod tests {
             serde_json::from_str(r#"{"limit":"unlimited","window":30,"algorithm":"sliding_log"}"#)
                 .unwrap();
         assert_eq!(r.algorithm, RateAlgorithm::SlidingLog);
+        for (name, algorithm) in [
+            ("sliding_window", RateAlgorithm::SlidingWindow),
+            ("sliding_window_approx", RateAlgorithm::SlidingWindowApprox),
+            ("gcra", RateAlgorithm::Gcra),
+        ] {
+            let json = format!(r#"{{"limit":5,"window":"1s","algorithm":"{name}"}}"#);
+            let r: RateRule = serde_json::from_str(&json).unwrap();
+            assert_eq!((r.algorithm, r.burst), (algorithm, None));
+        }
+        let r: RateRule =
+            serde_json::from_str(r#"{"limit":5,"window":"1s","algorithm":"gcra","burst":9}"#)
+                .unwrap();
+        assert_eq!(r, RateRule::gcra(5, Duration::from_secs(1), 9));
+        assert!(
+            serde_json::from_str::<RateRule>(r#"{"limit":1,"window":"1m","burst":-1}"#).is_err()
+        );
         assert!(serde_json::from_str::<RateRule>(r#"{"limit":1,"window":"1m","x":1}"#).is_err());
         let c: ConcurrencyRule = serde_json::from_str(r#"{"limit":2}"#).unwrap();
         assert_eq!(c.lease_ttl, Duration::from_secs(300));

@@ -140,7 +140,7 @@ async fn resource_exhausted_carries_retry_info_and_quota_failure() {
         Duration::from_secs(header),
         "RetryInfo equals Retry-After"
     );
-    assert!((1..=120).contains(&header), "{header}");
+    assert!((1..=68).contains(&header), "{header}");
 
     let violations = &details.quota_failure().expect("QuotaFailure").violations;
     assert_eq!(violations.len(), 1);

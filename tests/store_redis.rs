@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use redis_server::{RedisCluster, RedisServer};
 use tower_tenancy::store::{
-    Algorithm, Check, Clock, CounterStore, Lease, ManualClock, MemoryStore, RedisStore,
-    ResilientStore, StoreError,
+    Algorithm, Check, Clock, CounterStore, FailurePolicy, Lease, ManualClock, MemoryStore,
+    RedisStore, ResilientStore, StoreError,
 };
 use tower_tenancy::{Period, TenantId};
 
@@ -82,6 +82,29 @@ fn sw(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
         policy,
         Algorithm::SlidingWindow {
             window: Duration::from_millis(window_ms),
+        },
+        limit,
+        cost,
+    )
+}
+
+fn approx(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
+    Check::new(
+        policy,
+        Algorithm::SlidingWindowApprox {
+            window: Duration::from_millis(window_ms),
+        },
+        limit,
+        cost,
+    )
+}
+
+fn gcra(policy: &str, window_ms: u64, limit: u64, burst: u64, cost: u64) -> Check {
+    Check::new(
+        policy,
+        Algorithm::Gcra {
+            window: Duration::from_millis(window_ms),
+            burst,
         },
         limit,
         cost,
@@ -157,6 +180,10 @@ async fn differential(target: &Target, t: &str, seed: u64) {
         cal("cal_month", Period::Month, 60, 1),
         cc("conc", 3_600_000, 4, 1),
         gauge("gauge", 25, 1),
+        approx("ap_fast", 1_300, 7, 1),
+        gcra("gc_fast", 1_000, 5, 5, 1),
+        gcra("gc_burst", 3_000, 4, 9, 1),
+        gcra("gc_odd", 7_001, 3, 2, 1),
     ];
     let conc = [pool[8].clone()];
     let mut held: Vec<(Lease, Lease)> = Vec::new();
@@ -664,8 +691,8 @@ mod conformance_single {
 
     scenarios! {
         "current_thread":
-            sliding_window_limit,
-            sliding_window_weighting,
+            sliding_window_approx_limit,
+            sliding_window_approx_weighting,
             sliding_log_limit,
             sliding_log_costs,
             calendar_hour,
@@ -696,7 +723,13 @@ mod conformance_single {
         let url = server.url();
         conformance::run_all(|clock| {
             let url = url.clone();
-            async move { ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock)) }
+            // A generous timeout, fail-closed: on a busy machine a slow
+            // answer must not turn into a fail-open admission.
+            async move {
+                ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock))
+                    .timeout(Duration::from_secs(30))
+                    .policy(FailurePolicy::FailClosed)
+            }
         })
         .await;
     }
@@ -710,6 +743,7 @@ mod conformance_single {
             let url = url.clone();
             async move {
                 ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock.clone()))
+                    .timeout(Duration::from_secs(30))
                     .fallback(MemoryStore::with_clock(clock))
             }
         })
@@ -858,6 +892,8 @@ async fn memory_usage_per_key() {
     let mut figures = Vec::new();
     let one = [
         sw("api_calls", 60_000, 100_000, 1),
+        approx("api_calls", 60_000, 100_000, 1),
+        gcra("api_calls", 60_000, 100_000, 100_000, 1),
         sl("api_calls", 600_000, 100_000, 1),
         cal("api_calls", Period::Month, 100_000, 1),
         cc("api_calls", 600_000, 100_000, 1),
@@ -891,7 +927,7 @@ async fn memory_usage_per_key() {
     };
     for n in [1, 100, 1000] {
         // O(1) keys: the same small size whatever the traffic.
-        for kind in ["sw", "cal", "g", "sq"] {
+        for kind in ["sb", "sw", "gc", "cal", "g", "sq"] {
             assert!(
                 bytes(kind, n) < 200,
                 "{kind} after {n}: {} bytes",
@@ -985,6 +1021,21 @@ async fn extreme_inputs_answer() {
         Algorithm::SlidingLog {
             window: Duration::MAX,
         },
+        Algorithm::SlidingWindowApprox {
+            window: Duration::MAX,
+        },
+        Algorithm::Gcra {
+            window: Duration::ZERO,
+            burst: 0,
+        },
+        Algorithm::Gcra {
+            window: Duration::MAX,
+            burst: u64::MAX,
+        },
+        Algorithm::Gcra {
+            window: Duration::from_secs(1),
+            burst: 3,
+        },
         Algorithm::Calendar {
             period: Period::Hour,
         },
@@ -1014,6 +1065,11 @@ async fn extreme_inputs_answer() {
                 let p = store.peek(&t, std::slice::from_ref(&c)).await.unwrap();
                 let a = store.admit(&t, std::slice::from_ref(&c)).await.unwrap();
                 let d = a.decisions[0];
+                // GCRA reports its bucket: the burst (clamped below 2^53).
+                let limit = match algorithm {
+                    Algorithm::Gcra { burst, .. } => burst.min((1 << 53) - 1),
+                    _ => limit,
+                };
                 assert_eq!(d.limit, limit);
                 assert!(d.used <= limit || !d.allowed, "{algorithm:?} {now} {d:?}");
                 if cost > limit {

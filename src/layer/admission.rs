@@ -207,7 +207,10 @@ impl Reported {
     /// reported.
     fn of(algorithm: Algorithm, limit: u64) -> Option<Self> {
         let (unit, window) = match algorithm {
-            Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
+            Algorithm::SlidingWindow { window }
+            | Algorithm::SlidingWindowApprox { window }
+            | Algorithm::SlidingLog { window }
+            | Algorithm::Gcra { window, .. } => {
                 // Whole seconds only (the field has no sub-second form);
                 // rounding the window up advertises fewer units per time.
                 (None, Some(ceil_secs(window).max(1)))
@@ -277,12 +280,7 @@ impl PlanRules {
             .zip(&limited)
             .map(|(rule, limited)| {
                 let limited = limited.as_ref().filter(|l| !l.shadow)?;
-                let window = match limited.algorithm {
-                    Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
-                        Some(ceil_secs(window))
-                    }
-                    _ => None,
-                };
+                let window = limited.algorithm.rate_window().map(ceil_secs);
                 render_policy(&[PolicyItem {
                     name: rule.quoted.as_ref()?,
                     quota: limited.limit,
@@ -888,12 +886,8 @@ fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]
         .zip(decisions)
         .filter(|(c, _)| {
             !c.shadow
-                && matches!(
-                    c.algorithm,
-                    Algorithm::SlidingWindow { .. }
-                        | Algorithm::SlidingLog { .. }
-                        | Algorithm::Calendar { .. }
-                )
+                && (c.algorithm.rate_window().is_some()
+                    || matches!(c.algorithm, Algorithm::Calendar { .. }))
         })
         .min_by_key(|(_, d)| (d.allowed, d.remaining))?;
     Some([
@@ -914,12 +908,8 @@ fn most_restrictive<St, T>(
 ) -> Option<RateLimitHeaders> {
     let windowed = |c: &Check| {
         !c.shadow
-            && matches!(
-                c.algorithm,
-                Algorithm::SlidingWindow { .. }
-                    | Algorithm::SlidingLog { .. }
-                    | Algorithm::Calendar { .. }
-            )
+            && (c.algorithm.rate_window().is_some()
+                || matches!(c.algorithm, Algorithm::Calendar { .. }))
     };
     let (i, decision) = asked
         .checks

@@ -83,12 +83,8 @@ impl SoftLimit {
     ) -> Option<HeaderValue> {
         let mut warning: Option<(&Check, &Decision)> = None;
         for (check, decision) in pairs {
-            let windowed = matches!(
-                check.algorithm,
-                Algorithm::SlidingWindow { .. }
-                    | Algorithm::SlidingLog { .. }
-                    | Algorithm::Calendar { .. }
-            );
+            let windowed = check.algorithm.rate_window().is_some()
+                || matches!(check.algorithm, Algorithm::Calendar { .. });
             let threshold = u128::from(decision.limit) * u128::from(self.threshold_percent);
             if !windowed || u128::from(decision.used) * 100 < threshold {
                 continue;

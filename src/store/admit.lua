@@ -6,7 +6,9 @@
 -- ARGV[3]  lease id (members of concurrency sets), may be ""
 -- ARGV[4]  number of checks n
 -- then 4 arguments per check: kind, limit, cost, param
---   kind "sw" sliding window   param = window ms        keys: hash {s, c, p}
+--   kind "sb" sliding window   param = window ms        keys: hash {w, bucket index -> count}
+--   kind "sw" two-counter window param = window ms      keys: hash {s, c, p}
+--   kind "gc" GCRA             param = T:C:B (ns, ns, units) keys: hash {m, n}
 --   kind "sl" sliding log      param = window ms        keys: zset, sequence
 --   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
@@ -25,7 +27,7 @@
 -- run reports what an admission would (used including the cost when every
 -- check allows). A check of cost 0 consumes nothing.
 --
--- The decisions are those of the in-memory store (src/store/memory.rs),
+-- The decisions are those of the in-memory store (src/store/memory/),
 -- including its handling of a test clock that steps back: a counter already
 -- in a later window or period keeps that state.
 --
@@ -158,7 +160,66 @@ for i = 1, n do
     c.kind = string.sub(c.kind, 2)
   end
   local kind = c.kind
-  if kind == 'sw' then
+  if kind == 'sb' then
+    -- Sub-bucket window (src/store/memory/window.rs): k = 8 buckets of
+    -- b = ceil(W / 8) ms; bucket j counts [j*b, (j+1)*b); buckets j0..c count.
+    local w = tonumber(c.param)
+    local b = cdiv(w, 8)
+    local h = redis.call('HGETALL', c.key)
+    local stored_w, buckets, head = nil, {}, -1
+    for j = 1, #h, 2 do
+      if h[j] == 'w' then
+        stored_w = tonumber(h[j + 1])
+      else
+        local idx = tonumber(h[j])
+        buckets[#buckets + 1] = { idx, tonumber(h[j + 1]) }
+        if idx > head then head = idx end
+      end
+    end
+    local cur = fdiv(now, b)
+    if stored_w ~= nil and stored_w ~= w then
+      -- Another window: what the old one counts now moves into bucket cur.
+      local ob = cdiv(stored_w, 8)
+      local at = math.max(now, head * ob)
+      local oj0 = fdiv(math.max(at + 1 - stored_w, 0), ob)
+      local total = 0
+      for _, e in ipairs(buckets) do
+        if e[1] >= oj0 then total = total + e[2] end
+      end
+      buckets, head = {}, -1
+      if total > 0 then buckets[1] = { cur, total }; head = cur end
+      c.rebased = true
+    end
+    local at = math.max(now, head * b)
+    local j0 = fdiv(math.max(at + 1 - w, 0), b)
+    local counted, used = {}, 0
+    for _, e in ipairs(buckets) do
+      if e[1] >= j0 then
+        counted[#counted + 1] = e
+        used = used + e[2]
+      end
+    end
+    table.sort(counted, function(x, y) return x[1] < y[1] end)
+    c.w, c.b, c.j0, c.head, c.cur, c.counted, c.buckets = w, b, j0, head, cur, counted, buckets
+    c.stored_w = stored_w
+    c.used = used
+  elseif kind == 'gc' then
+    -- GCRA (src/store/memory/gcra.rs), in ns: tat = m ms + n ns.
+    local t, cap, burst = string.match(c.param, '^(%d+):(%d+):(%d+)$')
+    t, cap, burst = tonumber(t), tonumber(cap), tonumber(burst)
+    local h = redis.call('HMGET', c.key, 'm', 'n')
+    local m = tonumber(h[1])
+    local d = 0
+    if m ~= nil then
+      if m > now then
+        d = (m - now) * 1000000 + (tonumber(h[2]) or 0)
+      elseif m == now then
+        d = tonumber(h[2]) or 0
+      end
+    end
+    c.t, c.cap, c.burst, c.d = t, cap, burst, d
+    c.never = c.cost > 0 and (t == 0 or c.cost > burst)
+  elseif kind == 'sw' then
     local w = tonumber(c.param)
     local start = now - math.fmod(now, w)
     local h = redis.call('HMGET', c.key, 's', 'c', 'p')
@@ -208,7 +269,11 @@ for i = 1, n do
   else
     c.used = tonumber(redis.call('GET', c.key)) or 0
   end
-  c.allowed = c.used + c.cost <= c.limit
+  if kind == 'gc' then
+    c.allowed = (not c.never) and c.d + c.t * c.cost <= c.cap
+  else
+    c.allowed = c.used + c.cost <= c.limit
+  end
   if not c.allowed then
     all = false
     if not c.shadow then enforced = false end
@@ -229,10 +294,79 @@ for i = 1, n do
   local denied = not c.allowed and c.cost <= c.limit
   local would = all or (enforced and not c.shadow)
   local write = would and mode == 'a' and c.cost > 0
-  if would then
+  if kind == 'gc' then
+    denied = not c.allowed and not c.never
+  elseif would then
     used = used + c.cost
   end
-  if kind == 'sw' then
+  if kind == 'sb' then
+    local w, b = c.w, c.b
+    local function expiry(j) return (j + 1) * b + w - 1 end
+    if #c.counted > 0 then
+      reset = expiry(c.counted[1][1]) - now
+    elseif would and c.cost > 0 then
+      reset = expiry(math.max(c.head, c.cur)) - now
+    end
+    if write then
+      local target = math.max(c.head, c.cur)
+      if c.rebased or c.stored_w == nil then
+        redis.call('DEL', c.key)
+        local fields = { 'w', num(w) }
+        local added = false
+        for _, e in ipairs(c.counted) do
+          local v = e[2]
+          if e[1] == target then v = v + c.cost; added = true end
+          fields[#fields + 1] = num(e[1])
+          fields[#fields + 1] = num(v)
+        end
+        if not added then
+          fields[#fields + 1] = num(target)
+          fields[#fields + 1] = c.costs
+        end
+        redis.call('HSET', c.key, unpack(fields))
+      else
+        redis.call('HINCRBY', c.key, num(target), c.costs)
+        for _, e in ipairs(c.buckets) do
+          if e[1] < c.j0 then redis.call('HDEL', c.key, num(e[1])) end
+        end
+      end
+      -- Until the newest bucket stops counting.
+      redis.call('PEXPIRE', c.key, expiry(target) - now)
+    elseif denied then
+      local need = c.used - (c.limit - c.cost)
+      local freed = 0
+      for _, e in ipairs(c.counted) do
+        freed = freed + e[2]
+        if freed >= need then
+          retry = expiry(e[1]) - now
+          break
+        end
+      end
+    end
+  elseif kind == 'gc' then
+    local t, cap, burst = c.t, c.cap, c.burst
+    local d = c.d
+    local function remaining(debt)
+      if t == 0 or debt >= cap then return 0 end
+      return fdiv(cap - debt, t)
+    end
+    if not c.never and c.d + t * c.cost > cap then
+      retry = cdiv(c.d + t * c.cost - cap, 1000000)
+    end
+    if would then
+      d = d + t * c.cost
+    end
+    used = burst - remaining(d)
+    reset = cdiv(d, 1000000)
+    if write then
+      local whole = fdiv(d, 1000000)
+      redis.call('HSET', c.key, 'm', num(now + whole), 'n', num(d - whole * 1000000))
+      -- Once full the state equals none; one second of grace (expiry
+      -- runs on the server's clock, a test clock may be slower).
+      redis.call('PEXPIRE', c.key, reset + 1000)
+    end
+    if not denied then retry = -1 end
+  elseif kind == 'sw' then
     local w, start, curr, prev = c.w, c.start, c.curr, c.prev
     local elapsed = now - start
     reset = start + w - now

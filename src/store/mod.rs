@@ -20,7 +20,24 @@
 //! (saturating), `reset`, and on denial `retry_after` (`None` when
 //! `cost > limit`: the request can never pass).
 //!
-//! * **Sliding window** (window `W`): fixed windows start at multiples of
+//! * **Sliding window** (window `W`; `src/store/memory/window.rs`): `k = 8`
+//!   sub-buckets per window of `b = ceil(W / k)` ms each, bucket `j` holding
+//!   the units admitted in `[j·b, (j+1)·b)`. With `c = floor(now / b)` and
+//!   `j0 = floor((now - W + 1) / b)` (0 when negative), `used` is the sum of
+//!   buckets `j0..=c`: every admission of the true window `(now - W, now]`
+//!   plus the part of bucket `j0` that already left it (less than `b`, so the
+//!   error is at most one bucket, `W/k` of time, and only towards refusing).
+//!   An admitted request adds `cost` to bucket `c`. Bucket `j` stops being
+//!   counted at `expiry(j) = (j+1)·b + W - 1`. `reset` = `expiry` of the
+//!   oldest counted non-empty bucket minus `now` (0 when empty; after an
+//!   admission into an empty window, bucket `c`'s). Retry: the buckets
+//!   expire oldest first; `retry_after = expiry(j) - now` for the first
+//!   bucket `j` whose expiry frees at least `used - (limit - cost)` units.
+//!   A counter whose newest bucket is later than `c` (a clock that stepped
+//!   back) is read at the time of that bucket. When the window of a counter
+//!   changes, what it counted (under the old window, at `now`) is moved
+//!   into bucket `c` of the new one.
+//! * **Sliding window, approximate** (window `W`): fixed windows start at multiples of
 //!   `W`; `start = now - now % W`, `elapsed = now - start`. With `curr` the
 //!   count of the current fixed window and `prev` of the one before (0 when
 //!   older), `used = curr + floor(prev * (W - elapsed) / W)`. `reset =
@@ -29,6 +46,17 @@
 //!   `retry_after = e - elapsed`; otherwise wait into the next window, where
 //!   `prev' = curr`: `e = ceil((curr - (limit - cost)) * W / curr)`,
 //!   `retry_after = start + W - now + e`.
+//! * **GCRA** (window `W`, burst `B`; `src/store/memory/gcra.rs`): as
+//!   governor counts, in nanoseconds: emission interval `T = ceil(W_ns /
+//!   limit)`, tolerance `τ = T·(B - 1)`, state `tat` (theoretical arrival
+//!   time, `now` when missing). A request of `cost` units is never admitted
+//!   when `cost > B` (or `limit = 0`); otherwise it is admitted when `now >=
+//!   tat + T·(cost - 1) - τ`, and then `tat' = max(tat, now) + T·cost`. The
+//!   decision reports the bucket: `limit = B`, `remaining = floor(min(now +
+//!   τ + T - max(tat, now), τ + T) / T)` (after consumption when admitted),
+//!   `used = B - remaining`, `reset = max(tat, now) - now` rounded up to the
+//!   millisecond (when the bucket is full again), `retry_after = tat +
+//!   T·(cost - 1) - τ - now` rounded up to the millisecond.
 //! * **Sliding log** (window `W`): entries `(t, units)` with `t > now - W`
 //!   count; `used` is their sum; an admitted request adds `(now, cost)`.
 //!   `reset = oldest.t + W - now` (0 when empty). Retry: the oldest entries
@@ -84,7 +112,8 @@ pub use resilient::{FailurePolicy, Partitions, ResilientStore};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Algorithm {
-    /// Sliding window counter over `window` (approximate, O(1) memory).
+    /// Sliding window of 8 sub-buckets over `window`: never above the limit,
+    /// O(1) memory.
     SlidingWindow {
         /// Window length.
         window: Duration,
@@ -93,6 +122,20 @@ pub enum Algorithm {
     SlidingLog {
         /// Window length.
         window: Duration,
+    },
+    /// The two-counter sliding window over `window` (approximate, O(1)
+    /// memory).
+    SlidingWindowApprox {
+        /// Window length.
+        window: Duration,
+    },
+    /// GCRA: `limit` units per `window` as a steady rate, bursts of up to
+    /// `burst`.
+    Gcra {
+        /// The time in which `limit` units are replenished.
+        window: Duration,
+        /// The most units admitted at once (the bucket's capacity).
+        burst: u64,
     },
     /// Fixed calendar period, UTC-aligned; resets at the period end.
     Calendar {
@@ -110,14 +153,39 @@ pub enum Algorithm {
     Gauge,
 }
 
+impl Algorithm {
+    /// The window of a rate algorithm (sliding window, sliding log, GCRA);
+    /// `None` for the others.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::Algorithm;
+    ///
+    /// let gcra = Algorithm::Gcra { window: Duration::from_secs(1), burst: 5 };
+    /// assert_eq!(gcra.rate_window(), Some(Duration::from_secs(1)));
+    /// assert_eq!(Algorithm::Gauge.rate_window(), None);
+    /// ```
+    pub fn rate_window(&self) -> Option<Duration> {
+        match *self {
+            Algorithm::SlidingWindow { window }
+            | Algorithm::SlidingLog { window }
+            | Algorithm::SlidingWindowApprox { window }
+            | Algorithm::Gcra { window, .. } => Some(window),
+            _ => None,
+        }
+    }
+}
+
 impl From<&RateRule> for Algorithm {
     fn from(rule: &RateRule) -> Self {
+        let window = rule.window;
         match rule.algorithm {
-            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow {
-                window: rule.window,
-            },
-            RateAlgorithm::SlidingLog => Algorithm::SlidingLog {
-                window: rule.window,
+            RateAlgorithm::SlidingWindow => Algorithm::SlidingWindow { window },
+            RateAlgorithm::SlidingLog => Algorithm::SlidingLog { window },
+            RateAlgorithm::SlidingWindowApprox => Algorithm::SlidingWindowApprox { window },
+            RateAlgorithm::Gcra => Algorithm::Gcra {
+                window,
+                burst: rule.burst.or_else(|| rule.limit.max()).unwrap_or(u64::MAX),
             },
         }
     }

@@ -13,13 +13,15 @@
 //!
 //! # Key layout
 //!
-//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sw:api_calls_per_minute`.
+//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sb:api_calls_per_minute`.
 //! The tenant is a hash tag, so all keys of a tenant live in one Redis Cluster
 //! slot and a batch is cluster-safe. The default prefix is `tt:`.
 //!
 //! | algorithm | key | type | content | expiry |
 //! |---|---|---|---|---|
-//! | sliding window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | sliding window `W` (8 sub-buckets of `b = ceil(W/8)`) | `tt:{t}:sb:p` | hash | `w` the window ms; per non-empty bucket `j` (index `floor(t/b)`, decimal) its count | when the newest bucket leaves the window (`(j+1)·b + W − 1`) |
+//! | two-counter window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
+//! | GCRA | `tt:{t}:gc:p` | hash | `m`, `n`: the theoretical arrival time, ms and ns | 1 s after the bucket is full again |
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
 //! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
 //! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
@@ -136,6 +138,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
 
+use super::memory::GcraParams;
 use super::{
     Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreError,
     StoreResult,
@@ -388,7 +391,7 @@ impl RedisStore {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
     /// let key = store.key(&"acme".parse()?, &Algorithm::SlidingWindow { window: Duration::from_secs(60) }, "api");
-    /// assert_eq!(key, "tt:{acme}:sw:api");
+    /// assert_eq!(key, "tt:{acme}:sb:api");
     /// # Ok(())
     /// # }
     /// ```
@@ -437,15 +440,23 @@ impl RedisStore {
             let k = kind(&check.algorithm);
             // Clamped into exact doubles, keeping `cost > limit` when it holds.
             let limit = check.limit.min(MAX_EXACT - 1);
-            let cost = if check.cost > check.limit {
-                limit + 1
-            } else {
-                check.cost.min(limit)
+            let cost = match check.algorithm {
+                // GCRA: never when above the burst (itself below 2^53).
+                Algorithm::Gcra { window, burst } => {
+                    let burst = GcraParams::new(window, check.limit, burst).burst;
+                    check.cost.min(burst.saturating_add(1))
+                }
+                _ if check.cost > check.limit => limit + 1,
+                _ => check.cost.min(limit),
             }
             .to_string();
             let param = match check.algorithm {
-                Algorithm::SlidingWindow { window } | Algorithm::SlidingLog { window } => {
-                    ms(window).max(1).to_string()
+                Algorithm::SlidingWindow { window }
+                | Algorithm::SlidingWindowApprox { window }
+                | Algorithm::SlidingLog { window } => ms(window).max(1).to_string(),
+                Algorithm::Gcra { window, burst } => {
+                    let p = GcraParams::new(window, check.limit, burst);
+                    format!("{}:{}:{}", p.t, p.cap, p.burst)
                 }
                 Algorithm::Calendar { period } => match period {
                     Period::Hour => "h",
@@ -491,7 +502,14 @@ impl RedisStore {
                 released.push(r.lease);
             }
         }
-        let limits: Vec<u64> = checks.iter().map(|c| c.limit).collect();
+        // Per check: the limit reported (GCRA: the burst).
+        let limits: Vec<u64> = checks
+            .iter()
+            .map(|c| match c.algorithm {
+                Algorithm::Gcra { window, burst } => GcraParams::new(window, c.limit, burst).burst,
+                _ => c.limit,
+            })
+            .collect();
         let mut conn = self.conn.clone();
         let shared = self.shared.clone();
         let tenant = tenant.clone();
@@ -723,7 +741,9 @@ impl std::fmt::Debug for RedisStore {
 
 fn kind(algorithm: &Algorithm) -> &'static str {
     match algorithm {
-        Algorithm::SlidingWindow { .. } => "sw",
+        Algorithm::SlidingWindow { .. } => "sb",
+        Algorithm::SlidingWindowApprox { .. } => "sw",
+        Algorithm::Gcra { .. } => "gc",
         Algorithm::SlidingLog { .. } => "sl",
         Algorithm::Calendar { .. } => "cal",
         Algorithm::Concurrency { .. } => "cc",

@@ -66,8 +66,8 @@ where
         )*};
     }
     run!(
-        sliding_window_limit,
-        sliding_window_weighting,
+        sliding_window_approx_limit,
+        sliding_window_approx_weighting,
         sliding_log_limit,
         sliding_log_costs,
         calendar_hour,
@@ -110,6 +110,12 @@ fn ms(ms: u64) -> Duration {
 
 fn window(ms: u64) -> Algorithm {
     Algorithm::SlidingWindow {
+        window: Duration::from_millis(ms),
+    }
+}
+
+fn approx(ms: u64) -> Algorithm {
+    Algorithm::SlidingWindowApprox {
         window: Duration::from_millis(ms),
     }
 }
@@ -187,14 +193,15 @@ fn denied(d: &Decision, used: u64, reset_ms: u64, retry_ms: Option<u64>) {
 }
 
 // ---------------------------------------------------------------------------
-// Sliding window counter.
+// Two-counter sliding window (the sub-bucket window and GCRA are in
+// rate_conformance.rs).
 
 /// Exactly `limit` admitted, then denied with the spec's retry time, and the
 /// request passes once that time has elapsed.
-pub async fn sliding_window_limit<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
+pub async fn sliding_window_approx_limit<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
     let t = unique_tenant("sw-limit");
     let w = 10 * SEC;
-    let c = Check::new("calls", window(w), 5, 1);
+    let c = Check::new("calls", approx(w), 5, 1);
     clock.set_ms(T0 + SEC);
     for i in 1..=5 {
         allowed(&admit1(&store, &t, &c).await, i, 9 * SEC);
@@ -227,10 +234,10 @@ pub async fn sliding_window_limit<S: CounterStore>(store: S, clock: Arc<ManualCl
 
 /// `used = curr + floor(prev * (W - elapsed) / W)` at several points, and
 /// both retry branches with `cost > 1`.
-pub async fn sliding_window_weighting<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
+pub async fn sliding_window_approx_weighting<S: CounterStore>(store: S, clock: Arc<ManualClock>) {
     let t = unique_tenant("sw-weight");
     let w = 60 * SEC;
-    let c = |cost| Check::new("calls", window(w), 10, cost);
+    let c = |cost| Check::new("calls", approx(w), 10, cost);
     clock.set_ms(T0);
     allowed(&admit1(&store, &t, &c(10)).await, 10, w);
     for (elapsed, expected) in [
@@ -477,7 +484,8 @@ pub async fn batch_all_or_nothing<S: CounterStore>(store: S, clock: Arc<ManualCl
     assert_eq!(store.adjust(&t, "g", 1).await.expect("store error"), 1);
     let first = admit(&store, &t, &checks).await;
     assert!(!first.allowed());
-    allowed(&first.decisions[0], 0, 30 * SEC);
+    // The sub-bucket window is empty: reset 0, as the log's.
+    allowed(&first.decisions[0], 0, 0);
     allowed(&first.decisions[1], 0, 0);
     allowed(&first.decisions[2], 0, DAY - 30 * SEC);
     allowed(&first.decisions[3], 0, 0);
@@ -494,7 +502,8 @@ pub async fn batch_all_or_nothing<S: CounterStore>(store: S, clock: Arc<ManualCl
     let second = admit(&store, &t, &checks[..4]).await;
     assert!(second.allowed());
     assert!(second.lease.is_some());
-    allowed(&second.decisions[0], 1, 30 * SEC);
+    // The unit in bucket [T0 + 30 s, T0 + 37.5 s) counts until 37.5 s + W - 1 ms.
+    allowed(&second.decisions[0], 1, 67_499);
     allowed(&second.decisions[1], 1, 60 * SEC);
     allowed(&second.decisions[2], 1, DAY - 30 * SEC);
     allowed(&second.decisions[3], 1, 0);
@@ -506,7 +515,7 @@ pub async fn batch_all_or_nothing<S: CounterStore>(store: S, clock: Arc<ManualCl
     assert!(!third.allowed());
     assert_eq!(third.decisions[0].limit, 10);
     denied(&third.decisions[3], 1, 0, None);
-    allowed(&third.decisions[4], 1, 30 * SEC);
+    allowed(&third.decisions[4], 1, 67_499);
     for check in &checks[..4] {
         assert_eq!(level(&store, &t, check).await, 1, "{check:?}");
     }
@@ -532,7 +541,8 @@ pub async fn cost_above_limit<S: CounterStore>(store: S, clock: Arc<ManualClock>
     let t = unique_tenant("cost");
     clock.set_ms(T0 + 30 * SEC);
     let algorithms = [
-        (window(60 * SEC), 30 * SEC),
+        (window(60 * SEC), 0),
+        (approx(60 * SEC), 30 * SEC),
         (log(60 * SEC), 0),
         (calendar(Period::Hour), HOUR - 30 * SEC),
         (concurrency(), 0),
@@ -708,6 +718,18 @@ pub async fn clock_goes_backwards<S: CounterStore>(store: S, clock: Arc<ManualCl
         (
             "window, back across a window boundary",
             window(w),
+            hour + 10 * SEC,
+            hour + 10 * SEC + 2 * w + SEC,
+        ),
+        (
+            "two-counter window, back within its fixed window",
+            approx(w),
+            hour + 30 * SEC,
+            hour + 30 * SEC + 2 * w + SEC,
+        ),
+        (
+            "two-counter window, back across a window boundary",
+            approx(w),
             hour + 10 * SEC,
             hour + 10 * SEC + 2 * w + SEC,
         ),

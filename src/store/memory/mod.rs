@@ -2,29 +2,40 @@
 
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::calendar::period_bounds;
+mod approx;
+mod calendar;
+mod gcra;
+mod leases;
+mod log;
+mod window;
+
+pub(crate) use gcra::Params as GcraParams;
+
+use approx::ApproxState;
+use calendar::CalendarState;
+use gcra::GcraState;
+use leases::{Inflight, Leases};
+use log::LogState;
+use window::{Geometry, SubBuckets, NARROW_LIMIT};
+
 use super::{
     Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreResult,
     SystemClock,
 };
 use crate::future::MaybeReady;
-use crate::plan::Period;
 use crate::tenant::TenantId;
 
 /// Default minimum number of calls between two sweeps of a shard.
 const DEFAULT_SWEEP_EVERY: u64 = 1024;
 /// Most shards a store may have.
 const MAX_SHARDS: usize = 4096;
-/// `retry_after` of a denied concurrency check.
-const CONCURRENCY_RETRY_MS: u64 = 1_000;
 
 /// An in-memory, sharded [`CounterStore`] for one process.
 ///
@@ -67,15 +78,18 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 ///
 /// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
 /// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-/// nothing of its own. Sliding windows, the default rate limit, have one
-/// table per policy keyed by the tenant alone (the policy is found by a
+/// nothing of its own. Sliding windows (sub-bucket and two-counter) have
+/// one table per policy keyed by the tenant alone (the policy is found by a
 /// short scan of the shard's policy names). Memory per key, counting the
 /// hash map's buckets (`size_of::<(Key, Value)>() + 1` control byte per
 /// bucket, at a load factor between 7/16 and 7/8):
 ///
 /// | algorithm | bytes per bucket | heap besides the map |
 /// |---|---|---|
-/// | sliding window | 41 | — |
+/// | sliding window (8 sub-buckets), limits ≤ 65 535 | 41 | — |
+/// | the same, a limit above 65 535 seen for the policy | 25 | 80-byte box |
+/// | sliding window, two counters | 41 | — |
+/// | GCRA | 41 | — |
 /// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
 /// | calendar | 57 | — |
 /// | concurrency | 41 | 24-byte `Arc` |
@@ -88,9 +102,10 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 /// # Eviction
 ///
 /// A counter whose state has fully expired is equivalent to no counter, so it
-/// may be dropped: a sliding window two windows after the start of the
-/// fixed window of its last use, a sliding
-/// log once its last entry left the window, a calendar counter once its
+/// may be dropped: a sub-bucket window once its newest bucket left the
+/// window, a two-counter window two windows after the start of the fixed
+/// window of its last use, a GCRA bucket once full again, a sliding log once
+/// its last entry left the window, a calendar counter once its
 /// period is over, a concurrency counter at zero with no lease alive, a gauge
 /// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
 /// where `n` is the number of counters its previous sweep left (so that the
@@ -109,55 +124,15 @@ const CONCURRENCY_RETRY_MS: u64 = 1_000;
 ///
 /// # Accuracy
 ///
-/// The sliding window counter assumes that the requests of the previous
-/// fixed window were spread evenly over it; the sliding log is exact.
-/// `examples/accuracy.rs` replays request traces through both with a
-/// [`ManualClock`](crate::store::ManualClock) (limit 100 per 60 s window,
-/// one hour of simulated time per trace, cost 1, arrivals from a fixed-seed
-/// xorshift PRNG: Poisson for the steady traces at the given multiple of the
-/// limit; for the bursty ones, bursts of many requests within 1 to 5 s at
-/// Poisson times) and compares the decisions request by request, the log's
-/// being the truth. Two methods:
-///
-/// * **independent** (`wrong +`, `wrong -`): a window store and a log store
-///   see the same arrivals, each with its own state; `wrong +` is the share
-///   of requests the window admits and the log rejects, `wrong -` the other
-///   way round. Once the two disagree their histories differ, so this
-///   compares two limiters as a client experiences them, and counts a
-///   disagreement even when both admit the same number of requests, only
-///   not the same ones.
-/// * **shadow** (`over`, `under`): an exact log is fed only the requests the
-///   window admitted and judges each request against that same history.
-///   `over` is the share of requests the window admitted although its own
-///   admissions of the last 60 s already numbered 100 (the limit was really
-///   exceeded); `under`, those it rejected although they would have fit.
-///   `max/60s` is the most requests the window admitted in any 60 s span.
-///
-/// `cargo run --release --example accuracy`, 2026-11-23, on a 2-core
-/// machine (the example is deterministic: the figures do not depend on the
-/// machine):
-///
-/// ```text
-/// | trace       | requests | log admits | window admits | wrong + | wrong - | over   | under  | max/60s |
-/// |-------------|---------:|-----------:|--------------:|--------:|--------:|-------:|-------:|--------:|
-/// | steady 0.8x |     4855 |       4832 |          4848 |   0.43% |   0.10% |  1.61% |  0.06% |     107 |
-/// | steady 1.0x |     5931 |       5511 |          5589 |   4.64% |   3.32% | 13.78% |  1.92% |     111 |
-/// | steady 1.5x |     9029 |       5904 |          5950 |  15.73% |  15.22% | 18.61% | 10.68% |     107 |
-/// | steady 3x   |    18056 |       5999 |          5996 |  19.11% |  19.12% | 14.64% |  4.16% |     104 |
-/// | bursty 0.9x |     5067 |       3076 |          3095 |   6.02% |   5.64% |  4.91% | 17.76% |     141 |
-/// | bursty 2x   |    12512 |       4269 |          4377 |  10.89% |  10.03% |  6.24% | 30.38% |     176 |
-/// | bursty 5x   |    33139 |       4121 |          4218 |   4.76% |   4.47% |  2.75% | 43.34% |     184 |
-/// ```
-///
-/// Reading: under steady load the window admits within 1.5% as many
-/// requests as the log, and a true 60 s span never held more than 111 (11%
-/// over the limit), but it often picks different requests than the log
-/// (up to 19% each way at 3× the limit). Bursts are its weak case: a burst
-/// at the end of one fixed window is assumed spread over the whole window
-/// and fades too early, so a 60 s span admitted up to 184 (84% over), while
-/// a burst at the start of a window keeps weighing after it left the true
-/// window (`under`). Use [`Algorithm::SlidingLog`] where the limit must hold
-/// exactly; its memory is O(limit) per key instead of O(1).
+/// The sliding log is exact. The default sliding window (8 sub-buckets)
+/// never admits more than the limit in any window-long span and refuses at
+/// most what units admitted up to one bucket (`W/8`) too long ago still
+/// block (formula and bound in `src/store/memory/window.rs`, checked against
+/// brute force by `tests/rate_algorithms.rs`). GCRA decides as governor
+/// does. The two-counter window assumes that the previous fixed window's
+/// requests were spread evenly over it, and errs both ways. `cargo bench
+/// --bench accuracy` measures every algorithm on seven request traces
+/// (BENCHMARKS.md §5).
 ///
 /// A daily quota with a controlled clock:
 ///
@@ -349,11 +324,15 @@ impl MemoryStore {
         let mut leases = Leases::default();
         let decisions = if let [check] = checks {
             // One check: one lookup.
-            Decisions::from_iter([tables.single(tenant, check, now, commit, &mut leases)])
+            let op = Op::Take {
+                commit,
+                force: false,
+            };
+            Decisions::from_iter([tables.apply(tenant, check, now, op, &mut leases)])
         } else {
             let mut decisions: Decisions = checks
                 .iter()
-                .map(|check| tables.check(tenant, check, now))
+                .map(|check| tables.apply(tenant, check, now, Op::Eval, &mut leases))
                 .collect();
             // Shadowed checks consume only when every check allows; the
             // others when every one that is not shadowed does.
@@ -364,14 +343,15 @@ impl MemoryStore {
                     .zip(checks)
                     .all(|(d, c)| d.allowed || c.shadow);
             if enforced {
+                let op = Op::Take {
+                    commit,
+                    force: true,
+                };
                 for (decision, check) in decisions.iter_mut().zip(checks) {
                     if !all && check.shadow {
                         continue;
                     }
-                    if commit {
-                        tables.consume(tenant, check, now, &mut leases);
-                    }
-                    admitted(decision, check);
+                    *decision = tables.apply(tenant, check, now, op, &mut leases);
                 }
             }
             decisions
@@ -446,35 +426,6 @@ fn moved(level: u64, delta: i64) -> u64 {
     }
 }
 
-/// The leases taken by one call, without allocating for the usual zero or one.
-#[derive(Default)]
-struct Leases {
-    first: Option<Lease>,
-    more: Vec<Lease>,
-}
-
-impl Leases {
-    fn push(&mut self, lease: Lease) {
-        if self.first.is_none() {
-            self.first = Some(lease);
-        } else {
-            self.more.push(lease);
-        }
-    }
-
-    fn into_lease(self) -> Option<Lease> {
-        match self.first {
-            None => None,
-            Some(first) if self.more.is_empty() => Some(first),
-            Some(first) => {
-                let mut all = self.more;
-                all.push(first);
-                Lease::many(all)
-            }
-        }
-    }
-}
-
 /// Cache-line aligned so that two shards' locks never share a line.
 #[repr(align(128))]
 #[derive(Default)]
@@ -487,7 +438,10 @@ struct Tables {
     /// 40-byte slot instead of 56 with the policy in every key. A request
     /// finds its policy by a short scan (pointer comparison first: checks
     /// carry the rule's own `Arc<str>`), there being few policy names.
-    windows: Vec<PolicyWindows>,
+    windows: Vec<PolicyTable<Buckets>>,
+    /// Two-counter windows, per policy too.
+    approx: Vec<PolicyTable<HashMap<TenantId, ApproxState>>>,
+    gcra: HashMap<Key, GcraState>,
     logs: HashMap<Key, Box<LogState>>,
     calendars: HashMap<Key, CalendarState>,
     concurrency: HashMap<Key, Inflight>,
@@ -500,205 +454,253 @@ struct Tables {
     swept_len: u64,
 }
 
-/// The sliding-window counters of one policy.
-struct PolicyWindows {
+/// The counters of one policy keyed by tenant.
+struct PolicyTable<M> {
     policy: Arc<str>,
-    /// The longest window the policy was used with: the sweep needs it and
-    /// the 24-byte window state does not keep it.
-    longest: u64,
-    counters: HashMap<TenantId, WindowState>,
+    /// Sub-bucket windows: the window of the counters. Two-counter windows:
+    /// the longest window the policy was used with (the sweep needs it and
+    /// the 24-byte state does not keep it).
+    window: u64,
+    counters: M,
+}
+
+/// The table of `policy` among `tables`, created (with `window`) when missing.
+fn policy_table<'a, M: Default>(
+    tables: &'a mut Vec<PolicyTable<M>>,
+    policy: &Arc<str>,
+    window: u64,
+) -> &'a mut PolicyTable<M> {
+    let found = tables
+        .iter()
+        .position(|p| Arc::ptr_eq(&p.policy, policy) || p.policy == *policy);
+    let index = found.unwrap_or_else(|| {
+        tables.push(PolicyTable {
+            policy: policy.clone(),
+            window,
+            counters: M::default(),
+        });
+        tables.len() - 1
+    });
+    &mut tables[index]
+}
+
+/// The sub-bucket counters of one policy: 16-bit counts while every limit
+/// it was checked against fits them, 64-bit (boxed) after.
+enum Buckets {
+    Narrow(HashMap<TenantId, SubBuckets<u16>>),
+    Wide(HashMap<TenantId, Box<SubBuckets<u64>>>),
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets::Narrow(HashMap::new())
+    }
+}
+
+impl Buckets {
+    fn len(&self) -> usize {
+        match self {
+            Buckets::Narrow(m) => m.len(),
+            Buckets::Wide(m) => m.len(),
+        }
+    }
+
+    /// Widens the counts (a limit above 65 535 was seen).
+    fn widen(&mut self) {
+        if let Buckets::Narrow(m) = self {
+            let wide = m
+                .drain()
+                .map(|(t, s)| (t, Box::new(s.widen::<u64>())))
+                .collect();
+            *self = Buckets::Wide(wide);
+        }
+    }
+
+    fn contains(&self, tenant: &TenantId) -> bool {
+        match self {
+            Buckets::Narrow(m) => m.contains_key(tenant.as_str()),
+            Buckets::Wide(m) => m.contains_key(tenant.as_str()),
+        }
+    }
+
+    fn take(&mut self, tenant: &TenantId) -> Option<SubBuckets<u64>> {
+        match self {
+            Buckets::Narrow(m) => m.remove(tenant.as_str()).map(|s| s.widen()),
+            Buckets::Wide(m) => m.remove(tenant.as_str()).map(|s| *s),
+        }
+    }
+
+    fn put(&mut self, tenant: TenantId, state: SubBuckets<u64>) {
+        match self {
+            Buckets::Narrow(m) => {
+                m.insert(tenant, state.widen());
+            }
+            Buckets::Wide(m) => {
+                m.insert(tenant, Box::new(state));
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: u64, g: Geometry) {
+        match self {
+            Buckets::Narrow(m) => {
+                m.retain(|_, s| !s.idle(now, g));
+                shrink(m);
+            }
+            Buckets::Wide(m) => {
+                m.retain(|_, s| !s.idle(now, g));
+                shrink(m);
+            }
+        }
+    }
+}
+
+/// What [`Tables::apply`] does with one check.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// The decision as if the batch were denied (nothing consumed).
+    Eval,
+    /// The decision, and when allowed (or `force`: the whole batch was),
+    /// the admitted one, consuming when `commit`.
+    Take { commit: bool, force: bool },
+}
+
+/// Calls `$f::<State, ..>(map, lookup, key, ctx, $args..)` with the table
+/// and state type of `$check`'s algorithm.
+macro_rules! with_table {
+    ($tables:expr, $tenant:expr, $check:expr, $now:expr, $f:ident($($arg:expr),*)) => {{
+        let (tables, tenant, check, now) = ($tables, $tenant, $check, $now);
+        let key = || Key::new(tenant, check);
+        let view = (tenant.as_str(), &*check.policy);
+        match check.algorithm {
+            Algorithm::SlidingWindow { window } => {
+                let g = Geometry::new(window_ms(window));
+                let id = || tenant.clone();
+                match tables.sub_buckets(tenant, check, g, now) {
+                    Buckets::Narrow(m) => {
+                        $f::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
+                    }
+                    Buckets::Wide(m) => {
+                        $f::<SubBuckets<u64>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
+                    }
+                }
+            }
+            Algorithm::SlidingWindowApprox { window } => {
+                let w = window_ms(window);
+                let table = policy_table(&mut tables.approx, &check.policy, w);
+                table.window = table.window.max(w);
+                let id = || tenant.clone();
+                $f::<ApproxState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
+            }
+            Algorithm::Gcra { window, burst } => {
+                let p = GcraParams::new(window, check.limit, burst);
+                $f::<GcraState, _, _, _>(&mut tables.gcra, view, key, p $(, $arg)*)
+            }
+            Algorithm::SlidingLog { window } => {
+                let w = window_ms(window);
+                $f::<LogState, _, _, _>(&mut tables.logs, view, key, w $(, $arg)*)
+            }
+            Algorithm::Calendar { period } => {
+                $f::<CalendarState, _, _, _>(&mut tables.calendars, view, key, period $(, $arg)*)
+            }
+            Algorithm::Concurrency { .. } => {
+                $f::<Inflight, _, _, _>(&mut tables.concurrency, view, key, () $(, $arg)*)
+            }
+            Algorithm::Gauge => $f::<Gauge, _, _, _>(&mut tables.gauges, view, key, () $(, $arg)*),
+        }
+    }};
 }
 
 impl Tables {
     fn len(&self) -> usize {
         self.windows.iter().map(|p| p.counters.len()).sum::<usize>()
+            + self.approx.iter().map(|p| p.counters.len()).sum::<usize>()
+            + self.gcra.len()
             + self.logs.len()
             + self.calendars.len()
             + self.concurrency.len()
             + self.gauges.len()
     }
 
-    /// The sliding-window table of `policy`, created when missing, noting
-    /// that it is used with window `w`.
-    fn windows(&mut self, policy: &Arc<str>, w: u64) -> &mut HashMap<TenantId, WindowState> {
-        let found = self
-            .windows
-            .iter()
-            .position(|p| Arc::ptr_eq(&p.policy, policy) || p.policy == *policy);
-        let index = found.unwrap_or_else(|| {
-            self.windows.push(PolicyWindows {
-                policy: policy.clone(),
-                longest: w,
-                counters: HashMap::new(),
+    /// The sub-bucket table of `check`'s policy for window `g`, created
+    /// when missing and widened for the check's limit. A policy used with
+    /// several windows has one table per window; a tenant's counter moves to
+    /// the table of the window it is checked with, rebased (see
+    /// [`SubBuckets::rebase`]).
+    fn sub_buckets(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        g: Geometry,
+        now: u64,
+    ) -> &mut Buckets {
+        let same = |p: &PolicyTable<Buckets>| {
+            Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
+        };
+        let mut index = None;
+        let mut others = false;
+        for (i, table) in self.windows.iter().enumerate() {
+            if same(table) {
+                if table.window == g.w {
+                    index = Some(i);
+                } else {
+                    others = true;
+                }
+            }
+        }
+        let index = index.unwrap_or_else(|| {
+            self.windows.push(PolicyTable {
+                policy: check.policy.clone(),
+                window: g.w,
+                counters: Buckets::default(),
             });
             self.windows.len() - 1
         });
-        let table = &mut self.windows[index];
-        table.longest = table.longest.max(w);
-        &mut table.counters
-    }
-
-    /// The decision for `check` as if the batch were denied (nothing consumed).
-    fn check(&mut self, tenant: &TenantId, check: &Check, now: u64) -> Decision {
-        match check.algorithm {
-            Algorithm::SlidingWindow { window } => {
-                let w = window_ms(window);
-                evaluate(
-                    self.windows(&check.policy, w),
-                    tenant.as_str(),
-                    check,
-                    w,
-                    now,
-                )
-            }
-            Algorithm::SlidingLog { window } => evaluate::<LogState, _, _, _>(
-                &mut self.logs,
-                view(tenant, check),
-                check,
-                window_ms(window),
-                now,
-            ),
-            Algorithm::Calendar { period } => {
-                evaluate(&mut self.calendars, view(tenant, check), check, period, now)
-            }
-            Algorithm::Concurrency { .. } => {
-                evaluate(&mut self.concurrency, view(tenant, check), check, (), now)
-            }
-            Algorithm::Gauge => evaluate(&mut self.gauges, view(tenant, check), check, (), now),
+        if check.limit > NARROW_LIMIT {
+            self.windows[index].counters.widen();
         }
-    }
-
-    /// Consumes `check.cost` (the batch was admitted).
-    fn consume(&mut self, tenant: &TenantId, check: &Check, now: u64, leases: &mut Leases) {
-        match check.algorithm {
-            Algorithm::SlidingWindow { window } => {
-                let w = window_ms(window);
-                let table = self.windows(&check.policy, w);
-                consume(
-                    table,
-                    tenant.as_str(),
-                    || tenant.clone(),
-                    check,
-                    w,
-                    now,
-                    leases,
-                );
-            }
-            Algorithm::SlidingLog { window } => {
-                consume::<LogState, _, _, _>(
-                    &mut self.logs,
-                    view(tenant, check),
-                    || Key::new(tenant, check),
-                    check,
-                    window_ms(window),
-                    now,
-                    leases,
-                );
-            }
-            Algorithm::Calendar { period } => {
-                consume(
-                    &mut self.calendars,
-                    view(tenant, check),
-                    || Key::new(tenant, check),
-                    check,
-                    period,
-                    now,
-                    leases,
-                );
-            }
-            Algorithm::Concurrency { .. } => {
-                consume(
-                    &mut self.concurrency,
-                    view(tenant, check),
-                    || Key::new(tenant, check),
-                    check,
-                    (),
-                    now,
-                    leases,
-                );
-            }
-            Algorithm::Gauge => {
-                consume(
-                    &mut self.gauges,
-                    view(tenant, check),
-                    || Key::new(tenant, check),
-                    check,
-                    (),
-                    now,
-                    leases,
-                );
+        if others && !self.windows[index].counters.contains(tenant) {
+            let moved = self.windows.iter_mut().find_map(|table| {
+                let old = Geometry::new(table.window);
+                (same(table) && table.window != g.w)
+                    .then(|| table.counters.take(tenant))
+                    .flatten()
+                    .map(|state| state.rebase::<u64>(now, old, g))
+            });
+            if let Some(state) = moved {
+                self.windows[index].counters.put(tenant.clone(), state);
             }
         }
+        &mut self.windows[index].counters
     }
 
-    /// A batch of one check: evaluate and, when allowed and `commit`, consume.
-    fn single(
+    /// Evaluates `check` and, depending on `op`, takes it.
+    fn apply(
         &mut self,
         tenant: &TenantId,
         check: &Check,
         now: u64,
-        commit: bool,
+        op: Op,
         leases: &mut Leases,
     ) -> Decision {
-        match check.algorithm {
-            Algorithm::SlidingWindow { window } => {
-                let w = window_ms(window);
-                let table = self.windows(&check.policy, w);
-                let key = || tenant.clone();
-                single(table, tenant.as_str(), key, check, w, now, commit, leases)
-            }
-            Algorithm::SlidingLog { window } => single::<LogState, _, _, _>(
-                &mut self.logs,
-                view(tenant, check),
-                || Key::new(tenant, check),
-                check,
-                window_ms(window),
-                now,
-                commit,
-                leases,
-            ),
-            Algorithm::Calendar { period } => single(
-                &mut self.calendars,
-                view(tenant, check),
-                || Key::new(tenant, check),
-                check,
-                period,
-                now,
-                commit,
-                leases,
-            ),
-            Algorithm::Concurrency { .. } => single(
-                &mut self.concurrency,
-                view(tenant, check),
-                || Key::new(tenant, check),
-                check,
-                (),
-                now,
-                commit,
-                leases,
-            ),
-            Algorithm::Gauge => single(
-                &mut self.gauges,
-                view(tenant, check),
-                || Key::new(tenant, check),
-                check,
-                (),
-                now,
-                commit,
-                leases,
-            ),
-        }
+        with_table!(self, tenant, check, now, apply(now, check, op, leases))
     }
 
     /// Removes the counters whose state has fully expired; returns how many.
     fn sweep(&mut self, now: u64) -> usize {
         let before = self.len();
         for table in &mut self.windows {
-            let longest = table.longest;
+            table.counters.sweep(now, Geometry::new(table.window));
+        }
+        // (A table emptied by a window change goes too.)
+        self.windows.retain(|table| table.counters.len() > 0);
+        for table in &mut self.approx {
+            let longest = table.window;
             table.counters.retain(|_, state| !state.idle(now, longest));
             shrink(&mut table.counters);
         }
-        self.windows.retain(|table| !table.counters.is_empty());
+        self.approx.retain(|table| !table.counters.is_empty());
+        self.gcra.retain(|_, state| !state.idle(now));
         self.logs.retain(|_, log| {
             log.expire(now);
             log.shrink();
@@ -707,6 +709,7 @@ impl Tables {
         self.calendars.retain(|_, state| !state.idle(now));
         self.concurrency.retain(|_, inflight| !inflight.idle());
         self.gauges.retain(|_, gauge| gauge.0 != 0);
+        shrink(&mut self.gcra);
         shrink(&mut self.logs);
         shrink(&mut self.calendars);
         shrink(&mut self.concurrency);
@@ -828,8 +831,21 @@ trait Counter: Sized {
         Self::empty(now, ctx).eval(now, ctx, check)
     }
 
+    /// Turns `decision`, made by [`eval`](Self::eval) on `state` at `now`,
+    /// into the admitted one (before [`consume`](Self::consume)).
+    /// `state` is `None` for a counter that does not exist yet.
+    fn admitted(
+        _state: Option<&Self>,
+        _now: u64,
+        _ctx: Self::Ctx,
+        check: &Check,
+        decision: &mut Decision,
+    ) {
+        add_cost(decision, check);
+    }
+
     /// Adds `cost` (> 0) at `now` (the state is normalized).
-    fn consume(&mut self, now: u64, cost: u64) -> Option<Lease>;
+    fn consume(&mut self, now: u64, ctx: Self::Ctx, cost: u64) -> Option<Lease>;
 }
 
 /// Whether `used + cost <= limit`, without overflow.
@@ -861,21 +877,13 @@ fn decision(
     }
 }
 
-/// Turns a before-consumption decision into the admitted one.
-fn admitted(decision: &mut Decision, check: &Check) {
-    if let Algorithm::SlidingLog { window } = check.algorithm {
-        // The entry just added becomes the oldest one of an empty log.
-        if decision.used == 0 && check.cost > 0 {
-            decision.reset = Duration::from_millis(window_ms(window));
-        }
-    }
+/// Turns a before-consumption decision into the admitted one: `cost` more
+/// used.
+fn add_cost(decision: &mut Decision, check: &Check) {
+    decision.allowed = true;
+    decision.retry_after = None;
     decision.used = decision.used.saturating_add(check.cost);
     decision.remaining = check.limit.saturating_sub(decision.used);
-}
-
-/// The lookup key of the maps keyed by [`Key`].
-fn view<'a>(tenant: &'a TenantId, check: &'a Check) -> (&'a str, &'a str) {
-    (tenant.as_str(), &check.policy)
 }
 
 /// How a map is looked up without building its key: `&str` (the tenant) for
@@ -897,348 +905,53 @@ impl Lookup<Key> for (&str, &str) {
     }
 }
 
-fn evaluate<S: Counter, V: BorrowMut<S>, K, L: Lookup<K>>(
-    map: &mut HashMap<K, V>,
-    lookup: L,
-    check: &Check,
-    ctx: S::Ctx,
-    now: u64,
-) -> Decision {
-    match lookup.get_mut(map) {
-        Some(state) => {
-            let state = state.borrow_mut();
-            state.normalize(now, ctx);
-            state.eval(now, ctx, check)
-        }
-        None => S::eval_missing(now, ctx, check),
-    }
-}
-
-/// Consumes `check.cost`, creating the counter (keyed `key()`) when missing.
-fn consume<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
-    map: &mut HashMap<K, V>,
-    lookup: L,
-    key: impl FnOnce() -> K,
-    check: &Check,
-    ctx: S::Ctx,
-    now: u64,
-    leases: &mut Leases,
-) {
-    if check.cost == 0 {
-        return;
-    }
-    match lookup.get_mut(map) {
-        Some(state) => {
-            if let Some(lease) = state.borrow_mut().consume(now, check.cost) {
-                leases.push(lease);
-            }
-        }
-        None => insert_consumed::<S, V, K>(map, key(), check, ctx, now, leases),
-    }
-}
-
-fn insert_consumed<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash>(
-    map: &mut HashMap<K, V>,
-    key: K,
-    check: &Check,
-    ctx: S::Ctx,
-    now: u64,
-    leases: &mut Leases,
-) {
-    let mut state = S::empty(now, ctx);
-    if let Some(lease) = state.consume(now, check.cost) {
-        leases.push(lease);
-    }
-    map.insert(key, V::from(state));
-}
-
-/// Evaluates one check and consumes it when allowed and `commit`, with one
-/// lookup.
+/// Evaluates one check with one lookup and, depending on `op`, takes it:
+/// the admitted decision, consuming `cost` when committing (creating the
+/// counter, keyed `key()`, when missing).
 #[allow(clippy::too_many_arguments)]
-fn single<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
+fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
     map: &mut HashMap<K, V>,
     lookup: L,
     key: impl FnOnce() -> K,
-    check: &Check,
     ctx: S::Ctx,
     now: u64,
-    commit: bool,
+    check: &Check,
+    op: Op,
     leases: &mut Leases,
 ) -> Decision {
+    let (commit, force) = match op {
+        Op::Eval => (false, false),
+        Op::Take { commit, force } => (commit, force),
+    };
     match lookup.get_mut(map) {
         Some(state) => {
             let state = state.borrow_mut();
             state.normalize(now, ctx);
             let mut decision = state.eval(now, ctx, check);
-            if decision.allowed {
+            if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
+                S::admitted(Some(state), now, ctx, check, &mut decision);
                 if commit && check.cost > 0 {
-                    if let Some(lease) = state.consume(now, check.cost) {
+                    if let Some(lease) = state.consume(now, ctx, check.cost) {
                         leases.push(lease);
                     }
                 }
-                admitted(&mut decision, check);
             }
             decision
         }
         None => {
             let mut decision = S::eval_missing(now, ctx, check);
-            if decision.allowed {
+            if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
+                S::admitted(None, now, ctx, check, &mut decision);
                 if commit && check.cost > 0 {
-                    insert_consumed::<S, V, K>(map, key(), check, ctx, now, leases);
+                    let mut state = S::empty(now, ctx);
+                    if let Some(lease) = state.consume(now, ctx, check.cost) {
+                        leases.push(lease);
+                    }
+                    map.insert(key(), V::from(state));
                 }
-                admitted(&mut decision, check);
             }
             decision
         }
-    }
-}
-
-/// Sliding window counter: the counts of the current fixed window (starting
-/// at `start`, a multiple of the window) and of the one before.
-struct WindowState {
-    start: u64,
-    curr: u64,
-    prev: u64,
-}
-
-impl WindowState {
-    /// Both windows are over: the state counts nothing any more.
-    fn idle(&self, now: u64, longest_window: u64) -> bool {
-        now >= self.start.saturating_add(longest_window.saturating_mul(2))
-            || (self.curr == 0 && self.prev == 0)
-    }
-}
-
-impl Counter for WindowState {
-    type Ctx = u64;
-
-    fn empty(now: u64, w: u64) -> Self {
-        Self {
-            start: now - now % w,
-            curr: 0,
-            prev: 0,
-        }
-    }
-
-    fn normalize(&mut self, now: u64, w: u64) {
-        let start = now - now % w;
-        if self.start < start {
-            self.prev = if self.start.checked_add(w) == Some(start) {
-                self.curr
-            } else {
-                0
-            };
-            self.curr = 0;
-            self.start = start;
-        }
-        // `self.start > start`: the clock stepped back; keep the later state.
-    }
-
-    fn eval(&self, now: u64, w: u64, check: &Check) -> Decision {
-        let elapsed = now % w;
-        let (curr, prev) = (self.curr, self.prev);
-        let used = curr.saturating_add(mul_div_floor(prev, w - elapsed, w));
-        decision(check, used, w - elapsed, || {
-            let (limit, cost) = (check.limit, check.cost);
-            match (limit - cost).checked_sub(curr) {
-                // `curr + cost <= limit`: wait until enough of `prev` has faded.
-                Some(room) => {
-                    let e = mul_div_ceil(prev.saturating_sub(room), w, prev);
-                    Some(e.saturating_sub(elapsed))
-                }
-                // Wait into the next window, where `prev' = curr`.
-                None => {
-                    let e = mul_div_ceil(curr - (limit - cost), w, curr);
-                    Some((w - elapsed).saturating_add(e))
-                }
-            }
-        })
-    }
-
-    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
-        self.curr = self.curr.saturating_add(cost);
-        None
-    }
-}
-
-/// `floor(a * b / c)` without overflow, saturating; 0 when `c == 0`.
-fn mul_div_floor(a: u64, b: u64, c: u64) -> u64 {
-    if c == 0 {
-        return 0;
-    }
-    u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX)
-}
-
-/// `ceil(a * b / c)` without overflow, saturating; 0 when `c == 0`.
-fn mul_div_ceil(a: u64, b: u64, c: u64) -> u64 {
-    if c == 0 {
-        return 0;
-    }
-    let c = u128::from(c);
-    u64::try_from((u128::from(a) * u128::from(b)).div_ceil(c)).unwrap_or(u64::MAX)
-}
-
-/// Sliding log: `(t, cumulative units)` per distinct admitted millisecond,
-/// oldest first. `base` is the cumulative count of the entries already
-/// expired, so `used = last.cum - base` and the units freed by the expiry of
-/// entry `k` are `cum_k - base` (a binary search finds the retry time).
-/// Cumulative counts wrap; differences stay exact because the units in the
-/// window never exceed `u64::MAX`.
-struct LogState {
-    /// The window of the last call (for the sweep).
-    window: u64,
-    base: u64,
-    entries: VecDeque<(u64, u64)>,
-}
-
-impl LogState {
-    fn used(&self) -> u64 {
-        self.entries
-            .back()
-            .map_or(0, |&(_, cum)| cum.wrapping_sub(self.base))
-    }
-
-    fn expire(&mut self, now: u64) {
-        while let Some(&(t, cum)) = self.entries.front() {
-            if t.saturating_add(self.window) > now {
-                break;
-            }
-            self.base = cum;
-            self.entries.pop_front();
-        }
-    }
-
-    fn shrink(&mut self) {
-        if self.entries.capacity() > 16 && self.entries.len() < self.entries.capacity() / 4 {
-            self.entries.shrink_to(self.entries.len() * 2);
-        }
-    }
-}
-
-impl Counter for LogState {
-    type Ctx = u64;
-
-    fn empty(_now: u64, w: u64) -> Self {
-        Self {
-            window: w,
-            base: 0,
-            entries: VecDeque::new(),
-        }
-    }
-
-    fn normalize(&mut self, now: u64, w: u64) {
-        self.window = w;
-        self.expire(now);
-    }
-
-    fn eval(&self, now: u64, w: u64, check: &Check) -> Decision {
-        let used = self.used();
-        let expiry = |t: u64| t.saturating_add(w).saturating_sub(now);
-        let reset = self.entries.front().map_or(0, |&(t, _)| expiry(t));
-        decision(check, used, reset, || {
-            // The oldest entries expire first; find the first whose expiry
-            // frees `need` units.
-            let need = used.saturating_sub(check.limit - check.cost);
-            let k = self
-                .entries
-                .partition_point(|&(_, cum)| cum.wrapping_sub(self.base) < need);
-            self.entries.get(k).map(|&(t, _)| expiry(t))
-        })
-    }
-
-    fn consume(&mut self, now: u64, cost: u64) -> Option<Lease> {
-        match self.entries.back_mut() {
-            // Same millisecond (or the clock stepped back): merge.
-            Some((t, cum)) if *t >= now => *cum = cum.wrapping_add(cost),
-            Some(&mut (_, cum)) => self.entries.push_back((now, cum.wrapping_add(cost))),
-            None => self.entries.push_back((now, self.base.wrapping_add(cost))),
-        }
-        None
-    }
-}
-
-/// Calendar quota: the count of the period starting at `start`.
-struct CalendarState {
-    start: u64,
-    count: u64,
-    period: Period,
-}
-
-impl CalendarState {
-    fn idle(&self, now: u64) -> bool {
-        now >= period_bounds(self.period, self.start).1
-    }
-}
-
-impl Counter for CalendarState {
-    type Ctx = Period;
-
-    fn empty(now: u64, period: Period) -> Self {
-        Self {
-            start: period_bounds(period, now).0,
-            count: 0,
-            period,
-        }
-    }
-
-    fn normalize(&mut self, now: u64, period: Period) {
-        let start = period_bounds(period, now).0;
-        if self.period != period || self.start < start {
-            *self = Self {
-                start,
-                count: 0,
-                period,
-            };
-        }
-        // `self.start > start`: the clock stepped back; keep the later state.
-    }
-
-    fn eval(&self, now: u64, period: Period, check: &Check) -> Decision {
-        let until_end = period_bounds(period, now).1.saturating_sub(now);
-        decision(check, self.count, until_end, || Some(until_end))
-    }
-
-    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
-        self.count = self.count.saturating_add(cost);
-        None
-    }
-}
-
-/// Concurrency: units held by live leases.
-struct Inflight(Arc<AtomicU64>);
-
-impl Inflight {
-    fn idle(&self) -> bool {
-        // Leases are only created under the shard lock, so with no other
-        // reference none can appear while the sweep holds it.
-        Arc::strong_count(&self.0) == 1 && self.0.load(Ordering::Acquire) == 0
-    }
-}
-
-impl Counter for Inflight {
-    type Ctx = ();
-
-    fn empty(_now: u64, _: ()) -> Self {
-        Self(Arc::new(AtomicU64::new(0)))
-    }
-
-    fn normalize(&mut self, _now: u64, _: ()) {}
-
-    fn eval(&self, _now: u64, _: (), check: &Check) -> Decision {
-        decision(check, self.0.load(Ordering::Acquire), 0, || {
-            Some(CONCURRENCY_RETRY_MS)
-        })
-    }
-
-    fn eval_missing(_now: u64, _: (), check: &Check) -> Decision {
-        decision(check, 0, 0, || Some(CONCURRENCY_RETRY_MS))
-    }
-
-    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
-        // Admitted, so `used + cost <= limit`: no overflow. Releases only
-        // lower the counter, so it stays within the limit.
-        self.0.fetch_add(cost, Ordering::AcqRel);
-        Some(Lease::counter(self.0.clone(), cost))
     }
 }
 
@@ -1258,7 +971,7 @@ impl Counter for Gauge {
         decision(check, self.0, 0, || None)
     }
 
-    fn consume(&mut self, _now: u64, cost: u64) -> Option<Lease> {
+    fn consume(&mut self, _now: u64, _: Self::Ctx, cost: u64) -> Option<Lease> {
         self.0 = self.0.saturating_add(cost);
         None
     }
@@ -1267,6 +980,7 @@ impl Counter for Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Period;
     use crate::store::ManualClock;
     use proptest::prelude::*;
 
@@ -1287,6 +1001,19 @@ mod tests {
     fn window(ms: u64) -> Algorithm {
         Algorithm::SlidingWindow {
             window: Duration::from_millis(ms),
+        }
+    }
+
+    fn approx(ms: u64) -> Algorithm {
+        Algorithm::SlidingWindowApprox {
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn gcra(ms: u64, burst: u64) -> Algorithm {
+        Algorithm::Gcra {
+            window: Duration::from_millis(ms),
+            burst,
         }
     }
 
@@ -1317,7 +1044,16 @@ mod tests {
             .iter()
             .map(|s| {
                 let t = s.0.lock();
-                t.windows.iter().map(|p| bytes(&p.counters)).sum::<usize>()
+                let buckets = |b: &Buckets| match b {
+                    Buckets::Narrow(m) => bytes(m),
+                    Buckets::Wide(m) => bytes(m) + m.len() * std::mem::size_of::<SubBuckets<u64>>(),
+                };
+                t.windows
+                    .iter()
+                    .map(|p| buckets(&p.counters))
+                    .sum::<usize>()
+                    + t.approx.iter().map(|p| bytes(&p.counters)).sum::<usize>()
+                    + bytes(&t.gcra)
                     + bytes(&t.logs)
                     + bytes(&t.calendars)
                     + bytes(&t.concurrency)
@@ -1328,7 +1064,9 @@ mod tests {
 
     #[test]
     fn small_slots() {
-        assert_eq!(std::mem::size_of::<(TenantId, WindowState)>(), 40);
+        assert_eq!(std::mem::size_of::<(TenantId, SubBuckets<u16>)>(), 40);
+        assert_eq!(std::mem::size_of::<(TenantId, ApproxState)>(), 40);
+        assert_eq!(std::mem::size_of::<(Key, GcraState)>(), 40);
         assert_eq!(std::mem::size_of::<(Key, CalendarState)>(), 56);
         assert_eq!(std::mem::size_of::<(Key, Box<LogState>)>(), 40);
         assert_eq!(std::mem::size_of::<(Key, Inflight)>(), 40);
@@ -1362,7 +1100,7 @@ mod tests {
             .build();
         let t = tenant(1);
         let checks = [
-            Check::new("w", window(1_000), 10, 1),
+            Check::new("w", approx(1_000), 10, 1),
             Check::new("l", log(1_000), 10, 1),
             Check::new(
                 "q",
@@ -1406,15 +1144,16 @@ mod tests {
 
     #[test]
     fn eviction_never_changes_decisions() {
-        // A window used with a long and then a short length keeps the longest.
+        // A two-counter window used with a long and then a short length keeps
+        // the longest.
         let clock = Arc::new(ManualClock::new(T0));
         let store = MemoryStore::builder()
             .clock(clock.clone())
             .sweep_every(1)
             .build();
         let t = tenant(1);
-        let long = Check::new("w", window(10_000), 2, 1);
-        let short = Check::new("w", window(1_000), 2, 1);
+        let long = Check::new("w", approx(10_000), 2, 1);
+        let short = Check::new("w", approx(1_000), 2, 1);
         assert!(admit(&store, &t, std::slice::from_ref(&long)).allowed());
         assert!(admit(&store, &t, std::slice::from_ref(&short)).allowed());
         clock.advance_ms(2_500);
@@ -1434,13 +1173,82 @@ mod tests {
             .sweep_every(0)
             .build();
         let t = tenant(1);
-        let short = [Check::new("w", window(1_000), 2, 1)];
-        let long = [Check::new("w", window(10_000), 2, 1)];
+        let short = [Check::new("w", approx(1_000), 2, 1)];
+        let long = [Check::new("w", approx(10_000), 2, 1)];
         assert!(admit(&store, &t, &short).allowed());
         assert!(admit(&store, &t, &long).allowed());
         clock.advance_ms(2_500);
         assert_eq!(store.evict_idle(), 0);
         assert!(!admit(&store, &t, &long).allowed());
+    }
+
+    #[test]
+    fn window_change_moves_the_count() {
+        // A sub-bucket window checked with another length (a plan reload)
+        // keeps what it counted: the units move into the current bucket of
+        // the new window, counted for a whole new window.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(1)
+            .build();
+        let t = tenant(1);
+        let long = [Check::new("w", window(10_000), 2, 1)];
+        let short = [Check::new("w", window(1_000), 2, 1)];
+        assert!(admit(&store, &t, &long).allowed());
+        assert!(admit(&store, &t, &long).allowed());
+        clock.advance_ms(5_000);
+        let d = admit(&store, &t, &short).decisions[0];
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Some(Duration::from_millis(1_124)));
+        assert_eq!(store.len(), 1, "one counter, moved");
+        clock.advance_ms(1_124);
+        assert!(admit(&store, &t, &short).allowed());
+        // Back to 10 s: the one unit moves again.
+        let d = admit(&store, &t, &long).decisions[0];
+        assert_eq!((d.allowed, d.used), (true, 2));
+        assert!(!admit(&store, &t, &long).allowed());
+    }
+
+    #[test]
+    fn sub_buckets_widen_for_large_limits() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::with_clock(clock.clone());
+        let t = tenant(1);
+        let small = [Check::new("w", window(60_000), 65_535, 60_000)];
+        let large = [Check::new("w", window(60_000), 1 << 40, 1 << 39)];
+        assert!(admit(&store, &t, &small).allowed());
+        let d = admit(&store, &t, &large).decisions[0];
+        assert_eq!((d.allowed, d.used), (true, 60_000 + (1 << 39)));
+        let d = admit(&store, &t, &large).decisions[0];
+        assert_eq!((d.allowed, d.used), (false, 60_000 + (1 << 39)));
+    }
+
+    #[test]
+    fn evicts_sub_buckets_and_gcra() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(0)
+            .build();
+        let t = tenant(1);
+        // b = 125 ms: the bucket [T0, T0 + 125) counts until T0 + 1_124.
+        // GCRA: T = 100 ms, 3 units: full again at T0 + 300.
+        let checks = [
+            Check::new("w", window(1_000), 10, 1),
+            Check::new("g", gcra(1_000, 10), 10, 3),
+        ];
+        assert!(admit(&store, &t, &checks).allowed());
+        assert_eq!(store.len(), 2);
+        clock.set_ms(T0 + 299);
+        assert_eq!(store.evict_idle(), 0);
+        clock.set_ms(T0 + 300);
+        assert_eq!(store.evict_idle(), 1, "the GCRA bucket is full");
+        clock.set_ms(T0 + 1_123);
+        assert_eq!(store.evict_idle(), 0);
+        clock.set_ms(T0 + 1_124);
+        assert_eq!(store.evict_idle(), 1, "the sub-buckets expired");
+        assert!(store.is_empty());
     }
 
     #[test]
@@ -1570,6 +1378,101 @@ mod tests {
         }
     }
 
+    /// Reference sub-bucket window: counts per bucket index.
+    #[derive(Default, Clone)]
+    struct RefBuckets {
+        counts: std::collections::BTreeMap<u64, u64>,
+    }
+
+    impl RefBuckets {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, cost: u64) -> Decision {
+            let b = w.div_ceil(8);
+            let c = now / b;
+            let j0 = (now + 1).saturating_sub(w) / b;
+            let expiry = |j: u64| (j + 1) * b + w - 1 - now;
+            let counted: Vec<(u64, u64)> = self
+                .counts
+                .range(j0..=c)
+                .map(|(&j, &n)| (j, n))
+                .filter(|e| e.1 > 0)
+                .collect();
+            let used: u64 = counted.iter().map(|e| e.1).sum();
+            let allowed = used + cost <= limit;
+            let mut reset = counted.first().map_or(0, |e| expiry(e.0));
+            let retry_after = if allowed || cost > limit {
+                None
+            } else {
+                let need = used - (limit - cost);
+                let mut freed = 0;
+                counted.iter().find_map(|&(j, n)| {
+                    freed += n;
+                    (freed >= need).then(|| expiry(j))
+                })
+            };
+            if allowed && cost > 0 {
+                if used == 0 {
+                    reset = expiry(c);
+                }
+                *self.counts.entry(c).or_default() += cost;
+            }
+            let used = if allowed { used + cost } else { used };
+            Decision {
+                allowed,
+                limit,
+                used,
+                remaining: limit.saturating_sub(used),
+                reset: Duration::from_millis(reset),
+                retry_after: retry_after.map(Duration::from_millis),
+            }
+        }
+    }
+
+    /// Reference GCRA, literally: `tat` in ns, `T = ceil(W / limit)`,
+    /// `τ = T·(B − 1)`, governor's test.
+    #[derive(Default, Clone)]
+    struct RefGcra {
+        tat: Option<u128>,
+    }
+
+    impl RefGcra {
+        fn decide(&mut self, now: u64, w: u64, limit: u64, burst: u64, cost: u64) -> Decision {
+            let now = u128::from(now) * 1_000_000;
+            let (limit128, burst128, n) = (u128::from(limit), u128::from(burst), u128::from(cost));
+            let ms = |ns: u128| Duration::from_millis(ns.div_ceil(1_000_000) as u64);
+            if limit == 0 || burst == 0 {
+                return Decision {
+                    allowed: cost == 0,
+                    limit: burst,
+                    used: burst,
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                    retry_after: None,
+                };
+            }
+            let t = (u128::from(w) * 1_000_000).div_ceil(limit128);
+            let tau = t * (burst128 - 1);
+            let tat = self.tat.unwrap_or(now).max(now);
+            let remaining = |tat: u128| ((now + tau + t - tat).min(tau + t) / t) as u64;
+            let never = cost > burst;
+            // tat + T·(n − 1) − τ ≤ now, written without negatives.
+            let allowed = !never && tat + t * n <= now + tau + t;
+            let retry_after = (!allowed && !never).then(|| ms(tat + t * n - now - tau - t));
+            let after = if allowed { tat + t * n } else { tat };
+            if allowed && cost > 0 {
+                self.tat = Some(after);
+            }
+            let remaining = remaining(after);
+            Decision {
+                allowed,
+                limit: burst,
+                used: burst - remaining,
+                remaining,
+                reset: ms(after - now),
+                retry_after,
+            }
+        }
+    }
+
     /// Reference sliding log: every admitted `(t, units)`.
     #[derive(Default)]
     struct RefLog {
@@ -1617,29 +1520,37 @@ mod tests {
         fn matches_reference(
             w in 1u64..5_000,
             limit in 0u64..20,
+            burst in 0u64..25,
             steps in proptest::collection::vec((0u64..3_000, 0u64..6, any::<bool>()), 1..200),
         ) {
             let clock = Arc::new(ManualClock::new(T0 + 7));
             let store = MemoryStore::builder().shards(1).sweep_every(1).clock(clock.clone()).build();
             let t = tenant(1);
-            let (mut rw, mut rl) = (RefWindow::default(), RefLog::default());
+            let (mut rw, mut rb, mut rl, mut rg) =
+                (RefWindow::default(), RefBuckets::default(), RefLog::default(), RefGcra::default());
             for (dt, cost, peek) in steps {
                 clock.advance_ms(dt);
                 let now = clock.now_ms();
-                let checks = [Check::new("w", window(w), limit, cost), Check::new("l", log(w), limit, cost)];
+                let checks = [
+                    Check::new("a", approx(w), limit, cost),
+                    Check::new("b", window(w), limit, cost),
+                    Check::new("l", log(w), limit, cost),
+                    Check::new("g", gcra(w, burst), limit, cost),
+                ];
                 for (i, check) in checks.iter().enumerate() {
                     let batch = std::slice::from_ref(check);
+                    let p = store.peek(&t, batch).try_take().unwrap().unwrap()[0];
+                    let a = admit(&store, &t, batch).decisions[0];
                     if peek {
-                        let p = store.peek(&t, batch).try_take().unwrap().unwrap()[0];
-                        let a = admit(&store, &t, batch).decisions[0];
                         prop_assert_eq!(p, a);
-                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
-                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
-                    } else {
-                        let a = admit(&store, &t, batch).decisions[0];
-                        let r = if i == 0 { rw.decide(now, w, limit, cost) } else { rl.decide(now, w, limit, cost) };
-                        prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
                     }
+                    let r = match i {
+                        0 => rw.decide(now, w, limit, cost),
+                        1 => rb.decide(now, w, limit, cost),
+                        2 => rl.decide(now, w, limit, cost),
+                        _ => rg.decide(now, w, limit, burst, cost),
+                    };
+                    prop_assert_eq!(a, r, "{:?} at +{}", check.algorithm, now - T0);
                 }
             }
         }
@@ -1652,10 +1563,17 @@ mod tests {
         ) {
             // `MemoryStore` itself: replaying the same history on a fresh
             // store, a request denied with `retry_after` passes at exactly
-            // now + retry_after (and, for the exact log, not a millisecond
-            // earlier).
-            for exact in [false, true] {
-                let check = |cost| Check::new("p", if exact { log(w) } else { window(w) }, limit, cost);
+            // now + retry_after (and, for the sub-bucket window and the exact
+            // log, not a millisecond earlier). GCRA's waits are checked
+            // against governor in tests/rate_algorithms.rs.
+            for kind in 0..3 {
+                let algorithm = match kind {
+                    0 => approx(w),
+                    1 => window(w),
+                    _ => log(w),
+                };
+                let tight = kind > 0;
+                let check = |cost| Check::new("p", algorithm, limit, cost);
                 let mut history: Vec<(u64, u64)> = Vec::new();
                 let mut now = T0;
                 for &(dt, cost) in &steps {
@@ -1679,14 +1597,14 @@ mod tests {
                     let Some(retry) = d.retry_after else { continue };
                     prop_assert!(!d.allowed);
                     let at = now + retry.as_millis() as u64;
-                    if exact && retry.as_millis() > 0 {
+                    if tight && retry.as_millis() > 0 {
                         clock.set_ms(at - 1);
                         let early = store.peek(&t, &[check(cost)]).try_take().unwrap().unwrap()[0];
-                        prop_assert!(!early.allowed, "log: allowed 1 ms before retry {:?}", retry);
+                        prop_assert!(!early.allowed, "{:?}: allowed 1 ms before retry {:?}", algorithm, retry);
                     }
                     clock.set_ms(at);
                     let later = admit(&store, &t, &[check(cost)]).decisions[0];
-                    prop_assert!(later.allowed, "exact {}: not allowed after retry {:?}", exact, retry);
+                    prop_assert!(later.allowed, "{:?}: not allowed after retry {:?}", algorithm, retry);
                 }
             }
         }
