@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole `cargo test --all-features` N times while busy loops keep
+# Runs the whole `cargo test --all-features --no-fail-fast` N times while busy loops keep
 # every core loaded (a busy CI machine), and prints pass/fail per run.
 #
 #   scripts/stress-test.sh 10        # 10 runs; exit 0 only if all passed
@@ -29,7 +29,7 @@ passed=0
 for i in $(seq "$runs"); do
     log="target/stress/run-$i.log"
     started=$(date +%s)
-    if cargo test --all-features >"$log" 2>&1; then
+    if cargo test --all-features --no-fail-fast >"$log" 2>&1; then
         result=pass
         passed=$((passed + 1))
     else

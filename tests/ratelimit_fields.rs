@@ -91,7 +91,10 @@ fn parse_list(field: &str) -> Vec<Member> {
 
 fn app(style: Option<HeaderStyle>) -> Router {
     let catalog = Catalog::from_toml_str(PLANS).unwrap();
-    let mut every = AdmissionLayer::new(MemoryStore::new())
+    // Time stands still (2026-12-03T10:00:30Z): no window, hour, day or
+    // month can end between two requests of a test.
+    let clock = std::sync::Arc::new(tower_tenancy::store::ManualClock::new(1_796_292_030_000));
+    let mut every = AdmissionLayer::new(MemoryStore::with_clock(clock))
         .rule(Rule::rate("api"))
         .rule(Rule::rate("slow"))
         .rule(Rule::quota("daily"))

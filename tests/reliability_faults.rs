@@ -142,6 +142,16 @@ async fn until_all_count(
     }
 }
 
+/// Polls (up to 20 s) until Redis has counted more requests of the load
+/// than it has clients (`zcard`): then some client has had an answer and
+/// sent again, so at least one answer arrived before the fault to come.
+async fn until_answered_before(zcard: impl Fn() -> i64) {
+    let clients = (3 * INSTANCES) as i64;
+    rel::wait_until(Duration::from_secs(20), || zcard() > clients)
+        .await
+        .expect("the load counted in Redis");
+}
+
 /// An outage in Unix ms: the fault was caused after `before`, confirmed at
 /// `down` (the process reaped or stopped, PING unanswered), and lasted at
 /// least until `up`.
@@ -232,11 +242,7 @@ async fn single_server_fault(policy: &'static str, fault: Fault) {
     let bases: Vec<String> = insts.iter().map(|i| i.url("")).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&bases, "big", &stop);
-    rel::wait_until(Duration::from_secs(10), || {
-        server.int(&["ZCARD", &log_key("big")]) > 0
-    })
-    .await
-    .expect("the load counted in Redis");
+    until_answered_before(|| server.int(&["ZCARD", &log_key("big")])).await;
 
     let cycles = scale(1, 4);
     let away = Duration::from_millis(scale(3000, 5000) as u64);
@@ -425,11 +431,7 @@ async fn cluster_master_killed_replica_takes_over() {
     let load = start_load(&bases, victim, &stop);
     let load_other = start_load(&bases, other, &stop);
     let victim_node_ref = &cluster.nodes()[victim_node];
-    rel::wait_until(Duration::from_secs(10), || {
-        victim_node_ref.int(&["ZCARD", &log_key(victim)]) > 0
-    })
-    .await
-    .expect("the load counted in Redis");
+    until_answered_before(|| victim_node_ref.int(&["ZCARD", &log_key(victim)])).await;
 
     let before = unix_ms();
     let killed_at = Instant::now();

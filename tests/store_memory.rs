@@ -6,10 +6,12 @@
 mod conformance;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_tenancy::future::MaybeReady;
 use tower_tenancy::store::{
-    Admission, Check, CounterStore, Decisions, ManualClock, ResilientStore, StoreError, StoreResult,
+    Admission, Check, CounterStore, Decisions, FailurePolicy, ManualClock, ResilientStore,
+    StoreError, StoreResult,
 };
 use tower_tenancy::{MemoryStore, TenantId};
 
@@ -78,14 +80,21 @@ async fn run_all_one_shard_eager_sweeps() {
 /// Through a `ResilientStore` whose primary is healthy.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_all_resilient_healthy() {
-    conformance::run_all(|clock| async move { ResilientStore::new(store(clock)) }).await;
+    conformance::run_all(|clock| async move {
+        ResilientStore::new(store(clock))
+            .timeout(Duration::from_secs(30))
+            .policy(FailurePolicy::FailClosed)
+    })
+    .await;
 }
 
 /// With a fallback configured: the healthy primary still decides.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_all_resilient_with_a_fallback() {
     conformance::run_all(|clock| async move {
-        ResilientStore::new(store(clock.clone())).fallback(store(clock))
+        ResilientStore::new(store(clock.clone()))
+            .timeout(Duration::from_secs(30))
+            .fallback(store(clock))
     })
     .await;
 }

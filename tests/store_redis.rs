@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use redis_server::{RedisCluster, RedisServer};
 use tower_tenancy::store::{
-    Algorithm, Check, Clock, CounterStore, Lease, ManualClock, MemoryStore, RedisStore,
-    ResilientStore, StoreError,
+    Algorithm, Check, Clock, CounterStore, FailurePolicy, Lease, ManualClock, MemoryStore,
+    RedisStore, ResilientStore, StoreError,
 };
 use tower_tenancy::{Period, TenantId};
 
@@ -723,7 +723,13 @@ mod conformance_single {
         let url = server.url();
         conformance::run_all(|clock| {
             let url = url.clone();
-            async move { ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock)) }
+            // A generous timeout, fail-closed: on a busy machine a slow
+            // answer must not turn into a fail-open admission.
+            async move {
+                ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock))
+                    .timeout(Duration::from_secs(30))
+                    .policy(FailurePolicy::FailClosed)
+            }
         })
         .await;
     }
@@ -737,6 +743,7 @@ mod conformance_single {
             let url = url.clone();
             async move {
                 ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock.clone()))
+                    .timeout(Duration::from_secs(30))
                     .fallback(MemoryStore::with_clock(clock))
             }
         })
