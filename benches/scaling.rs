@@ -163,7 +163,12 @@ fn main() {
     println!("| tenants | threads | calls/s (wall) | speedup (wall) | CPU ns per call | CPU share of the threads | speedup per CPU time |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (label, tenants) in [(format!("{many}"), &many_tenants), ("1 (hot)".into(), &hot)] {
-        let thread_counts = [1, cores];
+        // 1 and N (= cores) threads, then 2, 8 and 16 (more threads than
+        // cores: the curve must not collapse).
+        let mut thread_counts = vec![1, cores, 2, 8, 16];
+        thread_counts.dedup();
+        thread_counts.sort_unstable();
+        thread_counts.dedup();
         let mut samples: Vec<Vec<Sample>> = thread_counts.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (k, &threads) in thread_counts.iter().enumerate() {
