@@ -14,7 +14,10 @@
 //! or a comma-separated list of nodes for a Redis Cluster. `STORE_FAILURE`
 //! chooses what happens when Redis fails: `fallback` (default: a local
 //! in-memory limiter), `open` (admit) or `closed` (503); each call has a
-//! 100 ms timeout (`STORE_TIMEOUT_MS`).
+//! 100 ms timeout (`STORE_TIMEOUT_MS`). A tenant refused by Redis for a
+//! rate or quota is refused locally until its `Retry-After` (a
+//! `DenyCache`; `DENY_CACHE=off` asks Redis every time); with a cluster,
+//! each master has its own connection and breaker.
 //!
 //! With `DATABASE_URL` set (build with `--features postgres`), tenants,
 //! plans and API keys live in PostgreSQL and workflows in tables under
@@ -212,7 +215,7 @@ pub async fn shared_store(
 ) -> Result<Arc<dyn CounterStore>, String> {
     #[cfg(feature = "redis")]
     {
-        use tower_tenancy::store::ClusterShardStore;
+        use tower_tenancy::store::{ClusterShardStore, DenyCache};
         use tower_tenancy::{FailurePolicy, RedisStore, ResilientStore};
         let nodes: Vec<&str> = url
             .split(',')
@@ -243,6 +246,12 @@ pub async fn shared_store(
         };
         let timeout_ms = timeout.as_millis();
         tracing::info!(%url, ?policy, timeout_ms, "counters in Redis");
+        // A tenant refused for a rate or quota is refused here until its
+        // Retry-After, without a Redis call (DENY_CACHE=off: always ask).
+        let redis: Arc<dyn CounterStore> = match std::env::var("DENY_CACHE").as_deref() {
+            Ok("off") => redis,
+            _ => Arc::new(DenyCache::new(redis)),
+        };
         let resilient = ResilientStore::new(redis).timeout(timeout).policy(policy);
         Ok(match masters {
             Some(masters) => Arc::new(resilient.partitioned(masters)),
@@ -259,6 +268,13 @@ pub async fn shared_store(
 
 /// The tenant API (public for the reliability tests).
 pub fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> Router {
+    // A changed plan or override drops what the store keeps locally about
+    // the tenant (the deny cache's refusals).
+    let hook_store = store.clone();
+    directory.on_change(move |tenant| match tenant {
+        Some(id) => hook_store.invalidate(id),
+        None => hook_store.invalidate_all(),
+    });
     let api = || AdmissionLayer::new(store.clone()).rule(Rule::rate("api_calls_per_minute"));
     let execution = AdmissionLayer::new(store.clone())
         .rule(Rule::rate("api_calls_per_minute"))

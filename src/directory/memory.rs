@@ -32,7 +32,11 @@ type Map = HashMap<TenantId, Arc<Tenant>, foldhash::fast::RandomState>;
 #[derive(Clone, Default)]
 pub struct MemoryDirectory {
     tenants: Arc<ArcSwap<Map>>,
+    hooks: Arc<parking_lot::RwLock<Vec<ChangeHook>>>,
 }
+
+/// Called after a change: `Some(id)` for one tenant, `None` for all.
+type ChangeHook = Arc<dyn Fn(Option<&TenantId>) + Send + Sync>;
 
 impl MemoryDirectory {
     /// An empty directory.
@@ -54,6 +58,37 @@ impl MemoryDirectory {
             .map(|t| (t.id().clone(), Arc::new(t)))
             .collect();
         self.tenants.store(Arc::new(map));
+        self.changed(None);
+    }
+
+    /// Calls `hook` after every change, once the new contents are
+    /// published: with the tenant's id for [`insert`](Self::insert),
+    /// [`update`](Self::update) and [`remove`](Self::remove), with `None`
+    /// for [`replace_all`](Self::replace_all). Typically drops what a store
+    /// keeps locally about the tenant ([`CounterStore::invalidate`](crate::store::CounterStore::invalidate)).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_tenancy::store::{CounterStore, DenyCache};
+    /// use tower_tenancy::{MemoryDirectory, MemoryStore};
+    ///
+    /// let store: Arc<dyn CounterStore> = Arc::new(DenyCache::new(MemoryStore::new()));
+    /// let dir = MemoryDirectory::new();
+    /// let hook_store = store.clone();
+    /// dir.on_change(move |tenant| match tenant {
+    ///     Some(id) => hook_store.invalidate(id),
+    ///     None => hook_store.invalidate_all(),
+    /// });
+    /// ```
+    pub fn on_change(&self, hook: impl Fn(Option<&TenantId>) + Send + Sync + 'static) {
+        self.hooks.write().push(Arc::new(hook));
+    }
+
+    fn changed(&self, tenant: Option<&TenantId>) {
+        let hooks = self.hooks.read().clone();
+        for hook in hooks {
+            hook(tenant);
+        }
     }
 
     /// Adds or replaces one tenant.
@@ -64,6 +99,7 @@ impl MemoryDirectory {
             map.insert(tenant.id().clone(), tenant.clone());
             map
         });
+        self.changed(Some(tenant.id()));
     }
 
     /// Changes one tenant with `f`; returns the new tenant, or `None` when
@@ -78,6 +114,9 @@ impl MemoryDirectory {
             }
             map
         });
+        if updated.is_some() {
+            self.changed(Some(id));
+        }
         updated
     }
 
@@ -89,6 +128,9 @@ impl MemoryDirectory {
             removed = map.remove(id);
             map
         });
+        if removed.is_some() {
+            self.changed(Some(id));
+        }
         removed
     }
 

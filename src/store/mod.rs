@@ -82,6 +82,7 @@ use std::time::Duration;
 pub mod breaker;
 pub(crate) mod calendar;
 mod clock;
+pub mod deny;
 mod memory;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -102,6 +103,7 @@ pub mod resilient;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use breaker::{BreakerConfig, BreakerState};
+pub use deny::DenyCache;
 #[cfg(feature = "redis")]
 pub use redis_partitions::{ClusterPartitions, ClusterShardStore};
 pub use resilient::{FailurePolicy, Partitions, ResilientStore};
@@ -437,6 +439,30 @@ pub trait CounterStore: Send + Sync + 'static {
     /// Moves a [`Algorithm::Gauge`] counter by `delta` (saturating at zero)
     /// and returns its new level.
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>>;
+
+    /// Drops anything kept locally about `tenant` (a [`DenyCache`]'s
+    /// refusals), for example because its plan or overrides changed. The
+    /// counters are not touched. Wrappers pass it on; the default does
+    /// nothing.
+    ///
+    /// ```
+    /// use tower_tenancy::store::{CounterStore, DenyCache};
+    /// let store = DenyCache::new(tower_tenancy::MemoryStore::new());
+    /// store.invalidate(&"acme".parse().unwrap());
+    /// ```
+    fn invalidate(&self, tenant: &TenantId) {
+        let _ = tenant;
+    }
+
+    /// Drops anything kept locally about every tenant (see
+    /// [`invalidate`](Self::invalidate)).
+    ///
+    /// ```
+    /// use tower_tenancy::store::{CounterStore, DenyCache};
+    /// let store = DenyCache::new(tower_tenancy::MemoryStore::new());
+    /// store.invalidate_all();
+    /// ```
+    fn invalidate_all(&self) {}
 }
 
 impl<S: CounterStore + ?Sized> CounterStore for Arc<S> {
@@ -448,6 +474,12 @@ impl<S: CounterStore + ?Sized> CounterStore for Arc<S> {
     }
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
         (**self).adjust(tenant, policy, delta)
+    }
+    fn invalidate(&self, tenant: &TenantId) {
+        (**self).invalidate(tenant)
+    }
+    fn invalidate_all(&self) {
+        (**self).invalidate_all()
     }
 }
 

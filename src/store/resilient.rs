@@ -566,6 +566,20 @@ impl<S: CounterStore> CounterStore for ResilientStore<S> {
         };
         self.guarded(tenant, || self.store.adjust(tenant, policy, delta), fail)
     }
+
+    fn invalidate(&self, tenant: &TenantId) {
+        self.store.invalidate(tenant);
+        if let FailurePolicy::Fallback(local) = &self.policy {
+            local.invalidate(tenant);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        self.store.invalidate_all();
+        if let FailurePolicy::Fallback(local) = &self.policy {
+            local.invalidate_all();
+        }
+    }
 }
 
 /// What the failure policy needs to answer one call, captured up front
