@@ -1,13 +1,20 @@
-//! Accuracy of the sliding window counter against the exact sliding log, and
-//! of the exact algorithms (sliding log, calendar quotas) against brute
-//! force (issue 7, item 5).
+//! Accuracy and cost of every rate algorithm against the exact sliding log
+//! (issue 12), and of the exact algorithms (sliding log, calendar quotas)
+//! against brute force (issue 7, item 5).
 //!
 //! ```text
-//! cargo bench --bench accuracy
+//! cargo bench --features redis --bench accuracy
 //! ```
 //!
 //! The traces and the replay are those of `examples/accuracy.rs` (included
-//! below): deterministic, the figures do not depend on the machine. Then:
+//! below): deterministic, the figures do not depend on the machine. One
+//! table, every algorithm × seven traces: `over` / `under` / `max/60s` as
+//! defined there; `B/key`: heap bytes per key in a `MemoryStore` holding
+//! 10⁶ keys of that algorithm (one admission each; a counting allocator,
+//! the tenant ids created beforehand); `Redis µs`: with the `redis` feature,
+//! the trace replayed through a `RedisStore` on a `redis-server` of its own
+//! (test clock), `usec / calls` of `EVALSHA` in `INFO commandstats` (time
+//! inside Redis per decision, without the network). Then:
 //!
 //! * the `MemoryStore` sliding log replays every trace and is compared,
 //!   request by request, with a brute-force log (a list of admitted
@@ -31,6 +38,114 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use example::{Rng, LIMIT, T0, WINDOW_MS};
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+#[cfg(feature = "redis")]
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static CURRENT: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to `System` with the same arguments.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            CURRENT.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            CURRENT.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            CURRENT.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Heap bytes per key of `algorithm` in a store holding `keys` keys.
+fn bytes_per_key(algorithm: Algorithm, keys: usize) -> f64 {
+    let tenants: Vec<TenantId> = (0..keys)
+        .map(|i| format!("tenant-{i}").parse().expect("id"))
+        .collect();
+    let clock = Arc::new(ManualClock::new(T0));
+    let before = CURRENT.load(Ordering::Relaxed);
+    let store = MemoryStore::with_clock(clock as Arc<dyn Clock>);
+    let check = Check::new("calls", algorithm, LIMIT, 1);
+    for tenant in &tenants {
+        assert!(admit(&store, tenant, &check));
+    }
+    let grown = CURRENT.load(Ordering::Relaxed) - before;
+    assert_eq!(store.len(), keys);
+    drop(store);
+    grown as f64 / keys as f64
+}
+
+/// Time inside Redis per decision: the trace through a `RedisStore` (test
+/// clock), `usec / calls` of `EVALSHA`.
+#[cfg(feature = "redis")]
+fn redis_usec(
+    server: &redis_server::RedisServer,
+    runtime: &tokio::runtime::Runtime,
+    algorithm: Algorithm,
+    arrivals: &[u64],
+    tenant: &str,
+) -> f64 {
+    use tower_tenancy::store::RedisStore;
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = runtime
+        .block_on(RedisStore::connect(server.url()))
+        .expect("connect")
+        .clock(clock.clone());
+    let tenant: TenantId = tenant.parse().expect("id");
+    let check = [Check::new("calls", algorithm, LIMIT, 1)];
+    // The script loaded (the first EVALSHA answers NOSCRIPT) before counting.
+    let warm: TenantId = "warm-up".parse().expect("id");
+    runtime.block_on(store.admit(&warm, &check)).expect("admit");
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    runtime.block_on(async {
+        for &t in arrivals {
+            clock.set_ms(T0 + t);
+            store.admit(&tenant, &check).await.expect("admit");
+        }
+    });
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .expect("evalsha stats");
+    let field = |name: &str| -> f64 {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .expect("field")
+    };
+    assert_eq!(field("calls") as usize, arrivals.len());
+    field("usec") / field("calls")
+}
 use tower_tenancy::store::{Algorithm, Check, Clock, CounterStore, ManualClock};
 use tower_tenancy::{MemoryStore, Period, TenantId};
 
@@ -173,51 +288,104 @@ fn calendar_vs_brute_force(arrivals: &[u64], period: Period, limit: u64) -> (u64
 fn main() {
     let full = common::full_run();
     let traces = example::traces();
+    let keys = if full { 1_000_000 } else { 20_000 };
+    #[cfg(feature = "redis")]
+    let (server, runtime) = (
+        redis_server::RedisServer::new(),
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    );
     let mut rows = Vec::new();
-    let mut json_traces = Vec::new();
-    println!("limit {LIMIT} per 60 s, 1 h per trace; shares of all requests");
-    println!("| trace | requests | log admits | window admits | wrongly admitted | wrongly rejected | over | under | max/60s | log vs brute force |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut json_rows = Vec::new();
+    println!("limit {LIMIT} per 60 s, 1 h per trace; over/under: shares of all requests; B/key at {keys} keys");
+    println!(
+        "| algorithm | trace | requests | admitted | over | under | max/60s | B/key | Redis µs |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (a, (algorithm_name, algorithm)) in example::algorithms().into_iter().enumerate() {
+        let bytes = bytes_per_key(algorithm, keys);
+        for (i, (name, arrivals)) in traces.iter().enumerate() {
+            let arrivals = if full {
+                &arrivals[..]
+            } else {
+                &arrivals[..arrivals.len().min(500)]
+            };
+            let t = example::replay_with(arrivals, algorithm);
+            #[cfg(feature = "redis")]
+            let usec = Some(redis_usec(
+                &server,
+                &runtime,
+                algorithm,
+                arrivals,
+                &format!("t{a}-{i}"),
+            ));
+            #[cfg(not(feature = "redis"))]
+            let usec: Option<f64> = {
+                let _ = (a, i);
+                None
+            };
+            let cells = vec![
+                algorithm_name.to_string(),
+                name.to_string(),
+                t.requests.to_string(),
+                t.window_admits.to_string(),
+                format!("{:.2}%", example::pct(t.over, t.requests)),
+                format!("{:.2}%", example::pct(t.under, t.requests)),
+                t.max_per_window.to_string(),
+                format!("{bytes:.1}"),
+                usec.map_or("—".to_owned(), |u| format!("{u:.2}")),
+            ];
+            println!("{}", common::md_row(&cells));
+            if matches!(
+                algorithm,
+                Algorithm::SlidingWindow { .. } | Algorithm::SlidingLog { .. }
+            ) {
+                assert!(
+                    t.max_per_window <= LIMIT,
+                    "{algorithm_name} over the limit on {name}"
+                );
+                assert_eq!(
+                    t.over, 0,
+                    "{algorithm_name} admitted over the limit on {name}"
+                );
+            }
+            rows.push(
+                cells
+                    .iter()
+                    .map(|c| c.trim_end_matches('%').to_owned())
+                    .collect(),
+            );
+            json_rows.push(serde_json::json!({
+                "algorithm": algorithm_name,
+                "trace": name,
+                "requests": t.requests,
+                "admitted": t.window_admits,
+                "log_admits": t.log_admits,
+                "over_pct": example::pct(t.over, t.requests),
+                "under_pct": example::pct(t.under, t.requests),
+                "max_per_60s": t.max_per_window,
+                "bytes_per_key": bytes,
+                "keys": keys,
+                "redis_usec_per_decision": usec,
+            }));
+        }
+    }
+    println!("\nthe MemoryStore sliding log against brute force:");
+    println!("| trace | mismatches |");
+    println!("|---|---:|");
+    let mut json_log = Vec::new();
     for (name, arrivals) in &traces {
         let arrivals = if full {
             &arrivals[..]
         } else {
             &arrivals[..arrivals.len().min(500)]
         };
-        let t = example::replay(arrivals);
         let log_mismatches = log_vs_brute_force(arrivals);
-        let cells = vec![
-            name.to_string(),
-            t.requests.to_string(),
-            t.log_admits.to_string(),
-            t.window_admits.to_string(),
-            format!("{:.2}%", example::pct(t.wrongly_admitted, t.requests)),
-            format!("{:.2}%", example::pct(t.wrongly_rejected, t.requests)),
-            format!("{:.2}%", example::pct(t.over, t.requests)),
-            format!("{:.2}%", example::pct(t.under, t.requests)),
-            t.max_per_window.to_string(),
-            log_mismatches.to_string(),
-        ];
-        println!("{}", common::md_row(&cells));
+        println!("| {name} | {log_mismatches} |");
         assert_eq!(log_mismatches, 0, "the sliding log must be exact");
-        rows.push(
-            cells
-                .iter()
-                .map(|c| c.trim_end_matches('%').to_owned())
-                .collect(),
-        );
-        json_traces.push(serde_json::json!({
-            "trace": name,
-            "requests": t.requests,
-            "log_admits": t.log_admits,
-            "window_admits": t.window_admits,
-            "wrongly_admitted_pct": example::pct(t.wrongly_admitted, t.requests),
-            "wrongly_rejected_pct": example::pct(t.wrongly_rejected, t.requests),
-            "over_pct": example::pct(t.over, t.requests),
-            "under_pct": example::pct(t.under, t.requests),
-            "max_per_60s": t.max_per_window,
-            "log_vs_brute_force_mismatches": log_mismatches,
-        }));
+        json_log.push(serde_json::json!({"trace": name, "mismatches": log_mismatches}));
     }
 
     let trace = calendar_trace();
@@ -254,23 +422,24 @@ fn main() {
         "accuracy.csv",
         &common::csv(
             &[
+                "algorithm",
                 "trace",
                 "requests",
-                "log_admits",
-                "window_admits",
-                "wrongly_admitted_pct",
-                "wrongly_rejected_pct",
+                "admitted",
                 "over_pct",
                 "under_pct",
                 "max_per_60s",
-                "log_vs_brute_force_mismatches",
+                "bytes_per_key",
+                "redis_usec_per_decision",
             ],
             &rows,
         ),
     );
     let out = serde_json::json!({
         "limit": LIMIT, "window_ms": WINDOW_MS,
-        "traces": json_traces,
+        "machine": common::machine(),
+        "rows": json_rows,
+        "log_vs_brute_force": json_log,
         "calendar": json_calendar,
     });
     common::write_result(

@@ -8,6 +8,9 @@
 //! features = ["webhooks"]
 //! limits = { workflows = 5 }
 //! rates = { api_calls_per_minute = { limit = 60, window = "1m" } }
+//! # algorithm = "sliding_window" (default: never above the limit in any window),
+//! # "gcra" (a rate with bursts; optional burst = 10), "sliding_log" (exact),
+//! # "sliding_window_approx" (the former two-counter window)
 //! quotas = { executions_per_day = { limit = 100, period = "day" } }
 //! concurrency = { concurrent_executions = { limit = 2 } }
 //!

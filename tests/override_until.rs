@@ -237,7 +237,7 @@ async fn plan_switches_at_until_with_memory_and_redis_counters() {
     let redis = redis_server::RedisServer::new();
     let redis_store = RedisStore::connect(redis.url()).await.unwrap();
     // A margin for the calls made before `until` on a busy machine.
-    let until = UtcTime::from_unix_ms(UtcTime::now().unix_ms() + 4_000);
+    let until = UtcTime::from_unix_ms(UtcTime::now().unix_ms() + 6_000);
     tokio::join!(
         switches_at_until(Arc::new(MemoryStore::new()), until),
         switches_at_until(Arc::new(redis_store), until),

@@ -26,7 +26,7 @@ use http_util::{send, HttpClient, Reply, TestServer};
 use redis_server::{RedisCluster, RedisServer};
 use tokio::sync::mpsc;
 use tower_tenancy::resolve::HeaderResolver;
-use tower_tenancy::store::{CounterStore, ManualClock, MemoryStore};
+use tower_tenancy::store::{Algorithm, Check, CounterStore, DenyCache, ManualClock, MemoryStore};
 use tower_tenancy::usage::usage_report;
 use tower_tenancy::{AdmissionLayer, Catalog, MemoryDirectory, RedisStore, Rule, TenancyLayer};
 
@@ -460,4 +460,28 @@ async fn shadow_rejections_are_counted() {
             2
         )]
     );
+}
+
+/// A deny cache in front of the store keeps no shadowed refusal: the next
+/// request still reaches the store, and its enforced checks count.
+#[tokio::test]
+async fn a_deny_cache_keeps_no_shadowed_refusal() {
+    let store = DenyCache::new(MemoryStore::new());
+    let acme = "acme".parse().unwrap();
+    let minute = Algorithm::SlidingLog {
+        window: Duration::from_secs(60),
+    };
+    let checks = [
+        Check::new("api", minute, 100, 1),
+        Check::new("new_limit", minute, 1, 1).shadowed(),
+    ];
+    for n in 1..=5u64 {
+        let a = store.admit(&acme, &checks).await.unwrap();
+        assert!(a.admits(&checks), "request {n} admitted");
+        assert_eq!(
+            a.decisions[0].used, n,
+            "request {n} counted by the enforced check"
+        );
+        assert_eq!(a.decisions[1].allowed, n == 1);
+    }
 }

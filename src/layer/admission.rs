@@ -483,8 +483,11 @@ impl<St: CounterStore> AdmissionLayer<St> {
     /// were enforced, and never refused by them. Each would-be refusal is a
     /// `tracing` event (`info`, target `tower_tenancy::observe`, message
     /// `shadow rejection`) and, with the `metrics` feature, an increment of
-    /// `tenancy_shadow_rejected_total{code,policy}`. Shadowed rules are left
-    /// out of the `RateLimit` fields.
+    /// `tenancy_shadow_rejected_total{code,policy}` — on requests that are
+    /// admitted (a request an enforced rule refuses anyway is reported as
+    /// that refusal only), so the figures count exactly the requests that
+    /// enforcing the shadowed rules would turn away in addition. Shadowed
+    /// rules are left out of the `RateLimit` fields.
     ///
     /// A single rule is shadowed in the catalog (`shadow = true` on a rate,
     /// quota or concurrency rule), a tenant by an override

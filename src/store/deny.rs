@@ -238,7 +238,9 @@ impl Cache {
         }
         let now = Instant::now();
         for (i, check) in checks.iter().enumerate() {
-            if !cacheable(&check.algorithm) {
+            // A shadowed check refuses nothing: the store must still count
+            // the request (its enforced checks consume).
+            if check.shadow || !cacheable(&check.algorithm) {
                 continue;
             }
             let key = self.key(tenant, check);
@@ -298,7 +300,7 @@ impl Cache {
             let Some(after) = decision.retry_after else {
                 continue;
             };
-            if decision.allowed || after.is_zero() {
+            if decision.allowed || after.is_zero() || check.check.shadow {
                 continue;
             }
             let key = self.key(tenant, &check.check);
