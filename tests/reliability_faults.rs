@@ -204,13 +204,23 @@ fn check_shots(policy: &str, shots: &[Shot], outages: &[Outage]) -> String {
     let first_fault = outages[0].before;
     let before: Vec<&Shot> = shots.iter().filter(|s| s.recv_ms < first_fault).collect();
     assert!(!before.is_empty());
-    for s in &before {
-        assert_eq!(s.status, Some(200), "before the fault: {s:?}");
-        assert!(
-            remaining(s).unwrap() < BIG,
-            "counted in Redis before: {s:?}"
-        );
+    // Before the fault Redis counts; but on a busy machine one of its
+    // answers may miss the 100 ms timeout, and the failure policy answers
+    // that request, as configured (seen in a stress run: fail-open, 115 ms).
+    let counted_before = before
+        .iter()
+        .filter(|s| s.status == Some(200) && remaining(s).is_some_and(|r| r < BIG))
+        .count();
+    for s in before
+        .iter()
+        .filter(|s| s.status != Some(200) || remaining(s) == Some(BIG))
+    {
+        assert_policy(policy, s);
     }
+    assert!(
+        counted_before > 0,
+        "nothing counted in Redis before the fault"
+    );
     let during_owned: Vec<Shot> = during.iter().map(|s| (*s).clone()).collect();
     let slowest_during = rel::slowest(&during_owned);
     format!(

@@ -3,7 +3,7 @@
 //!
 //! A tenant over its rate or quota that keeps sending costs one store call
 //! (one Redis script) per request. When the wrapped store denies a
-//! **rate** (sliding window, sliding log) or **quota** (calendar) check with
+//! **rate** (sliding windows, sliding log, GCRA) or **quota** (calendar) check with
 //! `retry_after = R`, the cache remembers "this tenant, this policy, this
 //! algorithm and limit: refused for a cost ≥ `c` until `sent + R`", where
 //! `sent` is when the call was made. Until then every batch holding that
@@ -133,7 +133,11 @@ impl Entry {
 fn cacheable(algorithm: &Algorithm) -> bool {
     matches!(
         algorithm,
-        Algorithm::SlidingWindow { .. } | Algorithm::SlidingLog { .. } | Algorithm::Calendar { .. }
+        Algorithm::SlidingWindow { .. }
+            | Algorithm::SlidingWindowApprox { .. }
+            | Algorithm::SlidingLog { .. }
+            | Algorithm::Gcra { .. }
+            | Algorithm::Calendar { .. }
     )
 }
 
