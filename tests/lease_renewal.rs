@@ -169,13 +169,14 @@ where
     };
     while alive() {
         let admitted = probe().await;
-        // The stream may have ended while the probe was on its way.
+        let left = backend.lease_left_ms(key).unwrap_or(i64::MIN);
+        // The stream may have ended (and given its slot back) while the
+        // probe or the lease reading was on its way: count neither then.
         if !alive() {
             break;
         }
         seen.probes += 1;
         seen.admitted_during += usize::from(admitted);
-        let left = backend.lease_left_ms(key).unwrap_or(i64::MIN);
         seen.min_left_ms = seen.min_left_ms.min(left);
         seen.max_left_ms = seen.max_left_ms.max(left);
         tokio::time::sleep(Duration::from_millis(250)).await;
