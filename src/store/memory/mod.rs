@@ -990,6 +990,16 @@ mod tests {
         format!("t{i}").parse().unwrap()
     }
 
+    /// A store on a manual clock at `T0`, sweeping every `sweep_every` calls.
+    fn store_at_t0(sweep_every: u64) -> (Arc<ManualClock>, MemoryStore) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_every(sweep_every)
+            .build();
+        (clock, store)
+    }
+
     fn admit(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) -> Admission {
         store
             .admit(tenant, checks)
@@ -1146,11 +1156,7 @@ mod tests {
     fn eviction_never_changes_decisions() {
         // A two-counter window used with a long and then a short length keeps
         // the longest.
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = MemoryStore::builder()
-            .clock(clock.clone())
-            .sweep_every(1)
-            .build();
+        let (clock, store) = store_at_t0(1);
         let t = tenant(1);
         let long = Check::new("w", approx(10_000), 2, 1);
         let short = Check::new("w", approx(1_000), 2, 1);
@@ -1167,11 +1173,7 @@ mod tests {
     fn longer_window_on_an_existing_counter_is_kept() {
         // A policy first used with 1 s, then (say after a plan reload) with
         // 10 s on the same counter: the sweep keeps it for the 10 s window.
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = MemoryStore::builder()
-            .clock(clock.clone())
-            .sweep_every(0)
-            .build();
+        let (clock, store) = store_at_t0(0);
         let t = tenant(1);
         let short = [Check::new("w", approx(1_000), 2, 1)];
         let long = [Check::new("w", approx(10_000), 2, 1)];
@@ -1187,11 +1189,7 @@ mod tests {
         // A sub-bucket window checked with another length (a plan reload)
         // keeps what it counted: the units move into the current bucket of
         // the new window, counted for a whole new window.
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = MemoryStore::builder()
-            .clock(clock.clone())
-            .sweep_every(1)
-            .build();
+        let (clock, store) = store_at_t0(1);
         let t = tenant(1);
         let long = [Check::new("w", window(10_000), 2, 1)];
         let short = [Check::new("w", window(1_000), 2, 1)];
@@ -1226,11 +1224,7 @@ mod tests {
 
     #[test]
     fn evicts_sub_buckets_and_gcra() {
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = MemoryStore::builder()
-            .clock(clock.clone())
-            .sweep_every(0)
-            .build();
+        let (clock, store) = store_at_t0(0);
         let t = tenant(1);
         // b = 125 ms: the bucket [T0, T0 + 125) counts until T0 + 1_124.
         // GCRA: T = 100 ms, 3 units: full again at T0 + 300.
