@@ -98,6 +98,8 @@ use crate::tenant::TenantId;
 pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_partitions;
+#[cfg(feature = "redis-sentinel")]
+mod redis_sentinel;
 pub mod resilient;
 
 #[cfg(feature = "redis")]

@@ -213,6 +213,8 @@ const MAX_PENDING: usize = 65_536;
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(super::redis_sentinel::SentinelConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -220,6 +222,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -232,6 +236,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -239,6 +245,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -323,8 +331,14 @@ impl RedisStore {
     pub(crate) fn cluster_connection(&self) -> Option<ClusterConnection> {
         match &self.conn {
             Conn::Cluster(c) => Some(c.clone()),
-            Conn::Single(_) => None,
+            _ => None,
         }
+    }
+
+    /// A store over a connection that follows Sentinel's master.
+    #[cfg(feature = "redis-sentinel")]
+    pub(crate) fn from_sentinel(conn: super::redis_sentinel::SentinelConnection) -> Self {
+        Self::from_conn(Conn::Sentinel(conn))
     }
 
     /// The key prefix.
@@ -742,6 +756,8 @@ impl std::fmt::Debug for RedisStore {
                 &match self.conn {
                     Conn::Single(_) => "single",
                     Conn::Cluster(_) => "cluster",
+                    #[cfg(feature = "redis-sentinel")]
+                    Conn::Sentinel(_) => "sentinel",
                 },
             )
             .field("prefix", &self.prefix)
