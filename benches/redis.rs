@@ -116,7 +116,7 @@ fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64, extra: &
         .args(["-c", &c, "-n", &n_arg, "--csv"])
         .args(extra)
         .args(["EVALSHA", sha, "1", key, "a", "", "", "1", "sw"])
-        .args([&limit, "1", &window, "0"])
+        .args([&limit, "1", &window, "", "0"])
         .output()
         .expect("run redis-benchmark (Debian: apt-get install redis-tools)");
     let stdout = String::from_utf8_lossy(&out.stdout);

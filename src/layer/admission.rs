@@ -439,8 +439,11 @@ impl<St: CounterStore> AdmissionLayer<St> {
 
     /// Soft limit: when an admitted request brings a rate limit or quota to
     /// `percent` of its limit or more, `hook` runs — once per tenant, rule
-    /// and window/period on this instance (instances sharing Redis each fire
-    /// once). Use it to notify the tenant before it is refused.
+    /// and window (rate limits: at most once per window length) or period
+    /// (quotas) across every instance sharing the store: the store records
+    /// the crossing in the same call as the admission (see
+    /// [`soft_limit`](crate::layer::soft_limit)). Use it to notify the
+    /// tenant before it is refused.
     ///
     /// ```
     /// use tower_tenancy::{AdmissionLayer, Rule};
@@ -619,6 +622,10 @@ where
                         limit: limited.limit,
                         cost,
                         shadow: limited.shadow,
+                        soft_percent: config
+                            .soft
+                            .as_ref()
+                            .and_then(|soft| soft.percent_for(&limited.algorithm, limited.shadow)),
                     });
                     asked.rules.push(index as u32);
                 }
@@ -776,7 +783,7 @@ fn decide<St, T: Borrow<TenantId>>(
         let warning = config
             .soft
             .as_ref()
-            .and_then(|soft| soft.observe(asked.tenant(), enforced()));
+            .and_then(|soft| soft.observe(asked.tenant(), &asked.checks, admission));
         return Ok(Admitted {
             lease: admission.lease.take(),
             fields,

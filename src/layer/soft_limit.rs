@@ -1,5 +1,14 @@
 //! Soft limits: a warning when a tenant is close to a limit, before it is
 //! refused. Configured on [`AdmissionLayer::soft_limit`](crate::AdmissionLayer::soft_limit).
+//!
+//! The hook fires once per tenant, rule and window (rate limits) or period
+//! (quotas) for every instance sharing the store: each check carries the
+//! threshold ([`Check::soft`]), and the store records the first admission
+//! at or above it in the same call as the admission
+//! ([`Admission::soft_crossed`]). A store that does not record it (a
+//! custom store, a [`ResilientStore`](crate::store::ResilientStore)
+//! answering fail-open) leaves the deduplication to this instance: once per
+//! tenant, rule and period end as the decision reports it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use parking_lot::Mutex;
 
-use crate::store::{Algorithm, Check, Decision};
+use crate::store::{Admission, Algorithm, Check, Decision};
 use crate::tenant::TenantId;
 
 /// A tenant crossed the soft-limit threshold of a rate limit or quota.
@@ -73,24 +82,43 @@ impl SoftLimit {
         self.header = on;
     }
 
-    /// Looks at an admitted request's decisions: fires the hook once per
-    /// period for each rule at or above the threshold, and returns the
-    /// warning header value (the fullest such rule) when enabled.
-    pub(crate) fn observe<'a>(
+    /// The threshold the store records for a check of `algorithm`
+    /// ([`Check::soft_percent`]): set when a hook is, for enforced rate
+    /// limits and quotas.
+    pub(crate) fn percent_for(&self, algorithm: &Algorithm, shadow: bool) -> Option<u8> {
+        (self.hook.is_some() && !shadow && windowed(algorithm)).then_some(self.threshold_percent)
+    }
+
+    /// Looks at an admitted request's decisions: fires the hook for each
+    /// rule the store reports crossing first (or, when the store does not
+    /// record crossings, once per period on this instance), and returns the
+    /// warning header value (the fullest rule at or above the threshold)
+    /// when enabled.
+    pub(crate) fn observe(
         &self,
         tenant: &TenantId,
-        pairs: impl Iterator<Item = (&'a Check, &'a Decision)>,
+        checks: &[Check],
+        admission: &Admission,
     ) -> Option<HeaderValue> {
         let mut warning: Option<(&Check, &Decision)> = None;
-        for (check, decision) in pairs {
-            let windowed = check.algorithm.rate_window().is_some()
-                || matches!(check.algorithm, Algorithm::Calendar { .. });
+        let pairs = checks.iter().zip(&admission.decisions).enumerate();
+        for (index, (check, decision)) in pairs.filter(|(_, (c, _))| !c.shadow) {
             let threshold = u128::from(decision.limit) * u128::from(self.threshold_percent);
-            if !windowed || u128::from(decision.used) * 100 < threshold {
+            if !windowed(&check.algorithm) || u128::from(decision.used) * 100 < threshold {
                 continue;
             }
             if let Some(hook) = &self.hook {
-                self.fire_once(hook, tenant, check, decision);
+                match admission.soft_crossed(index) {
+                    Some(true) => self.fire(
+                        hook,
+                        tenant,
+                        check,
+                        decision,
+                        store_period_end(check, decision),
+                    ),
+                    Some(false) => {}
+                    None => self.fire_once(hook, tenant, check, decision),
+                }
             }
             if warning.is_none_or(|(_, w)| decision.remaining < w.remaining) {
                 warning = Some((check, decision));
@@ -104,6 +132,7 @@ impl SoftLimit {
         .ok()
     }
 
+    /// Fires once per (tenant, policy) and period end on this instance.
     fn fire_once(&self, hook: &Arc<Hook>, tenant: &TenantId, check: &Check, decision: &Decision) {
         let now = SystemTime::now();
         let end = now
@@ -128,13 +157,30 @@ impl SoftLimit {
                 fired.sweep_at = (fired.last.len() * 2).max(1024);
             }
         }
+        self.fire(
+            hook,
+            tenant,
+            check,
+            decision,
+            UNIX_EPOCH + Duration::from_millis(end),
+        );
+    }
+
+    fn fire(
+        &self,
+        hook: &Arc<Hook>,
+        tenant: &TenantId,
+        check: &Check,
+        decision: &Decision,
+        period_end: SystemTime,
+    ) {
         let event = SoftLimitEvent {
             tenant: tenant.clone(),
             policy: check.policy.to_string(),
             limit: decision.limit,
             used: decision.used,
             threshold_percent: self.threshold_percent,
-            period_end: UNIX_EPOCH + Duration::from_millis(end),
+            period_end,
         };
         tracing::info!(
             tenant.id = %tenant,
@@ -145,4 +191,17 @@ impl SoftLimit {
         );
         hook(&event);
     }
+}
+
+/// Whether `algorithm` has a window or period (rate limits and quotas).
+fn windowed(algorithm: &Algorithm) -> bool {
+    algorithm.rate_window().is_some() || matches!(algorithm, Algorithm::Calendar { .. })
+}
+
+/// Until when the store remembers a crossing: one window from now (rate
+/// limits), the end of the period (quotas).
+fn store_period_end(check: &Check, decision: &Decision) -> SystemTime {
+    let now = SystemTime::now();
+    let hold = check.algorithm.rate_window().unwrap_or(decision.reset);
+    now.checked_add(hold).unwrap_or(now)
 }

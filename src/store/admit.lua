@@ -5,7 +5,7 @@
 --          TIME; lease expiry always uses TIME
 -- ARGV[3]  lease id (members of concurrency sets), may be ""
 -- ARGV[4]  number of checks n
--- then 4 arguments per check: kind, limit, cost, param
+-- then 5 arguments per check: kind, limit, cost, param, soft
 --   kind "sb" sliding window   param = window ms        keys: hash {w, bucket index -> count}
 --   kind "sw" two-counter window param = window ms      keys: hash {s, c, p}
 --   kind "gc" GCRA             param = T:C:B (ns, ns, units) keys: hash {m, n}
@@ -16,14 +16,21 @@
 --   a kind prefixed with "~" is shadowed: it never blocks the batch; it
 --   consumes only when every check allows, the others when every check
 --   that is not shadowed allows
+--   soft is "" or "P:H": a soft threshold of P percent of the limit, and a
+--   mark key (the next KEY after the check's own). When the check consumes
+--   and used >= limit * P / 100 (limit: the burst for GCRA) and the mark
+--   holds no time later than now, the mark is set to now + H ms (H = 0: to
+--   the end of the calendar period) and the check reports crossed = 1:
+--   one crossing per window or period for every client of this Redis.
 -- then r, the number of lease members to remove first, and the r members;
--- KEYS are consumed in check order (two for "sl", one for the others),
--- followed by the r concurrency sets of those members. All share the
--- tenant's hash tag, so the script touches one cluster slot.
+-- KEYS are consumed in check order (two for "sl", one for the others, plus
+-- the mark of a soft check), followed by the r concurrency sets of those
+-- members. All share the tenant's hash tag, so the script touches one
+-- cluster slot.
 --
--- Returns 4 integers per check: allowed (0/1), used, reset ms, retry ms
--- (-1 when there is no retry), followed by the admitted flag (0/1: every
--- check that is not shadowed allowed). A dry
+-- Returns 5 integers per check: allowed (0/1), used, reset ms, retry ms
+-- (-1 when there is no retry), crossed (0/1), followed by the admitted flag
+-- (0/1: every check that is not shadowed allowed). A dry
 -- run reports what an admission would (used including the cost when every
 -- check allows). A check of cost 0 consumes nothing.
 --
@@ -134,9 +141,9 @@ local n = tonumber(ARGV[4])
 
 -- Releases of leases dropped by this client and not confirmed yet: the
 -- last KEYS, with their members after the checks' arguments.
-local r = tonumber(ARGV[5 + n * 4]) or 0
+local r = tonumber(ARGV[5 + n * 5]) or 0
 for j = 1, r do
-  redis.call('ZREM', KEYS[#KEYS - r + j], ARGV[5 + n * 4 + j])
+  redis.call('ZREM', KEYS[#KEYS - r + j], ARGV[5 + n * 5 + j])
 end
 
 -- Pass 1: read every counter and decide; nothing is written.
@@ -145,13 +152,14 @@ local all = true
 local enforced = true
 local k = 1
 for i = 1, n do
-  local a = 4 + (i - 1) * 4
+  local a = 4 + (i - 1) * 5
   local c = {
     kind = ARGV[a + 1],
     limit = tonumber(ARGV[a + 2]),
     cost = tonumber(ARGV[a + 3]),
     costs = ARGV[a + 3],
     param = ARGV[a + 4],
+    soft = ARGV[a + 5],
     key = KEYS[k],
   }
   k = k + 1
@@ -268,6 +276,10 @@ for i = 1, n do
     c.used = used
   else
     c.used = tonumber(redis.call('GET', c.key)) or 0
+  end
+  if c.soft ~= '' then
+    c.mark = KEYS[k]
+    k = k + 1
   end
   if kind == 'gc' then
     c.allowed = (not c.never) and c.d + c.t * c.cost <= c.cap
@@ -438,12 +450,28 @@ for i = 1, n do
       redis.call('INCRBY', c.key, c.costs)
     end
   end
+  local crossed = 0
+  if c.mark ~= nil and would and mode == 'a' then
+    local pct, hold = string.match(c.soft, '^(%d+):(%d+)$')
+    pct, hold = tonumber(pct), tonumber(hold)
+    local limit = c.limit
+    if kind == 'gc' then limit = c.burst end
+    if hold == 0 then hold = reset end
+    if used * 100 >= limit * pct then
+      local marked = tonumber(redis.call('GET', c.mark))
+      if marked == nil or marked <= now then
+        redis.call('SET', c.mark, num(now + hold), 'PX', num(hold + 1000))
+        crossed = 1
+      end
+    end
+  end
   local a = 0
   if c.allowed then a = 1 end
   out[#out + 1] = a
   out[#out + 1] = used
   out[#out + 1] = reset
   out[#out + 1] = retry
+  out[#out + 1] = crossed
 end
 if admitted then
   out[#out + 1] = 1

@@ -98,6 +98,8 @@ use crate::tenant::TenantId;
 pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_partitions;
+#[cfg(feature = "redis-sentinel")]
+mod redis_sentinel;
 pub mod resilient;
 
 #[cfg(feature = "redis")]
@@ -223,6 +225,12 @@ pub struct Check {
     /// others consume when every check that is not shadowed allows. Its
     /// decision says whether it would have refused.
     pub shadow: bool,
+    /// Soft threshold in percent of the limit ([`Check::soft`]): when an
+    /// admission brings the counter to this level or above, the store
+    /// records it for the window or period, in the same call, and reports
+    /// the first such admission in [`Admission::soft_crossed`]. `None`: not
+    /// tracked. Only rate algorithms and calendar quotas track it.
+    pub soft_percent: Option<u8>,
 }
 
 impl Check {
@@ -234,7 +242,41 @@ impl Check {
             limit,
             cost,
             shadow: false,
+            soft_percent: None,
         }
+    }
+
+    /// The same check with a soft threshold of `percent` (at most 100) of
+    /// the limit ([`Check::soft_percent`]). The first admission of a window
+    /// or period that brings `used` to `limit × percent / 100` or above is
+    /// reported in [`Admission::soft_crossed`]; the store remembers it (in
+    /// Redis: in the same script call, for every instance sharing the
+    /// store) until the window has passed (`W` for a rate algorithm) or
+    /// the period has ended (a calendar quota).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_tenancy::store::{Algorithm, Check, CounterStore, MemoryStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let acme = "acme".parse().unwrap();
+    /// let minute = Algorithm::SlidingWindow { window: Duration::from_secs(60) };
+    /// let checks = [Check::new("api", minute, 10, 1).soft(80)];
+    /// let mut crossed = Vec::new();
+    /// for _ in 0..10 {
+    ///     let admission = store.admit(&acme, &checks).await.unwrap();
+    ///     crossed.push(admission.soft_crossed(0) == Some(true));
+    /// }
+    /// // Only the 8th request (8 of 10 = 80 %) crossed first.
+    /// assert_eq!(crossed.iter().position(|&c| c), Some(7));
+    /// assert_eq!(crossed.iter().filter(|&&c| c).count(), 1);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn soft(mut self, percent: u8) -> Self {
+        self.soft_percent = Some(percent.min(100));
+        self
     }
 
     /// The same check in shadow mode ([`Check::shadow`]).
@@ -369,6 +411,13 @@ pub struct Admission {
     pub decisions: Decisions,
     /// Held concurrency units; released when dropped.
     pub lease: Option<Lease>,
+    /// Which checks crossed their soft threshold ([`Check::soft_percent`])
+    /// first in their window or period, as recorded by the store: bit `i`
+    /// for check `i` (the first 64 checks of a call). `None` when the store
+    /// does not record soft thresholds (a custom store, a
+    /// [`ResilientStore`] answering fail-open, a [`DenyCache`] refusal):
+    /// the admission layer then deduplicates on its own instance.
+    pub soft_crossed_bits: Option<u64>,
 }
 
 impl Admission {
@@ -384,7 +433,31 @@ impl Admission {
         Self {
             decisions: decisions.into(),
             lease,
+            soft_crossed_bits: None,
         }
+    }
+
+    /// This admission with soft-threshold crossings recorded by the store
+    /// ([`Admission::soft_crossed_bits`]).
+    ///
+    /// ```
+    /// use tower_tenancy::store::{Admission, Decisions};
+    /// let admission = Admission::new(Decisions::new(), None).with_soft_crossed(0b10);
+    /// assert_eq!(admission.soft_crossed(0), Some(false));
+    /// assert_eq!(admission.soft_crossed(1), Some(true));
+    /// assert_eq!(Admission::new(Decisions::new(), None).soft_crossed(1), None);
+    /// ```
+    #[must_use]
+    pub fn with_soft_crossed(mut self, bits: u64) -> Self {
+        self.soft_crossed_bits = Some(bits);
+        self
+    }
+
+    /// Whether check `index` crossed its soft threshold first in its
+    /// window or period; `None` when the store does not record it.
+    pub fn soft_crossed(&self, index: usize) -> Option<bool> {
+        self.soft_crossed_bits
+            .map(|bits| index < 64 && bits & (1 << index) != 0)
     }
 
     /// Whether every check allowed the request (and so it was consumed).

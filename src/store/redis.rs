@@ -213,6 +213,8 @@ const MAX_PENDING: usize = 65_536;
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(super::redis_sentinel::SentinelConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -220,6 +222,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -232,6 +236,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -239,6 +245,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -323,8 +331,14 @@ impl RedisStore {
     pub(crate) fn cluster_connection(&self) -> Option<ClusterConnection> {
         match &self.conn {
             Conn::Cluster(c) => Some(c.clone()),
-            Conn::Single(_) => None,
+            _ => None,
         }
+    }
+
+    /// A store over a connection that follows Sentinel's master.
+    #[cfg(feature = "redis-sentinel")]
+    pub(crate) fn from_sentinel(conn: super::redis_sentinel::SentinelConnection) -> Self {
+        Self::from_conn(Conn::Sentinel(conn))
     }
 
     /// The key prefix.
@@ -411,7 +425,7 @@ impl RedisStore {
         tenant: &TenantId,
         checks: &[Check],
         admit: bool,
-    ) -> impl std::future::Future<Output = StoreResult<(Decisions, Option<Lease>)>> + Send + 'static
+    ) -> impl std::future::Future<Output = StoreResult<(Decisions, Option<Lease>, u64)>> + Send + 'static
     {
         let now = self
             .clock
@@ -428,7 +442,7 @@ impl RedisStore {
             (0, String::new())
         };
         let mut keys = Vec::with_capacity(checks.len() + 1);
-        let mut args = Vec::with_capacity(4 + checks.len() * 4);
+        let mut args = Vec::with_capacity(5 + checks.len() * 5);
         args.push(if admit { "a" } else { "p" }.to_owned());
         args.push(now);
         args.push(lease_id.clone());
@@ -436,7 +450,7 @@ impl RedisStore {
         let mut held = Vec::new();
         // Per held member: its lease TTL in ms and whether its check is shadowed.
         let mut renewal = Vec::new();
-        for check in checks {
+        for (index, check) in checks.iter().enumerate() {
             let k = kind(&check.algorithm);
             // Clamped into exact doubles, keeping `cost > limit` when it holds.
             let limit = check.limit.min(MAX_EXACT - 1);
@@ -481,6 +495,10 @@ impl RedisStore {
                 }
                 keys.push(main);
             }
+            let soft = soft_arg(index, check);
+            if !soft.is_empty() {
+                keys.push(key(&self.prefix, tenant, SOFT_MARK, &check.policy));
+            }
             args.push(if check.shadow {
                 format!("~{k}")
             } else {
@@ -489,6 +507,7 @@ impl RedisStore {
             args.push(limit.to_string());
             args.push(cost);
             args.push(param);
+            args.push(soft);
         }
         // Releases of this tenant not confirmed yet go first, in the same call.
         let mut released = Vec::new();
@@ -539,7 +558,7 @@ impl RedisStore {
                     .lock()
                     .retain(|r| !released.contains(&r.lease));
             }
-            if reply.len() != limits.len() * 4 + 1 {
+            if reply.len() != limits.len() * 5 + 1 {
                 return Err(StoreError::Backend(format!(
                     "admission script answered {} values for {} checks",
                     reply.len(),
@@ -548,7 +567,7 @@ impl RedisStore {
             }
             let decisions = limits
                 .iter()
-                .zip(reply.chunks_exact(4))
+                .zip(reply.chunks_exact(5))
                 .map(|(&limit, r)| {
                     let used = r[1].max(0) as u64;
                     Decision {
@@ -563,7 +582,13 @@ impl RedisStore {
                 .collect();
             let admitted = reply[reply.len() - 1] == 1;
             // Shadowed checks consumed only if every check allowed.
-            let all = reply.chunks_exact(4).all(|r| r[0] == 1);
+            let all = reply.chunks_exact(5).all(|r| r[0] == 1);
+            let crossed = reply
+                .chunks_exact(5)
+                .take(64)
+                .enumerate()
+                .filter(|(_, r)| r[4] == 1)
+                .fold(0u64, |bits, (i, _)| bits | 1 << i);
             // Answered: an admitted batch holds the lease (renewed while it is
             // held); a denied one took nothing.
             let lease = unanswered
@@ -581,7 +606,7 @@ impl RedisStore {
                         renew_while_held(lease, conn, shared, renewed)
                     })
                 });
-            Ok((decisions, lease))
+            Ok((decisions, lease, crossed))
         }
     }
 }
@@ -696,8 +721,8 @@ impl CounterStore for RedisStore {
     fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
         let run = self.run(tenant, checks, true);
         MaybeReady::boxed(async move {
-            let (decisions, lease) = run.await?;
-            Ok(Admission::new(decisions, lease))
+            let (decisions, lease, crossed) = run.await?;
+            Ok(Admission::new(decisions, lease).with_soft_crossed(crossed))
         })
     }
 
@@ -731,12 +756,34 @@ impl std::fmt::Debug for RedisStore {
                 &match self.conn {
                     Conn::Single(_) => "single",
                     Conn::Cluster(_) => "cluster",
+                    #[cfg(feature = "redis-sentinel")]
+                    Conn::Sentinel(_) => "sentinel",
                 },
             )
             .field("prefix", &self.prefix)
             .field("test_clock", &self.clock.is_some())
             .finish()
     }
+}
+
+/// The key kind of soft-threshold marks (`{prefix}{tenant}:sf:{policy}`).
+const SOFT_MARK: &str = "sf";
+
+/// The `soft` argument of a check for admit.lua: `"P:H"` (percent, and the
+/// mark's hold in ms: the window, or 0 for the rest of a calendar period)
+/// when the check tracks a soft threshold, else empty.
+fn soft_arg(index: usize, check: &Check) -> String {
+    let Some(percent) = check.soft_percent.filter(|_| index < 64) else {
+        return String::new();
+    };
+    let hold = match check.algorithm {
+        Algorithm::Calendar { .. } => 0,
+        algorithm => match algorithm.rate_window() {
+            Some(window) => ms(window).max(1),
+            None => return String::new(),
+        },
+    };
+    format!("{}:{hold}", percent.min(100))
 }
 
 fn kind(algorithm: &Algorithm) -> &'static str {

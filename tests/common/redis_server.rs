@@ -5,7 +5,9 @@
 //! Every server is started by the test on a free port of 127.0.0.1, in its
 //! own temporary directory, without persistence (`--save "" --appendonly
 //! no`), and killed on drop. A server someone left running (for example on
-//! 6379) is never used. `redis-server` and `redis-cli` must be on the PATH
+//! 6379) is never used. [`RedisSentinels`] adds a master with replicas
+//! watched by three sentinels (`redis-server --sentinel`). `redis-server`
+//! and `redis-cli` must be on the PATH
 //! (Debian: `apt-get install redis-server`); otherwise the tests fail with a
 //! clear message.
 #![allow(dead_code)]
@@ -138,6 +140,15 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.join("redis.log");
         let mut cmd = Command::new("redis-server");
+        if self.extra.iter().any(|a| a == "--sentinel") {
+            // A sentinel needs a writable configuration file, first argument
+            // (it records what it learns there; kept across restarts).
+            let conf = self.dir.join("sentinel.conf");
+            if !conf.exists() {
+                std::fs::write(&conf, "").map_err(|e| format!("write {conf:?}: {e}"))?;
+            }
+            cmd.arg(conf);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -528,19 +539,10 @@ impl RedisCluster {
     /// a master for every slot); returns how long that took, or `None` on
     /// timeout.
     pub fn wait_ok(&self, timeout: Duration) -> Option<Duration> {
-        let started = Instant::now();
-        loop {
-            let ok = self
-                .running()
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
-            if ok {
-                return Some(started.elapsed());
-            }
-            if started.elapsed() > timeout {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(timeout, || {
+            self.running()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        })
     }
 
     /// The node at `index`, mutable (to stop, start, pause it).
@@ -619,5 +621,145 @@ impl RedisCluster {
     /// The sum over the nodes of `cmdstat_<command>` calls.
     pub fn command_calls(&self, command: &str) -> u64 {
         self.nodes.iter().map(|n| n.command_calls(command)).sum()
+    }
+}
+
+/// The name under which [`RedisSentinels`] monitor their master.
+pub const SENTINEL_MASTER: &str = "tt-master";
+
+/// One master with replicas, watched by three sentinels (quorum 2) that
+/// fail it over to a replica once it has not answered for `down_after`
+/// (`down-after-milliseconds`); every process killed on drop.
+pub struct RedisSentinels {
+    /// Index 0 is the first master, then the replicas.
+    servers: Vec<RedisServer>,
+    sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    /// Starts the master, `replicas` replicas of it and three sentinels,
+    /// and waits (up to 30 s) until every replica is linked and every
+    /// sentinel knows the replicas and the two other sentinels: a failover
+    /// can then be voted.
+    pub fn new(replicas: usize, down_after: Duration) -> Self {
+        let master = RedisServer::new();
+        let master_port = master.port().to_string();
+        let mut servers = vec![master];
+        servers.extend(
+            (0..replicas)
+                .map(|_| RedisServer::with_args(&["--replicaof", "127.0.0.1", &master_port])),
+        );
+        let down_after = down_after.as_millis().to_string();
+        // A failed failover is retried after twice this (default 3 min).
+        let failover_timeout = "3000";
+        let sentinels = (0..3)
+            .map(|_| {
+                RedisServer::with_args(&[
+                    "--sentinel",
+                    "--sentinel",
+                    "monitor",
+                    SENTINEL_MASTER,
+                    "127.0.0.1",
+                    &master_port,
+                    "2",
+                    "--sentinel",
+                    "down-after-milliseconds",
+                    SENTINEL_MASTER,
+                    &down_after,
+                    "--sentinel",
+                    "failover-timeout",
+                    SENTINEL_MASTER,
+                    failover_timeout,
+                ])
+            })
+            .collect();
+        let group = RedisSentinels { servers, sentinels };
+        let ready = poll(Duration::from_secs(30), || {
+            group.servers[1..].iter().all(|r| {
+                r.try_cli(&["INFO", "replication"])
+                    .is_ok_and(|i| i.contains("master_link_status:up"))
+            }) && group.sentinels.iter().all(|s| {
+                let master = group.sentinel_master(s);
+                let field = |name: &str| {
+                    master
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str())
+                };
+                field("num-slaves") == Some(&replicas.to_string())
+                    && field("num-other-sentinels") == Some("2")
+            })
+        });
+        assert!(
+            ready.is_some(),
+            "replicas or sentinels not ready within 30 s: {:?}",
+            group
+                .sentinels
+                .iter()
+                .map(|s| group.sentinel_master(s))
+                .collect::<Vec<_>>()
+        );
+        group
+    }
+
+    /// `SENTINEL MASTER` of `sentinel` as `(field, value)` pairs (empty when
+    /// it does not answer).
+    fn sentinel_master(&self, sentinel: &RedisServer) -> Vec<(String, String)> {
+        let out = sentinel
+            .try_cli(&["SENTINEL", "MASTER", SENTINEL_MASTER])
+            .unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks_exact(2)
+            .map(|kv| (kv[0].trim().to_owned(), kv[1].trim().to_owned()))
+            .collect()
+    }
+
+    /// The sentinels' URLs (`redis://127.0.0.1:PORT`).
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The data servers: the first master, then the replicas.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// The data server at `index`, mutable (to stop, pause it).
+    pub fn server_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.servers[index]
+    }
+
+    /// The index of the server that a majority of the sentinels (2 of 3)
+    /// name as the master now (`SENTINEL GET-MASTER-ADDR-BY-NAME`).
+    pub fn master_index(&self) -> Option<usize> {
+        let named: Vec<u16> = self
+            .sentinels
+            .iter()
+            .filter_map(|s| {
+                let out = s
+                    .try_cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER])
+                    .ok()?;
+                out.lines().nth(1)?.trim().parse().ok()
+            })
+            .collect();
+        self.servers
+            .iter()
+            .position(|server| named.iter().filter(|&&p| p == server.port()).count() >= 2)
+    }
+}
+
+/// Polls `done` every 50 ms until it holds (how long that took) or
+/// `timeout` passes (`None`).
+pub fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

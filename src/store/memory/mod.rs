@@ -14,6 +14,7 @@ mod calendar;
 mod gcra;
 mod leases;
 mod log;
+mod soft;
 mod window;
 
 pub(crate) use gcra::Params as GcraParams;
@@ -23,6 +24,7 @@ use calendar::CalendarState;
 use gcra::GcraState;
 use leases::{Inflight, Leases};
 use log::LogState;
+use soft::SoftMarks;
 use window::{Geometry, SubBuckets, NARROW_LIMIT};
 
 use super::{
@@ -356,11 +358,26 @@ impl MemoryStore {
             }
             decisions
         };
-        self.after_call(tables, now);
-        Admission {
-            decisions,
-            lease: leases.into_lease(),
+        let mut crossed = 0;
+        if commit {
+            // The checks that consumed: every one when all allow; else,
+            // when admitted, those not shadowed.
+            let admitted = decisions
+                .iter()
+                .zip(checks)
+                .all(|(d, c)| d.allowed || c.shadow);
+            let all = decisions.iter().all(|d| d.allowed);
+            for (i, (check, decision)) in checks.iter().zip(&decisions).take(64).enumerate() {
+                if admitted
+                    && (all || !check.shadow)
+                    && tables.soft.cross(tenant, check, decision, now)
+                {
+                    crossed |= 1 << i;
+                }
+            }
         }
+        self.after_call(tables, now);
+        Admission::new(decisions, leases.into_lease()).with_soft_crossed(crossed)
     }
 }
 
@@ -446,6 +463,8 @@ struct Tables {
     calendars: HashMap<Key, CalendarState>,
     concurrency: HashMap<Key, Inflight>,
     gauges: HashMap<Key, Gauge>,
+    /// Soft-threshold crossings remembered (not counted as counters).
+    soft: SoftMarks,
     /// Calls since the last sweep.
     calls: u64,
     /// Counters left by the last sweep: the next one is due after as many
@@ -714,6 +733,7 @@ impl Tables {
         shrink(&mut self.calendars);
         shrink(&mut self.concurrency);
         shrink(&mut self.gauges);
+        self.soft.sweep(now);
         let after = self.len();
         self.calls = 0;
         self.swept_len = after as u64;

@@ -1,0 +1,67 @@
+//! Soft-threshold marks ([`Check::soft_percent`]): which counters already
+//! reported crossing their soft threshold in the current window or period.
+
+use std::collections::HashMap;
+
+use super::{window_ms, Key, KeyView};
+use crate::store::{Algorithm, Check, Decision};
+use crate::tenant::TenantId;
+
+/// (tenant, policy) → the time (ms) until which a crossing is remembered.
+/// Holds an entry only for counters that crossed; swept with the counters.
+#[derive(Default)]
+pub(super) struct SoftMarks(HashMap<Key, u64>);
+
+impl SoftMarks {
+    /// For a check that consumed: whether `decision` is at or above the
+    /// check's soft threshold with no crossing remembered at `now` — then
+    /// it is remembered for a window (rate algorithms) or until the
+    /// period's end (calendar quotas).
+    pub(super) fn cross(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        decision: &Decision,
+        now: u64,
+    ) -> bool {
+        let Some(percent) = check.soft_percent else {
+            return false;
+        };
+        let Some(hold) = hold_ms(check, decision) else {
+            return false;
+        };
+        if u128::from(decision.used) * 100 < u128::from(decision.limit) * u128::from(percent) {
+            return false;
+        }
+        let until = now.saturating_add(hold);
+        let view: &dyn KeyView = &(tenant.as_str(), &*check.policy);
+        match self.0.get_mut(view) {
+            Some(marked) if *marked > now => false,
+            Some(marked) => {
+                *marked = until;
+                true
+            }
+            None => {
+                self.0.insert(Key::new(tenant, check), until);
+                true
+            }
+        }
+    }
+
+    /// Forgets the crossings whose window or period is over.
+    pub(super) fn sweep(&mut self, now: u64) {
+        self.0.retain(|_, until| *until > now);
+        super::shrink(&mut self.0);
+    }
+}
+
+/// How long a crossing is remembered: the window of a rate algorithm, the
+/// rest of the period of a calendar quota; `None` for the other kinds.
+fn hold_ms(check: &Check, decision: &Decision) -> Option<u64> {
+    match check.algorithm {
+        Algorithm::Calendar { .. } => {
+            Some(u64::try_from(decision.reset.as_millis()).unwrap_or(u64::MAX))
+        }
+        algorithm => algorithm.rate_window().map(window_ms),
+    }
+}
