@@ -140,7 +140,7 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
     .timeout(TIMEOUT)
     .fallback(local.clone());
 
-    let (closed_log, fallback_log): (Log, Log) = Default::default();
+    let (closed_log, fallback_log, raw_log): (Log, Log, Log) = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks: Vec<_> = (0..3)
         .map(|_| {
@@ -156,6 +156,14 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
         Arc::new(fallback.clone()),
         &["steady-fb"],
         &fallback_log,
+        &stop,
+    ));
+    // The Redis store itself, without timeout, policy or breaker: when it
+    // finds the new master.
+    tasks.push(load(
+        Arc::new(closed_redis.clone()),
+        &["raw"],
+        &raw_log,
         &stop,
     ));
 
@@ -199,20 +207,22 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
     );
     // The first admission of a call sent after the kill: counted by the
     // promoted replica (the old master is dead).
-    let first_after = || {
-        closed_log
-            .lock()
+    let first_after = |log: &Log| {
+        log.lock()
             .iter()
             .filter(|c| c.sent >= killed && c.answer.is_ok())
             .map(|c| c.sent + c.took - killed)
             .min()
     };
-    let counted = wait(Duration::from_secs(60), || first_after().is_some());
+    let counted = wait(Duration::from_secs(60), || {
+        first_after(&closed_log).is_some()
+    });
     assert!(
         counted.is_some(),
         "no admission counted within 60 s of the kill"
     );
-    let recovered = first_after().unwrap();
+    let recovered = first_after(&closed_log).unwrap();
+    let raw_recovered = first_after(&raw_log);
     // Some more load on the new master, and every breaker closed again.
     let mark = closed_log.lock().len();
     let settled = wait(Duration::from_secs(30), || {
@@ -319,8 +329,8 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
     println!(
         "FIGURES sentinel failover (1 master + 1 replica + 3 sentinels, down-after {DOWN_AFTER:?}, \
          100 ms timeout, default breaker; setup {ready:?}): sentinels name the replica \
-         {promoted_at:?} after the kill; first admission counted again (fail-closed store) \
-         {recovered:?} after the kill; {} calls failed closed meanwhile ({timeouts} timeout, \
+         {promoted_at:?} after the kill; first admission counted again: fail-closed store \
+         {recovered:?} after the kill, bare RedisStore {raw_recovered:?}; {} calls failed closed meanwhile ({timeouts} timeout, \
          {breaker} breaker open, {backend} backend error, {} total 503 after the kill); \
          capped tenant (limit {CAP}): {capped_before} admitted before, {replicated_capped} \
          replicated, {capped_after} admitted after ({capped_refused_after} refused), final \

@@ -3,8 +3,8 @@
 //! `X-RateLimit-Limit/Remaining/Reset`.
 //!
 //! They are written on every metered response, so they are built without
-//! `format!`: each value is written byte by byte into a buffer of the exact
-//! size, handed to the header value without a copy, and the
+//! `format!`: each value is written into a buffer on the stack and copied
+//! once into the header value (its only allocation), and the
 //! `RateLimit-Policy` value, which changes only with the plan, is rendered
 //! once per plan by the admission layer and shared.
 
@@ -272,26 +272,27 @@ pub(crate) struct PolicyItem<'a> {
 }
 
 impl PolicyItem<'_> {
-    fn len(&self) -> usize {
+    /// At most this many bytes.
+    fn max_len(&self) -> usize {
         self.name.len()
             + 3
-            + digits(self.quota)
+            + U64_DIGITS
             + self.unit.map_or(0, |u| 6 + u.len())
-            + self.window.map_or(0, |w| 3 + digits(w))
+            + self.window.map_or(0, |_| 3 + U64_DIGITS)
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.name);
-        out.extend_from_slice(b";q=");
-        push_u64(out, self.quota);
+    fn write(&self, out: &mut Cursor<'_>) {
+        out.push(self.name);
+        out.push(b";q=");
+        out.push_u64(self.quota);
         if let Some(unit) = self.unit {
-            out.extend_from_slice(b";qu=\"");
-            out.extend_from_slice(unit.as_bytes());
-            out.push(b'"');
+            out.push(b";qu=\"");
+            out.push(unit.as_bytes());
+            out.push(b"\"");
         }
         if let Some(w) = self.window {
-            out.extend_from_slice(b";w=");
-            push_u64(out, w);
+            out.push(b";w=");
+            out.push_u64(w);
         }
     }
 }
@@ -308,61 +309,90 @@ pub(crate) struct StateItem<'a> {
 }
 
 impl StateItem<'_> {
-    fn len(&self) -> usize {
-        self.name.len() + 3 + digits(self.remaining) + self.reset.map_or(0, |t| 3 + digits(t))
+    /// At most this many bytes.
+    fn max_len(&self) -> usize {
+        self.name.len() + 3 + U64_DIGITS + self.reset.map_or(0, |_| 3 + U64_DIGITS)
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.name);
-        out.extend_from_slice(b";r=");
-        push_u64(out, self.remaining);
+    fn write(&self, out: &mut Cursor<'_>) {
+        out.push(self.name);
+        out.push(b";r=");
+        out.push_u64(self.remaining);
         if let Some(t) = self.reset {
-            out.extend_from_slice(b";t=");
-            push_u64(out, t);
+            out.push(b";t=");
+            out.push_u64(t);
         }
     }
 }
 
-/// An sf-list of `items`, written into one buffer of the exact size (a full
-/// `Vec` becomes `Bytes` without another allocation).
+/// The most decimal digits of a `u64`.
+const U64_DIGITS: usize = 20;
+
+/// Values up to this long are written on the stack (three policies with
+/// names of 30 bytes and 20-digit numbers fit); longer ones on the heap.
+const ON_STACK: usize = 256;
+
+/// A buffer being filled from the front; the caller sized it for the
+/// longest value it may receive.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Cursor<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn push_u64(&mut self, n: u64) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// An sf-list of `items`, written into a buffer on the stack (on the heap
+/// when it could be longer than [`ON_STACK`]) and copied once into the
+/// header value: one allocation, and no pass to measure the value first.
 fn render<T>(
     items: &[T],
-    len: impl Fn(&T) -> usize,
-    write: impl Fn(&T, &mut Vec<u8>),
+    max_len: impl Fn(&T) -> usize,
+    write: impl Fn(&T, &mut Cursor<'_>),
 ) -> Option<HeaderValue> {
     if items.is_empty() {
         return None;
     }
-    let total = items.iter().map(&len).sum::<usize>() + 2 * (items.len() - 1);
-    let mut out = Vec::with_capacity(total);
+    let max = items.iter().map(max_len).sum::<usize>() + 2 * (items.len() - 1);
+    let mut stack = [0u8; ON_STACK];
+    let mut heap = Vec::new();
+    let buf = if max <= ON_STACK {
+        &mut stack[..]
+    } else {
+        heap.resize(max, 0);
+        &mut heap[..]
+    };
+    let mut out = Cursor { buf, len: 0 };
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
-            out.extend_from_slice(b", ");
+            out.push(b", ");
         }
         write(item, &mut out);
     }
-    debug_assert_eq!(out.len(), total);
-    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    HeaderValue::from_bytes(out.filled()).ok()
 }
 
 /// The `RateLimit-Policy` value of `items` (`None` when empty).
 pub(crate) fn render_policy(items: &[PolicyItem<'_>]) -> Option<HeaderValue> {
-    render(items, PolicyItem::len, PolicyItem::write)
+    render(items, PolicyItem::max_len, PolicyItem::write)
 }
 
 /// The `RateLimit` value of `items` (`None` when empty).
 pub(crate) fn render_state(items: &[StateItem<'_>]) -> Option<HeaderValue> {
-    render(items, StateItem::len, StateItem::write)
-}
-
-/// The number of decimal digits of `n`.
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Appends the decimal digits of `n`.
-fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    render(items, StateItem::max_len, StateItem::write)
 }
 
 #[cfg(test)]
@@ -383,11 +413,34 @@ mod tests {
             1_234_567_890,
             u64::MAX,
         ] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-            assert_eq!(digits(n), out.len());
+            let mut buf = [0u8; U64_DIGITS];
+            let mut out = Cursor {
+                buf: &mut buf,
+                len: 0,
+            };
+            out.push_u64(n);
+            assert_eq!(out.filled(), n.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn values_longer_than_the_stack_buffer() {
+        let names: Vec<Bytes> = (0..4)
+            .map(|i| sf_string(&format!("{i}{}", "p".repeat(60))).unwrap())
+            .collect();
+        let items: Vec<StateItem<'_>> = names
+            .iter()
+            .map(|name| StateItem {
+                name,
+                remaining: u64::MAX,
+                reset: Some(u64::MAX),
+            })
+            .collect();
+        assert!(items.iter().map(StateItem::max_len).sum::<usize>() > ON_STACK);
+        let expected: Vec<String> = (0..4)
+            .map(|i| format!("\"{i}{}\";r={};t={}", "p".repeat(60), u64::MAX, u64::MAX))
+            .collect();
+        assert_eq!(render_state(&items).unwrap(), expected.join(", ").as_str());
     }
 
     #[test]
@@ -399,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn lists_have_exact_sizes() {
+    fn lists_of_members() {
         let a = sf_string("a").unwrap();
         let b = sf_string("bb").unwrap();
         let v = render_policy(&[

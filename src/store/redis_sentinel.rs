@@ -11,7 +11,7 @@
 //! be gone (an I/O error: connection lost, refused or timed out; `READONLY`:
 //! the node was demoted to a replica), asks the Sentinel client for the
 //! master again in a background task, retrying every 25 ms doubling up to
-//! 500 ms until a node that says it is a master answers. Meanwhile calls go
+//! 200 ms until a node that says it is a master answers. Meanwhile calls go
 //! to the old connection and fail fast (a dead connection answers at once),
 //! so the [`ResilientStore`](super::ResilientStore) around the store applies
 //! its failure policy and breaker as for any other outage. A failed call is
@@ -41,7 +41,7 @@ use super::RedisStore;
 /// First pause between two attempts to find the master; doubled up to
 /// [`LAST_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(25);
-const LAST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_millis(200);
 
 impl RedisStore {
     /// Connects to the master named `master_name` (the name of its
@@ -51,8 +51,8 @@ impl RedisStore {
     /// was demoted), the store asks the sentinels again in the background
     /// and switches to the promoted replica. Calls made meanwhile fail, and a
     /// [`ResilientStore`](super::ResilientStore) around the store answers
-    /// them by its failure policy (RELIABILITY.md, section 9, measures how
-    /// long a failover takes).
+    /// them by its failure policy (RELIABILITY.md, section 8, "Sentinel",
+    /// measures how long a failover takes).
     ///
     /// The master is reached without password and on database 0; for
     /// authentication, TLS or another database build the
