@@ -127,7 +127,7 @@ impl Model for RoundedLog {
         while self.times.front().is_some_and(|&t| t + W <= now) {
             self.times.pop_front();
         }
-        if self.times.len() as u64 + 1 > LIMIT {
+        if self.times.len() as u64 >= LIMIT {
             return false;
         }
         self.times.push_back(now.div_ceil(self.r) * self.r);
@@ -144,7 +144,7 @@ fn judge(arrivals: &[u64], model: &mut dyn Model) -> (u64, u64, u64, u64) {
         while log.front().is_some_and(|&x: &u64| x + W <= now) {
             log.pop_front();
         }
-        let fits = log.len() as u64 + 1 <= LIMIT;
+        let fits = (log.len() as u64) < LIMIT;
         if model.admit(now) {
             admitted += 1;
             over += u64::from(!fits);
