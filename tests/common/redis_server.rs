@@ -720,6 +720,11 @@ impl RedisSentinels {
         self.sentinels.iter().map(RedisServer::url).collect()
     }
 
+    /// The sentinel at `index` (0..3).
+    pub fn sentinel(&self, index: usize) -> &RedisServer {
+        &self.sentinels[index]
+    }
+
     /// The data servers: the first master, then the replicas.
     pub fn servers(&self) -> &[RedisServer] {
         &self.servers
