@@ -416,6 +416,24 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
         setup.n(|c| after(c) && c.answer.is_err()),
         setup.started.elapsed(),
     );
+    // Nothing leaks: once the stores are dropped, their `+switch-master`
+    // subscriptions (one per store) end, within the listener's 1 s check.
+    let Setup {
+        group,
+        redis,
+        closed,
+        fallback,
+        ..
+    } = setup;
+    assert_eq!(group.sentinel_subscribers(), 2);
+    drop((redis, closed, fallback));
+    let unsubscribed = wait(Duration::from_secs(10), || {
+        group.sentinel_subscribers() == 0
+    });
+    assert!(
+        unsubscribed.is_some(),
+        "the stores' subscriptions outlived them"
+    );
     assert!(
         recovered <= RECOVERY_BOUND,
         "admissions counted again only {recovered:?} after the kill"
