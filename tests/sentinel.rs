@@ -13,6 +13,11 @@
 //! asynchronous: what the master acknowledged but had not sent to the
 //! replica is gone).
 //!
+//! A second test asks the sentinels for a failover (`SENTINEL FAILOVER`)
+//! while the old master stays up: the sentinels demote it, and the stores
+//! move to the new master. A third pauses the master (`SIGSTOP`): calls
+//! only time out, and the stores follow the sentinels' announcement.
+//!
 //! Run with `--nocapture` for the figures (lines starting with `FIGURES`).
 #![cfg(feature = "redis-sentinel")]
 
@@ -116,82 +121,224 @@ fn zcard(server: &redis_server::RedisServer, key: &str) -> u64 {
     server.int(&["ZCARD", key]) as u64
 }
 
+/// The servers, the stores through the sentinels and their load.
+struct Setup {
+    started: Instant,
+    /// How long the servers took to be ready.
+    ready: Duration,
+    group: RedisSentinels,
+    redis: RedisStore,
+    /// Fail-closed, over `redis`: tenants `steady` and `capped`.
+    closed: ResilientStore<RedisStore>,
+    /// With a fallback to `local`, over its own connection: `steady-fb`.
+    fallback: ResilientStore<RedisStore>,
+    local: Arc<MemoryStore>,
+    closed_log: Log,
+    fallback_log: Log,
+    /// `redis` itself, without timeout, policy or breaker: `raw`.
+    raw_log: Log,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Setup {
+    /// Starts the servers and the load; returns once the capped tenant
+    /// reached its limit (refused by Redis).
+    async fn start() -> Self {
+        let started = Instant::now();
+        let group = RedisSentinels::new(1, DOWN_AFTER);
+        let ready = started.elapsed();
+        assert_eq!(group.master_index(), Some(0));
+        let sentinels = group.sentinel_urls();
+        let redis = RedisStore::connect_sentinel(SENTINEL_MASTER, sentinels.clone())
+            .await
+            .unwrap();
+        let closed = ResilientStore::new(redis.clone())
+            .timeout(TIMEOUT)
+            .policy(FailurePolicy::FailClosed);
+        let local = Arc::new(MemoryStore::new());
+        let fallback = ResilientStore::new(
+            RedisStore::connect_sentinel(SENTINEL_MASTER, sentinels)
+                .await
+                .unwrap(),
+        )
+        .timeout(TIMEOUT)
+        .fallback(local.clone());
+        let (closed_log, fallback_log, raw_log): (Log, Log, Log) = Default::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let store = Arc::new(closed.clone());
+                load(store, &["steady", "capped"], &closed_log, &stop)
+            })
+            .collect();
+        let store = Arc::new(fallback.clone());
+        tasks.push(load(store, &["steady-fb"], &fallback_log, &stop));
+        tasks.push(load(Arc::new(redis.clone()), &["raw"], &raw_log, &stop));
+        let warmed = wait(Duration::from_secs(30), || {
+            count(&closed_log, |c| c.tenant == "capped" && c.is(false)) > 0
+                && count(&closed_log, |c| c.tenant == "steady" && c.is(true)) >= 100
+        });
+        assert!(
+            warmed.is_some(),
+            "no load before the fault: {:?}",
+            closed_log.lock().last()
+        );
+        Setup {
+            started,
+            ready,
+            group,
+            redis,
+            closed,
+            fallback,
+            local,
+            closed_log,
+            fallback_log,
+            raw_log,
+            stop,
+            tasks,
+        }
+    }
+
+    /// The counter key of `tenant`.
+    fn key(&self, tenant: &str) -> String {
+        self.redis
+            .key(&tenant.parse().unwrap(), &check(1).algorithm, "api")
+    }
+
+    /// Waits (up to 60 s) for a call of the fail-closed store sent after
+    /// `since` to be admitted, and returns when its answer came.
+    fn counted_after(&self, since: Instant) -> Duration {
+        let counted = wait(Duration::from_secs(60), || {
+            first_ok_after(&self.closed_log, since).is_some()
+        });
+        assert!(counted.is_some(), "no admission counted within 60 s");
+        first_ok_after(&self.closed_log, since).unwrap()
+    }
+
+    /// Lets 100 more admissions of `steady` through with every breaker
+    /// closed again, then stops the load.
+    async fn settle_and_stop(&mut self) {
+        let mark = self.closed_log.lock().len();
+        let settled = wait(Duration::from_secs(30), || {
+            self.closed.breaker_state() == BreakerState::Closed
+                && self.fallback.breaker_state() == BreakerState::Closed
+                && self.closed_log.lock()[mark..]
+                    .iter()
+                    .filter(|c| c.tenant == "steady" && c.is(true))
+                    .count()
+                    >= 100
+        });
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
+        assert!(
+            settled.is_some(),
+            "breakers {:?} / {:?}",
+            self.closed.breaker_state(),
+            self.fallback.breaker_state()
+        );
+    }
+
+    /// The capped tenant after `since`, when the replica held `replicated`
+    /// of its admissions and the old master took no more that were kept:
+    /// admitted at most up to the limit from there, and refused by the new
+    /// master (its counter continued). Returns (admitted, refused).
+    fn capped_after(&self, since: Instant, replicated: u64) -> (u64, u64) {
+        let after = |c: &Call| c.tenant == "capped" && c.sent >= since;
+        let admitted = self.n(|c| after(c) && c.is(true));
+        let refused = self.n(|c| after(c) && c.is(false));
+        assert!(
+            admitted <= CAP.saturating_sub(replicated),
+            "over-admission: {admitted} admitted after the failover, {replicated} of {CAP} \
+             replicated"
+        );
+        assert!(refused > 0, "the counter continued on the new master");
+        (admitted, refused)
+    }
+
+    /// What the fallback's memory store admitted (`steady-fb`).
+    async fn local_admitted(&self) -> u64 {
+        let steady_fb = [check(limit_of("steady-fb"))];
+        let local = self.local.peek(&"steady-fb".parse().unwrap(), &steady_fb);
+        local.await.unwrap()[0].used
+    }
+
+    /// The fail-closed store's calls matching `f`.
+    fn n(&self, f: impl Fn(&Call) -> bool) -> u64 {
+        count(&self.closed_log, f)
+    }
+
+    /// The fallback store answered every call, and its memory store
+    /// admitted some: how many calls, and how many admitted locally.
+    async fn fallback_answered_everything(&self) -> (usize, u64) {
+        let fb_errors = count(&self.fallback_log, |c| c.answer.is_err());
+        assert_eq!(fb_errors, 0, "the fallback store answered every call");
+        let local_admitted = self.local_admitted().await;
+        assert!(
+            local_admitted > 0,
+            "the fallback admitted during the failover"
+        );
+        (self.fallback_log.lock().len(), local_admitted)
+    }
+}
+
+/// When the first admission of a call sent after `since` was answered
+/// (after `since`).
+fn first_ok_after(log: &Log, since: Instant) -> Option<Duration> {
+    log.lock()
+        .iter()
+        .filter(|c| c.sent >= since && c.answer.is_ok())
+        .map(|c| c.sent + c.took - since)
+        .min()
+}
+
+/// The largest time between two consecutive entries of the sliding log
+/// at `key` on `server` (its scores are server times in ms).
+fn largest_gap_ms(server: &redis_server::RedisServer, key: &str) -> Option<f64> {
+    let out = server.cli(&["ZRANGE", key, "0", "-1", "WITHSCORES"]);
+    let scores: Vec<f64> = out
+        .lines()
+        .skip(1)
+        .step_by(2)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    scores.windows(2).map(|w| w[1] - w[0]).reduce(f64::max)
+}
+
+/// How `calls` failed: (timeouts, open breaker, backend errors).
+fn failures(calls: &[Call]) -> (usize, usize, usize) {
+    let kind = |e: fn(&StoreError) -> bool| {
+        calls
+            .iter()
+            .filter(|c| c.answer.as_ref().is_err_and(e))
+            .count()
+    };
+    (
+        kind(|e| matches!(e, StoreError::Timeout)),
+        kind(|e| matches!(e, StoreError::BreakerOpen)),
+        kind(|e| matches!(e, StoreError::Backend(_))),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_killed() {
-    let started = Instant::now();
-    let mut group = RedisSentinels::new(1, DOWN_AFTER);
-    let ready = started.elapsed();
-    assert_eq!(group.master_index(), Some(0));
-    let sentinels = group.sentinel_urls();
-
-    let closed_redis = RedisStore::connect_sentinel(SENTINEL_MASTER, sentinels.clone())
-        .await
-        .unwrap();
-    let key = |tenant: &str| closed_redis.key(&tenant.parse().unwrap(), &check(1).algorithm, "api");
-    let closed = ResilientStore::new(closed_redis.clone())
-        .timeout(TIMEOUT)
-        .policy(FailurePolicy::FailClosed);
-    let local = Arc::new(MemoryStore::new());
-    let fallback = ResilientStore::new(
-        RedisStore::connect_sentinel(SENTINEL_MASTER, sentinels)
-            .await
-            .unwrap(),
-    )
-    .timeout(TIMEOUT)
-    .fallback(local.clone());
-
-    let (closed_log, fallback_log, raw_log): (Log, Log, Log) = Default::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks: Vec<_> = (0..3)
-        .map(|_| {
-            load(
-                Arc::new(closed.clone()),
-                &["steady", "capped"],
-                &closed_log,
-                &stop,
-            )
-        })
-        .collect();
-    tasks.push(load(
-        Arc::new(fallback.clone()),
-        &["steady-fb"],
-        &fallback_log,
-        &stop,
-    ));
-    // The Redis store itself, without timeout, policy or breaker: when it
-    // finds the new master.
-    tasks.push(load(
-        Arc::new(closed_redis.clone()),
-        &["raw"],
-        &raw_log,
-        &stop,
-    ));
-
-    // Warm: the capped tenant reached its limit (refused by Redis).
-    let warmed = wait(Duration::from_secs(30), || {
-        count(&closed_log, |c| c.tenant == "capped" && c.is(false)) > 0
-            && count(&closed_log, |c| c.tenant == "steady" && c.is(true)) >= 100
-    });
-    assert!(
-        warmed.is_some(),
-        "no load before the kill: {:?}",
-        closed_log.lock().last()
-    );
-
-    group.server_mut(0).stop();
+    let mut setup = Setup::start().await;
+    setup.group.server_mut(0).stop();
     let killed = Instant::now();
     // What the replica holds of the old master: read once its link is down
     // (it has applied every byte the master sent), before any promotion
     // (the sentinels wait `DOWN_AFTER` first).
-    let replica = &group.servers()[1];
+    let replica = &setup.group.servers()[1];
     let link_down = wait(Duration::from_secs(5), || {
         replica
             .cli(&["INFO", "replication"])
             .contains("master_link_status:down")
     });
-    let replicated_capped = zcard(replica, &key("capped"));
-    let replicated_steady = zcard(replica, &key("steady"));
-    let replicated_fb = zcard(replica, &key("steady-fb"));
+    let replicated_capped = zcard(replica, &setup.key("capped"));
+    let replicated_steady = zcard(replica, &setup.key("steady"));
+    let replicated_fb = zcard(replica, &setup.key("steady-fb"));
     let read_at = killed.elapsed();
     assert!(
         replica.cli(&["ROLE"]).starts_with("slave"),
@@ -199,7 +346,9 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
     );
     assert!(link_down.is_some(), "the replica never saw its master go");
 
-    let promoted = wait(Duration::from_secs(60), || group.master_index() == Some(1));
+    let promoted = wait(Duration::from_secs(60), || {
+        setup.group.master_index() == Some(1)
+    });
     let promoted_at = killed.elapsed();
     assert!(
         promoted.is_some(),
@@ -207,77 +356,32 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
     );
     // The first admission of a call sent after the kill: counted by the
     // promoted replica (the old master is dead).
-    let first_after = |log: &Log| {
-        log.lock()
-            .iter()
-            .filter(|c| c.sent >= killed && c.answer.is_ok())
-            .map(|c| c.sent + c.took - killed)
-            .min()
-    };
-    let counted = wait(Duration::from_secs(60), || {
-        first_after(&closed_log).is_some()
-    });
-    assert!(
-        counted.is_some(),
-        "no admission counted within 60 s of the kill"
-    );
-    let recovered = first_after(&closed_log).unwrap();
-    let raw_recovered = first_after(&raw_log);
-    // Some more load on the new master, and every breaker closed again.
-    let mark = closed_log.lock().len();
-    let settled = wait(Duration::from_secs(30), || {
-        closed.breaker_state() == BreakerState::Closed
-            && fallback.breaker_state() == BreakerState::Closed
-            && closed_log.lock()[mark..]
-                .iter()
-                .filter(|c| c.tenant == "steady" && c.is(true))
-                .count()
-                >= 100
-    });
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert!(
-        settled.is_some(),
-        "breakers {:?} / {:?}",
-        closed.breaker_state(),
-        fallback.breaker_state()
-    );
+    let recovered = setup.counted_after(killed);
+    let raw_recovered = first_ok_after(&setup.raw_log, killed);
+    setup.settle_and_stop().await;
 
-    let new_master = &group.servers()[1];
+    let new_master = &setup.group.servers()[1];
     let before = |c: &Call| c.sent < killed;
     let after = |c: &Call| c.sent >= killed;
     let of = |t: &'static str| move |c: &Call| c.tenant == t;
     let admitted = |c: &Call| c.is(true);
-    let refused_503 = |c: &Call| c.answer.is_err();
-    let n = |f: &dyn Fn(&Call) -> bool| count(&closed_log, f);
 
     // Fail-closed: how the calls between the kill and the recovery failed.
-    let outage: Vec<Call> = closed_log
+    let outage: Vec<Call> = setup
+        .closed_log
         .lock()
         .iter()
         .filter(|c| after(c) && c.sent + c.took - killed < recovered)
         .cloned()
         .collect();
     assert!(!outage.is_empty());
-    let kinds = |e: fn(&StoreError) -> bool| {
-        outage
-            .iter()
-            .filter(|c| c.answer.as_ref().is_err_and(e))
-            .count()
-    };
-    let (timeouts, breaker, backend) = (
-        kinds(|e| matches!(e, StoreError::Timeout)),
-        kinds(|e| matches!(e, StoreError::BreakerOpen)),
-        kinds(|e| matches!(e, StoreError::Backend(_))),
-    );
+    let (timeouts, breaker, backend) = failures(&outage);
 
     // Capped tenant: at its limit before the kill; after it, admitted again
     // only as far as writes lost in the failover explain.
-    let capped_before = n(&|c| of("capped")(c) && before(c) && admitted(c));
-    let capped_after = n(&|c| of("capped")(c) && after(c) && admitted(c));
-    let capped_refused_after = n(&|c| of("capped")(c) && after(c) && c.is(false));
+    let capped_before = setup.n(|c| of("capped")(c) && before(c) && admitted(c));
+    let capped_after = setup.n(|c| of("capped")(c) && after(c) && admitted(c));
+    let capped_refused_after = setup.n(|c| of("capped")(c) && after(c) && c.is(false));
     let lost_capped = capped_before.saturating_sub(replicated_capped);
     assert!(capped_before <= CAP, "{capped_before} admitted of {CAP}");
     assert!(
@@ -289,38 +393,23 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
         capped_refused_after > 0,
         "the counter continued: refusals after the failover"
     );
-    let capped_final = zcard(new_master, &key("capped"));
+    let capped_final = zcard(new_master, &setup.key("capped"));
     assert!(capped_final <= CAP);
     assert!(capped_final >= replicated_capped + capped_after);
 
     // Steady tenant: the promoted replica's count continues from what was
     // replicated, and holds every admission answered after the kill (and at
     // most every call sent after it).
-    let steady_before = n(&|c| of("steady")(c) && before(c) && admitted(c));
-    let steady_after = n(&|c| of("steady")(c) && after(c) && admitted(c));
-    let steady_sent_after = n(&|c| of("steady")(c) && after(c));
-    let steady_final = zcard(new_master, &key("steady"));
+    let steady_before = setup.n(|c| of("steady")(c) && before(c) && admitted(c));
+    let steady_after = setup.n(|c| of("steady")(c) && after(c) && admitted(c));
+    let steady_sent_after = setup.n(|c| of("steady")(c) && after(c));
+    let steady_final = zcard(new_master, &setup.key("steady"));
     assert!(steady_final >= replicated_steady + steady_after);
     assert!(steady_final <= replicated_steady + steady_sent_after);
     let lost_steady = steady_before as i64 - replicated_steady as i64;
 
-    // Fallback: every call answered; the local store admitted during the outage.
-    let fb_errors = count(&fallback_log, |c| c.answer.is_err());
-    let fb_calls = fallback_log.lock().len();
-    assert_eq!(fb_errors, 0, "the fallback store answered every call");
-    let local_admitted = local
-        .peek(
-            &"steady-fb".parse().unwrap(),
-            &[check(limit_of("steady-fb"))],
-        )
-        .await
-        .unwrap()[0]
-        .used;
-    assert!(
-        local_admitted > 0,
-        "the fallback admitted during the failover"
-    );
-    let fb_final = zcard(new_master, &key("steady-fb"));
+    let (fb_calls, local_admitted) = setup.fallback_answered_everything().await;
+    let fb_final = zcard(new_master, &setup.key("steady-fb"));
     assert!(
         fb_final > replicated_fb,
         "the fallback store's tenant counted in Redis again"
@@ -328,23 +417,186 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
 
     println!(
         "FIGURES sentinel failover (1 master + 1 replica + 3 sentinels, down-after {DOWN_AFTER:?}, \
-         100 ms timeout, default breaker; setup {ready:?}): sentinels name the replica \
+         100 ms timeout, default breaker; setup {:?}): sentinels name the replica \
          {promoted_at:?} after the kill; first admission counted again: fail-closed store \
-         {recovered:?} after the kill, bare RedisStore {raw_recovered:?}; {} calls failed closed meanwhile ({timeouts} timeout, \
-         {breaker} breaker open, {backend} backend error, {} total 503 after the kill); \
-         capped tenant (limit {CAP}): {capped_before} admitted before, {replicated_capped} \
-         replicated, {capped_after} admitted after ({capped_refused_after} refused), final \
-         {capped_final}; steady tenant: {steady_before} admitted before, {replicated_steady} \
-         replicated (lost {lost_steady}), {steady_after} admitted after, final {steady_final}; \
-         fallback store: {fb_calls} calls, 0 errors, {local_admitted} admitted locally, \
-         {replicated_fb} replicated and {fb_final} counted in Redis at the end; replica read \
-         {read_at:?} after the kill; test took {:?}",
+         {recovered:?} after the kill, bare RedisStore {raw_recovered:?}; {} calls failed \
+         closed meanwhile ({timeouts} timeout, {breaker} breaker open, {backend} backend \
+         error, {} total 503 after the kill); capped tenant (limit {CAP}): {capped_before} \
+         admitted before, {replicated_capped} replicated, {capped_after} admitted after \
+         ({capped_refused_after} refused), final {capped_final}; steady tenant: \
+         {steady_before} admitted before, {replicated_steady} replicated (lost \
+         {lost_steady}), {steady_after} admitted after, final {steady_final}; fallback \
+         store: {fb_calls} calls, 0 errors, {local_admitted} admitted locally, \
+         {replicated_fb} replicated and {fb_final} counted in Redis at the end; replica \
+         read {read_at:?} after the kill; test took {:?}",
+        setup.ready,
         outage.len(),
-        n(&|c| after(c) && refused_503(c)),
-        started.elapsed(),
+        setup.n(|c| after(c) && c.answer.is_err()),
+        setup.started.elapsed(),
+    );
+    // Nothing leaks: once the stores are dropped, their `+switch-master`
+    // subscriptions (one per store) end, within the listener's 1 s check.
+    let Setup {
+        group,
+        redis,
+        closed,
+        fallback,
+        ..
+    } = setup;
+    assert_eq!(group.sentinel_subscribers(), 2);
+    drop((redis, closed, fallback));
+    let unsubscribed = wait(Duration::from_secs(10), || {
+        group.sentinel_subscribers() == 0
+    });
+    assert!(
+        unsubscribed.is_some(),
+        "the stores' subscriptions outlived them"
     );
     assert!(
         recovered <= RECOVERY_BOUND,
         "admissions counted again only {recovered:?} after the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_failover_moves_the_counting_to_the_new_master() {
+    let mut setup = Setup::start().await;
+    // What the replica holds when the failover is asked for: the capped
+    // tenant can be admitted after it at most up to the limit from there.
+    let replica = &setup.group.servers()[1];
+    let replicated_capped = zcard(replica, &setup.key("capped"));
+    let asked = Instant::now();
+    let answer = setup
+        .group
+        .sentinel(0)
+        .cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+    assert_eq!(answer.trim(), "OK");
+    let promoted = wait(Duration::from_secs(60), || {
+        setup.group.master_index() == Some(1)
+    });
+    assert!(promoted.is_some(), "no replica promoted within 60 s");
+    let promoted_at = asked.elapsed();
+    let old = &setup.group.servers()[0];
+    let demoted = wait(Duration::from_secs(60), || {
+        old.try_cli(&["ROLE"]).is_ok_and(|r| r.starts_with("slave"))
+    });
+    assert!(
+        demoted.is_some(),
+        "the old master was not demoted within 60 s"
+    );
+    let demoted_at = Instant::now();
+    // Admitted after the demotion: by the new master (the old one is a
+    // read-only replica now).
+    let counted = setup.counted_after(demoted_at) + (demoted_at - asked);
+    let raw_counted = first_ok_after(&setup.raw_log, demoted_at).map(|d| d + (demoted_at - asked));
+    setup.settle_and_stop().await;
+
+    // The longest time without an admission of the fail-closed store.
+    let mut answered: Vec<Instant> = setup
+        .closed_log
+        .lock()
+        .iter()
+        .filter(|c| c.answer.is_ok())
+        .map(|c| c.sent + c.took)
+        .filter(|&t| t >= asked)
+        .collect();
+    answered.sort();
+    let gap = answered
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain(answered.first().map(|&t| t - asked))
+        .max()
+        .unwrap();
+    let during: Vec<Call> = setup
+        .closed_log
+        .lock()
+        .iter()
+        .filter(|c| c.sent >= asked && c.answer.is_err())
+        .cloned()
+        .collect();
+    let (timeouts, breaker, backend) = failures(&during);
+
+    let (capped_after, capped_refused_after) = setup.capped_after(asked, replicated_capped);
+    let new_master = &setup.group.servers()[1];
+    let steady_after_demotion =
+        setup.n(|c| c.tenant == "steady" && c.sent >= demoted_at && c.is(true));
+    let steady_final = zcard(new_master, &setup.key("steady"));
+    assert!(steady_final >= steady_after_demotion);
+    // Admissions the new master does not know of: those the old master
+    // took after the promotion, before the store switched. The sliding
+    // log's scores are the admissions' server times: the largest gap in the
+    // new master's log is how long the old master took them.
+    let lost_window = largest_gap_ms(new_master, &setup.key("steady"));
+    let steady_lost = setup.n(|c| c.tenant == "steady" && c.is(true)) as i64 - steady_final as i64;
+    let fb_calls = setup.fallback_log.lock().len();
+    let local_admitted = setup.local_admitted().await;
+    assert_eq!(count(&setup.fallback_log, |c| c.answer.is_err()), 0);
+
+    println!(
+        "FIGURES sentinel requested failover (SENTINEL FAILOVER, old master up): replica \
+         promoted {promoted_at:?} and old master demoted {:?} after the request; first \
+         admission sent after the demotion answered {counted:?} after the request (bare \
+         RedisStore {raw_counted:?}); longest time without an admission (fail-closed) \
+         {gap:?}; {} calls failed ({timeouts} timeout, {breaker} breaker open, {backend} \
+         backend error); capped tenant: {replicated_capped} replicated, {capped_after} \
+         admitted after ({capped_refused_after} refused); steady tenant: {steady_final} counted \
+         by the new master, {steady_lost} admissions lost (largest gap in its log \
+         {lost_window:?} ms); fallback store: {fb_calls} calls, \
+         0 errors, {local_admitted} admitted locally; test took {:?}",
+        demoted_at - asked,
+        during.len(),
+        setup.started.elapsed(),
+    );
+    assert!(gap <= RECOVERY_BOUND, "no admission for {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_is_failed_over_and_the_stores_follow() {
+    let mut setup = Setup::start().await;
+    setup.group.server_mut(0).pause();
+    let paused = Instant::now();
+    // The paused master sends nothing more: the replica holds what it got.
+    let replica = &setup.group.servers()[1];
+    let replicated_capped = zcard(replica, &setup.key("capped"));
+    assert!(
+        replica.cli(&["ROLE"]).starts_with("slave"),
+        "the replica was promoted before it was read"
+    );
+    let promoted = wait(Duration::from_secs(60), || {
+        setup.group.master_index() == Some(1)
+    });
+    assert!(promoted.is_some(), "no replica promoted within 60 s");
+    let promoted_at = paused.elapsed();
+    // Calls to the paused master time out (the store sees no error): the
+    // sentinels' `+switch-master` moves it.
+    let recovered = setup.counted_after(paused);
+    let raw_recovered = first_ok_after(&setup.raw_log, paused);
+    setup.settle_and_stop().await;
+    setup.group.server_mut(0).resume();
+
+    let during: Vec<Call> = setup
+        .closed_log
+        .lock()
+        .iter()
+        .filter(|c| c.sent >= paused && c.answer.is_err())
+        .cloned()
+        .collect();
+    let (timeouts, breaker, backend) = failures(&during);
+    let (capped_after, capped_refused_after) = setup.capped_after(paused, replicated_capped);
+    let (fb_calls, local_admitted) = setup.fallback_answered_everything().await;
+    println!(
+        "FIGURES sentinel failover of a paused master (SIGSTOP): sentinels name the replica \
+         {promoted_at:?} after the pause; first admission counted again: fail-closed store \
+         {recovered:?}, bare RedisStore {raw_recovered:?}; {} calls failed ({timeouts} \
+         timeout, {breaker} breaker open, {backend} backend error); capped tenant: \
+         {replicated_capped} replicated, {capped_after} admitted after \
+         ({capped_refused_after} refused); fallback store: {fb_calls} calls, 0 errors, \
+         {local_admitted} admitted locally; test took {:?}",
+        during.len(),
+        setup.started.elapsed(),
+    );
+    assert!(
+        recovered <= RECOVERY_BOUND,
+        "admissions counted again only {recovered:?} after the pause"
     );
 }
