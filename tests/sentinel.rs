@@ -15,7 +15,8 @@
 //!
 //! A second test asks the sentinels for a failover (`SENTINEL FAILOVER`)
 //! while the old master stays up: the sentinels demote it, and the stores
-//! move to the new master.
+//! move to the new master. A third pauses the master (`SIGSTOP`): calls
+//! only time out, and the stores follow the sentinels' announcement.
 //!
 //! Run with `--nocapture` for the figures (lines starting with `FIGURES`).
 #![cfg(feature = "redis-sentinel")]
@@ -240,6 +241,23 @@ impl Setup {
         );
     }
 
+    /// The capped tenant after `since`, when the replica held `replicated`
+    /// of its admissions and the old master took no more that were kept:
+    /// admitted at most up to the limit from there, and refused by the new
+    /// master (its counter continued). Returns (admitted, refused).
+    fn capped_after(&self, since: Instant, replicated: u64) -> (u64, u64) {
+        let after = |c: &Call| c.tenant == "capped" && c.sent >= since;
+        let admitted = self.n(|c| after(c) && c.is(true));
+        let refused = self.n(|c| after(c) && c.is(false));
+        assert!(
+            admitted <= CAP.saturating_sub(replicated),
+            "over-admission: {admitted} admitted after the failover, {replicated} of {CAP} \
+             replicated"
+        );
+        assert!(refused > 0, "the counter continued on the new master");
+        (admitted, refused)
+    }
+
     /// What the fallback's memory store admitted (`steady-fb`).
     async fn local_admitted(&self) -> u64 {
         let steady_fb = [check(limit_of("steady-fb"))];
@@ -416,6 +434,24 @@ async fn admissions_are_counted_on_the_promoted_replica_after_the_master_is_kill
         setup.n(|c| after(c) && c.answer.is_err()),
         setup.started.elapsed(),
     );
+    // Nothing leaks: once the stores are dropped, their `+switch-master`
+    // subscriptions (one per store) end, within the listener's 1 s check.
+    let Setup {
+        group,
+        redis,
+        closed,
+        fallback,
+        ..
+    } = setup;
+    assert_eq!(group.sentinel_subscribers(), 2);
+    drop((redis, closed, fallback));
+    let unsubscribed = wait(Duration::from_secs(10), || {
+        group.sentinel_subscribers() == 0
+    });
+    assert!(
+        unsubscribed.is_some(),
+        "the stores' subscriptions outlived them"
+    );
     assert!(
         recovered <= RECOVERY_BOUND,
         "admissions counted again only {recovered:?} after the kill"
@@ -480,18 +516,7 @@ async fn a_requested_failover_moves_the_counting_to_the_new_master() {
         .collect();
     let (timeouts, breaker, backend) = failures(&during);
 
-    let after = |c: &Call| c.sent >= asked;
-    let capped_after = setup.n(|c| c.tenant == "capped" && after(c) && c.is(true));
-    let capped_refused_after = setup.n(|c| c.tenant == "capped" && after(c) && c.is(false));
-    assert!(
-        capped_after <= CAP.saturating_sub(replicated_capped),
-        "over-admission: {capped_after} admitted after the failover, {replicated_capped} of \
-         {CAP} replicated"
-    );
-    assert!(
-        capped_refused_after > 0,
-        "the counter continued on the new master"
-    );
+    let (capped_after, capped_refused_after) = setup.capped_after(asked, replicated_capped);
     let new_master = &setup.group.servers()[1];
     let steady_after_demotion =
         setup.n(|c| c.tenant == "steady" && c.sent >= demoted_at && c.is(true));
@@ -523,4 +548,55 @@ async fn a_requested_failover_moves_the_counting_to_the_new_master() {
         setup.started.elapsed(),
     );
     assert!(gap <= RECOVERY_BOUND, "no admission for {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_is_failed_over_and_the_stores_follow() {
+    let mut setup = Setup::start().await;
+    setup.group.server_mut(0).pause();
+    let paused = Instant::now();
+    // The paused master sends nothing more: the replica holds what it got.
+    let replica = &setup.group.servers()[1];
+    let replicated_capped = zcard(replica, &setup.key("capped"));
+    assert!(
+        replica.cli(&["ROLE"]).starts_with("slave"),
+        "the replica was promoted before it was read"
+    );
+    let promoted = wait(Duration::from_secs(60), || {
+        setup.group.master_index() == Some(1)
+    });
+    assert!(promoted.is_some(), "no replica promoted within 60 s");
+    let promoted_at = paused.elapsed();
+    // Calls to the paused master time out (the store sees no error): the
+    // sentinels' `+switch-master` moves it.
+    let recovered = setup.counted_after(paused);
+    let raw_recovered = first_ok_after(&setup.raw_log, paused);
+    setup.settle_and_stop().await;
+    setup.group.server_mut(0).resume();
+
+    let during: Vec<Call> = setup
+        .closed_log
+        .lock()
+        .iter()
+        .filter(|c| c.sent >= paused && c.answer.is_err())
+        .cloned()
+        .collect();
+    let (timeouts, breaker, backend) = failures(&during);
+    let (capped_after, capped_refused_after) = setup.capped_after(paused, replicated_capped);
+    let (fb_calls, local_admitted) = setup.fallback_answered_everything().await;
+    println!(
+        "FIGURES sentinel failover of a paused master (SIGSTOP): sentinels name the replica \
+         {promoted_at:?} after the pause; first admission counted again: fail-closed store \
+         {recovered:?}, bare RedisStore {raw_recovered:?}; {} calls failed ({timeouts} \
+         timeout, {breaker} breaker open, {backend} backend error); capped tenant: \
+         {replicated_capped} replicated, {capped_after} admitted after \
+         ({capped_refused_after} refused); fallback store: {fb_calls} calls, 0 errors, \
+         {local_admitted} admitted locally; test took {:?}",
+        during.len(),
+        setup.started.elapsed(),
+    );
+    assert!(
+        recovered <= RECOVERY_BOUND,
+        "admissions counted again only {recovered:?} after the pause"
+    );
 }

@@ -26,7 +26,9 @@ use parking_lot::Mutex;
 use redis_server::{RedisCluster, RedisServer};
 use tower_tenancy::layer::soft_limit::SoftLimitEvent;
 use tower_tenancy::resolve::HeaderResolver;
-use tower_tenancy::store::{Algorithm, Check, CounterStore, ManualClock, RedisStore};
+use tower_tenancy::store::{
+    Algorithm, Check, CounterStore, DenyCache, ManualClock, RedisStore, ResilientStore,
+};
 use tower_tenancy::{
     AdmissionLayer, Catalog, MemoryDirectory, MemoryStore, Period, Rule, TenancyLayer,
 };
@@ -282,4 +284,28 @@ async fn crossing_bits_redis() {
     // The marks live in the tenant's hash slot, next to the counters.
     let mark = server.cli(&["PTTL", "tt:{acme}:sf:sb"]);
     assert!(mark.trim().parse::<i64>().unwrap() > 0, "{mark}");
+}
+
+/// Through the demo's wrappers (a `DenyCache` around a `ResilientStore`
+/// with a local fallback): the store's crossings pass through; with Redis
+/// down, the fallback memory store records them (once per instance while
+/// the shared store is unreachable, as the README says).
+#[tokio::test]
+async fn crossing_bits_through_wrappers_and_on_fallback() {
+    let mut server = RedisServer::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let redis = RedisStore::connect(server.url())
+        .await
+        .unwrap()
+        .clock(clock.clone());
+    let store = DenyCache::new(
+        ResilientStore::new(redis)
+            .timeout(Duration::from_secs(5))
+            .fallback(MemoryStore::with_clock(clock.clone())),
+    );
+    crossing_bits(&store, &clock).await;
+    assert!(server.int(&["EXISTS", "tt:{acme}:sf:gc"]) == 1);
+    server.stop();
+    clock.advance_ms(3_600_000);
+    crossing_bits(&store, &clock).await;
 }

@@ -166,6 +166,7 @@ impl Rule {
     }
 
     /// The units this request costs under this rule (0: it does not count).
+    #[inline]
     fn cost_of(&self, head: &RequestHead<'_>) -> u64 {
         if self.skip.as_ref().is_some_and(|skip| skip(head)) {
             return 0;
@@ -701,6 +702,9 @@ fn gauge_undo<St: CounterStore, T: Borrow<TenantId>>(
     config: &Arc<Config<St>>,
     asked: &Asked<T>,
 ) -> Option<Undo> {
+    if !asked.checks.iter().any(|c| c.algorithm == Algorithm::Gauge) {
+        return None;
+    }
     let gauges: Vec<Check> = asked
         .checks
         .iter()

@@ -4,13 +4,15 @@
 //!
 //! They are written on every metered response, so they are built without
 //! `format!`: each value is written into a buffer on the stack and copied
-//! once into the header value (its only allocation), and the
+//! once into the header value (for `RateLimit`, into a per-thread arena
+//! block shared by many values: no allocation per response), and the
 //! `RateLimit-Policy` value, which changes only with the plan, is rendered
 //! once per plan by the admission layer and shared.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -357,11 +359,12 @@ impl Cursor<'_> {
 
 /// An sf-list of `items`, written into a buffer on the stack (on the heap
 /// when it could be longer than [`ON_STACK`]) and copied once into the
-/// header value: one allocation, and no pass to measure the value first.
+/// header value by `value`, without a pass to measure the value first.
 fn render<T>(
     items: &[T],
     max_len: impl Fn(&T) -> usize,
     write: impl Fn(&T, &mut Cursor<'_>),
+    value: impl FnOnce(&[u8]) -> Option<HeaderValue>,
 ) -> Option<HeaderValue> {
     if items.is_empty() {
         return None;
@@ -382,17 +385,55 @@ fn render<T>(
         }
         write(item, &mut out);
     }
-    HeaderValue::from_bytes(out.filled()).ok()
+    value(out.filled())
 }
 
-/// The `RateLimit-Policy` value of `items` (`None` when empty).
+/// The `RateLimit-Policy` value of `items` (`None` when empty), in its own
+/// allocation: it lives as long as the plan.
 pub(crate) fn render_policy(items: &[PolicyItem<'_>]) -> Option<HeaderValue> {
-    render(items, PolicyItem::max_len, PolicyItem::write)
+    render(items, PolicyItem::max_len, PolicyItem::write, |bytes| {
+        HeaderValue::from_bytes(bytes).ok()
+    })
 }
 
-/// The `RateLimit` value of `items` (`None` when empty).
+/// The `RateLimit` value of `items` (`None` when empty), carved from this
+/// thread's [`ARENA`].
 pub(crate) fn render_state(items: &[StateItem<'_>]) -> Option<HeaderValue> {
-    render(items, StateItem::max_len, StateItem::write)
+    render(items, StateItem::max_len, StateItem::write, from_arena)
+}
+
+/// Bytes of one arena block: about 60 `RateLimit` values of one policy. A
+/// value kept alive keeps its whole block: at most this many bytes per
+/// response that is held (hyper drops the header values once the head is
+/// written).
+const ARENA_BLOCK: usize = 2048;
+
+thread_local! {
+    /// Where this thread's `RateLimit` values are written: each value is a
+    /// slice of a shared block (one reference count), so a response costs
+    /// no allocation of its own; a new block is allocated when the current
+    /// one is full. A block is freed when the last value cut from it is
+    /// dropped, so a response kept for long keeps at most one block
+    /// ([`ARENA_BLOCK`] bytes) alive, and nothing outlives its values and
+    /// the thread.
+    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `bytes` as a header value in [`ARENA`] (in a block of its own if the
+/// arena is in use further up this thread's stack, which it never is).
+fn from_arena(bytes: &[u8]) -> Option<HeaderValue> {
+    let shared = ARENA.with(|arena| {
+        let mut arena = arena.try_borrow_mut().ok()?;
+        if arena.capacity() - arena.len() < bytes.len() {
+            *arena = BytesMut::with_capacity(ARENA_BLOCK.max(bytes.len()));
+        }
+        arena.extend_from_slice(bytes);
+        Some(arena.split().freeze())
+    });
+    match shared {
+        Some(shared) => HeaderValue::from_maybe_shared(shared).ok(),
+        None => HeaderValue::from_bytes(bytes).ok(),
+    }
 }
 
 #[cfg(test)]
@@ -441,6 +482,25 @@ mod tests {
             .map(|i| format!("\"{i}{}\";r={};t={}", "p".repeat(60), u64::MAX, u64::MAX))
             .collect();
         assert_eq!(render_state(&items).unwrap(), expected.join(", ").as_str());
+    }
+
+    #[test]
+    fn values_from_the_arena_outlive_their_block() {
+        let name = sf_string("api").unwrap();
+        // Enough values to fill several blocks; each keeps its own bytes.
+        let values: Vec<HeaderValue> = (0..1000u64)
+            .map(|r| {
+                render_state(&[StateItem {
+                    name: &name,
+                    remaining: r,
+                    reset: Some(60),
+                }])
+                .unwrap()
+            })
+            .collect();
+        for (r, value) in values.iter().enumerate() {
+            assert_eq!(value, format!("\"api\";r={r};t=60").as_str());
+        }
     }
 
     #[test]

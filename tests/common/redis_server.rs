@@ -725,6 +725,14 @@ impl RedisSentinels {
         &self.sentinels[index]
     }
 
+    /// How many clients are subscribed to a channel on the sentinels.
+    pub fn sentinel_subscribers(&self) -> usize {
+        self.sentinels
+            .iter()
+            .map(|s| s.cli(&["CLIENT", "LIST"]).matches("flags=P ").count())
+            .sum()
+    }
+
     /// The data servers: the first master, then the replicas.
     pub fn servers(&self) -> &[RedisServer] {
         &self.servers
