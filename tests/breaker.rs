@@ -240,12 +240,15 @@ async fn sigstop_fails_closed_within_1s_and_recovers_within_5s() {
             );
             assert!(s.took < Duration::from_secs(1), "{s:?}");
         }
-        assert!(
-            mine.iter()
-                .filter(|s| s.recv_ms < paused)
-                .all(|s| s.status == Some(200)),
-            "before the pause"
-        );
+        // Before the pause the breaker stays closed: a request is admitted,
+        // or (on a loaded machine) refused only after its own store call
+        // waited out the timeout, never at once by an open breaker.
+        for s in mine.iter().filter(|s| s.recv_ms < paused) {
+            assert!(
+                s.status == Some(200) || (s.status == Some(503) && s.took >= TIMEOUT),
+                "before the pause: {s:?}"
+            );
+        }
         // Failing closed with the breaker open: a 503 at once (no timeout).
         let open = mine
             .iter()

@@ -30,6 +30,7 @@ use http_body_util::Full;
 use http_util::{send, HttpClient, Reply, TestServer};
 use postgres_server::{create_app_role, PgServer, SUPERUSER};
 use serde_json::Value;
+use tower_tenancy::directory::postgres::{Change, RECHECK};
 use tower_tenancy::store::MemoryStore;
 use tower_tenancy::Catalog;
 
@@ -44,7 +45,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 struct Instance {
     server: TestServer,
     client: HttpClient,
-    _pg: pg_demo::Pg,
+    pg: pg_demo::Pg,
 }
 
 async fn instance(pg: &PgServer) -> Instance {
@@ -58,7 +59,7 @@ async fn instance(pg: &PgServer) -> Instance {
     Instance {
         server: TestServer::start(app).await,
         client: http_util::client(),
-        _pg: conn,
+        pg: conn,
     }
 }
 
@@ -331,8 +332,23 @@ async fn demo_on_postgres_outage() {
     let mut pg = PgServer::new();
     create_app_role(&pg, "tt_app").await;
     let a = instance(&pg).await;
+    let mut feed = a.pg.changes.subscribe();
     let (_, acme) = a.new_key("acme").await;
     let (_, globex) = a.new_key("globex").await;
+    // Each new key is announced to every instance, which drops it from its
+    // cache at once and again `RECHECK` later: wait for both announcements
+    // and those re-checks, so that what is cached next stays cached.
+    for _ in 0..2 {
+        let key_change = async {
+            while !matches!(feed.recv().await, Ok(Change::Other { ref kind, .. }) if kind == "api_key")
+            {
+            }
+        };
+        tokio::time::timeout(DEADLINE, key_change)
+            .await
+            .expect("key announced");
+    }
+    tokio::time::sleep(RECHECK * 4).await;
     assert_eq!(a.get("/v1/me", &acme).await.status, 200); // key and tenant cached
 
     pg.stop();
