@@ -530,10 +530,18 @@ impl PostgresChanges {
         *self.listening.borrow()
     }
 
-    /// Waits until the `LISTEN` is in place.
+    /// Waits until the `LISTEN` is in place and every subscriber has taken
+    /// the [`Change::All`] announced after it: a tenant read after this
+    /// returns is not dropped from a cache wired with
+    /// [`invalidate`](Self::invalidate) by that announcement. Every
+    /// subscriber must keep reading its feed (as `invalidate` does), or this
+    /// waits until the announcement is pushed out of the feed's 1024 slots.
     pub async fn listening(&self) {
         let mut rx = self.listening.clone();
         let _ = rx.wait_for(|up| *up).await;
+        while !self.shared.changes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Drops changed tenants from `cache` from now on: `Tenant(id)`
@@ -642,10 +650,11 @@ where
         }
     }));
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    // Whatever changed while nobody listened; announced before `listening`
+    // turns true, so that `PostgresChanges::listening` can wait for it.
+    shared.publish(Change::All);
     shared.listening.send_replace(true);
     tracing::info!("postgres change listener: listening on {CHANNEL}");
-    // Whatever changed while nobody listened.
-    shared.publish(Change::All);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

@@ -99,7 +99,8 @@ pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_partitions;
 #[cfg(feature = "redis-sentinel")]
-mod redis_sentinel;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-sentinel")))]
+pub mod redis_sentinel;
 pub mod resilient;
 
 #[cfg(feature = "redis")]

@@ -5,10 +5,9 @@
 //! redis-rs resolves the master once per connection: a
 //! [`SentinelClient`] asks the sentinels for the master's address, checks
 //! with `ROLE` that the node is a master, and connects to it — it does not
-//! follow a failover by itself. The store's connection
-//! ([`SentinelConnection`]) therefore keeps one multiplexed connection to the
-//! current master and asks the Sentinel client for the master again, in a
-//! background task, when
+//! follow a failover by itself. The store therefore keeps one multiplexed
+//! connection to the current master and asks the Sentinel client for the
+//! master again, in a background task, when
 //!
 //! * a sentinel announces a failover: the store subscribes to
 //!   `+switch-master` on one sentinel (through
@@ -62,9 +61,12 @@ impl RedisStore {
     /// Connects to the master named `master_name` (the name of its
     /// `sentinel monitor` line) through any of the `sentinels`
     /// (`redis://host:26379`), with redis-rs's Sentinel support, and
-    /// follows failovers: when a call fails because the master is gone (or
-    /// was demoted), the store asks the sentinels again in the background
-    /// and switches to the promoted replica. Calls made meanwhile fail, and a
+    /// follows failovers: when a sentinel announces one (`+switch-master`)
+    /// or a call fails because the master is gone (or was demoted), the
+    /// store asks the sentinels again in the background and switches to the
+    /// promoted replica (see [`store::redis_sentinel`](super::redis_sentinel)
+    /// for the details and the writes a failover loses). Calls made
+    /// meanwhile fail, and a
     /// [`ResilientStore`](super::ResilientStore) around the store answers
     /// them by its failure policy (RELIABILITY.md, section 8, "Sentinel",
     /// measures how long a failover takes).
