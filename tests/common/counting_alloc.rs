@@ -1,11 +1,13 @@
 //! A counting global allocator for a test binary: live heap bytes, the
-//! peak since the last [`reset_peak`], and the number of allocations.
+//! peak since the last [`reset_peak`], and the number of allocations, in
+//! the whole process and on the calling thread.
 //!
 //! Include with `#[path = "common/counting_alloc.rs"] mod counting_alloc;`
 //! (it installs itself as the binary's `#[global_allocator]`).
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 struct Counting;
@@ -13,6 +15,17 @@ struct Counting;
 static LIVE: AtomicI64 = AtomicI64::new(0);
 static PEAK: AtomicI64 = AtomicI64::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // `const` and without a destructor: reading it never allocates.
+    static ON_THIS_THREAD: Cell<u64> = const { Cell::new(0) };
+}
+
+fn counted() {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    // `try_with`: a thread being torn down still allocates.
+    let _ = ON_THIS_THREAD.try_with(|n| n.set(n.get() + 1));
+}
 
 fn grew(by: i64) {
     let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
@@ -24,7 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             grew(layout.size() as i64);
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            counted();
         }
         p
     }
@@ -36,7 +49,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size() as i64);
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            counted();
         }
         p
     }
@@ -72,7 +85,14 @@ pub fn reset_peak() {
     PEAK.store(live(), Ordering::Relaxed);
 }
 
-/// Allocations so far.
+/// Allocations so far, in the whole process.
 pub fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Allocations so far on the calling thread. A synchronous code path is
+/// measured with this: the test harness's own threads allocate now and
+/// then, at moments a busy machine decides.
+pub fn allocations_on_this_thread() -> u64 {
+    ON_THIS_THREAD.with(Cell::get)
 }
