@@ -629,6 +629,9 @@ struct Asked<'p, T> {
 }
 
 /// The checks of a request and, for each, the index of its (first) rule.
+// Lives on the stack for one call (or in a box, for an asynchronous
+// store): boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
 enum List<'p> {
     /// The plan's checks ([`PlanRules::fixed`]), borrowed.
     Plan(&'p [Check], &'p [u32]),
@@ -1024,10 +1027,13 @@ fn most_restrictive<St, T>(
     Some(RateLimitHeaders::new(Some(policy), state, legacy))
 }
 
+/// What a request waiting on an asynchronous store needs once answered.
+type Pending<S, B> = (S, Request<B>, Asked<'static, TenantId>, Shared<PlanRules>);
+
 /// A request waiting on an asynchronous store.
 struct Waiting<S, B> {
     answer: MaybeReady<StoreResult<Admission>>,
-    pending: Option<(S, Request<B>, Asked<'static, TenantId>, Shared<PlanRules>)>,
+    pending: Option<Pending<S, B>>,
     config: Arc<dyn Decide>,
 }
 
