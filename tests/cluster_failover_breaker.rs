@@ -184,7 +184,7 @@ async fn tenants_on_healthy_masters_keep_being_admitted_during_a_failover() {
     let mut port_of_shot = Vec::new();
     for (l, port) in healthy_loads.into_iter().zip(&healthy_ports) {
         let shots = l.await.unwrap();
-        port_of_shot.extend(std::iter::repeat(*port).take(shots.len()));
+        port_of_shot.extend(std::iter::repeat_n(*port, shots.len()));
         healthy_shots.extend(shots);
     }
 
