@@ -253,10 +253,15 @@ struct PlanRules {
     /// The `RateLimit-Policy` value of each set of reported rules a request
     /// counts against, rendered on first use.
     policy_sets: Box<[OnceLock<Option<HeaderValue>>]>,
+    /// The checks of every request under this plan when no rule of the
+    /// layer has a cost function or a skip rule (`None` otherwise): the
+    /// store is handed these, borrowed — no check built, no policy name's
+    /// reference count touched per request.
+    fixed: Option<(Checks, SmallVec<[u32; 4]>)>,
 }
 
 impl PlanRules {
-    fn new(rules: &[Rule], plan: &Plan, shadow: bool) -> Self {
+    fn new(rules: &[Rule], plan: &Plan, shadow: bool, soft: Option<&SoftLimit>) -> Self {
         let mut limited: SmallVec<[Option<Limited>; 4]> = SmallVec::new();
         for (index, rule) in rules.iter().enumerate() {
             let entry = rule.limit_in(plan).map(|(algorithm, limit, shadowed)| {
@@ -298,11 +303,16 @@ impl PlanRules {
             })
             .collect();
         let sets = 1usize << rules.len().min(CACHED_SET_RULES);
+        let fixed = rules
+            .iter()
+            .all(|rule| rule.skip.is_none() && rule.cost.is_none())
+            .then(|| collect_checks(rules, &limited, soft, |_| 1));
         Self {
             rules: limited,
             reported,
             policy_one,
             policy_sets: (0..sets).map(|_| OnceLock::new()).collect(),
+            fixed,
         }
     }
 
@@ -326,6 +336,48 @@ impl PlanRules {
         render_policy(&items)
     }
 }
+/// The checks of a request: one per counter its rules name (the same
+/// counter named twice is one check with the summed cost), a rule costing
+/// `cost(index)` units (0: not counted); and for each check the index of its
+/// (first) rule.
+fn collect_checks(
+    rules: &[Rule],
+    limited: &[Option<Limited>],
+    soft: Option<&SoftLimit>,
+    mut cost: impl FnMut(usize) -> u64,
+) -> (Checks, SmallVec<[u32; 4]>) {
+    let mut checks = Checks::new();
+    let mut indices: SmallVec<[u32; 4]> = SmallVec::new();
+    let all = limited;
+    for (index, (rule, limited)) in rules.iter().zip(all).enumerate() {
+        let Some(limited) = limited else { continue };
+        let cost = cost(index);
+        if cost == 0 {
+            continue;
+        }
+        let first = limited.first;
+        let counted = indices
+            .iter()
+            .position(|&r| all[r as usize].is_some_and(|l| l.first == first));
+        match counted {
+            Some(i) => checks[i].cost = checks[i].cost.saturating_add(cost),
+            None => {
+                checks.push(Check {
+                    policy: rule.name.clone(),
+                    algorithm: limited.algorithm,
+                    limit: limited.limit,
+                    cost,
+                    shadow: limited.shadow,
+                    soft_percent: soft
+                        .and_then(|soft| soft.percent_for(&limited.algorithm, limited.shadow)),
+                });
+                indices.push(index as u32);
+            }
+        }
+    }
+    (checks, indices)
+}
+
 impl std::fmt::Debug for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rule")
@@ -353,6 +405,13 @@ struct Config<St> {
 struct Admitted {
     lease: Option<Lease>,
     fields: Option<RateLimitHeaders>,
+    /// Rare (opt-in) fields, boxed to keep the response future small.
+    extra: Option<Box<Extra>>,
+}
+
+/// The fields of an admitted response that only some layers send.
+struct Extra {
+    /// `x-ratelimit-warning`.
     warning: Option<HeaderValue>,
     /// `x-tenancy-shadow-rejected`.
     shadow_rejected: Option<HeaderValue>,
@@ -564,16 +623,41 @@ impl<S: Clone, St> Clone for Admit<S, St> {
 /// What a request asked of the store, kept to interpret the answer. The
 /// tenant is borrowed from the request while it is at hand (`&TenantId`),
 /// owned when the request waits on the store.
-struct Asked<T> {
+struct Asked<'p, T> {
     tenant: T,
-    checks: Checks,
-    /// For each check, the index of its (first) rule.
-    rules: SmallVec<[u32; 4]>,
+    list: List<'p>,
 }
 
-impl<T: Borrow<TenantId>> Asked<T> {
+/// The checks of a request and, for each, the index of its (first) rule.
+// Lives on the stack for one call (or in a box, for an asynchronous
+// store): boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum List<'p> {
+    /// The plan's checks ([`PlanRules::fixed`]), borrowed.
+    Plan(&'p [Check], &'p [u32]),
+    /// Built for this request.
+    Own(Checks, SmallVec<[u32; 4]>),
+}
+
+impl<T: Borrow<TenantId>> Asked<'_, T> {
     fn tenant(&self) -> &TenantId {
         self.tenant.borrow()
+    }
+}
+
+impl<T> Asked<'_, T> {
+    fn checks(&self) -> &[Check] {
+        match &self.list {
+            List::Plan(checks, _) => checks,
+            List::Own(checks, _) => checks,
+        }
+    }
+
+    fn rules(&self) -> &[u32] {
+        match &self.list {
+            List::Plan(_, rules) => rules,
+            List::Own(_, rules) => rules,
+        }
     }
 }
 
@@ -597,46 +681,27 @@ where
         let head = RequestHead::of(&req);
         let config = &*self.config;
         let prepared = config.plans.get(tenant.plan(), |plan| {
-            PlanRules::new(&config.rules, plan, config.shadow)
+            PlanRules::new(&config.rules, plan, config.shadow, config.soft.as_ref())
         });
-        let mut asked = Asked {
-            tenant: tenant.id(),
-            checks: Checks::new(),
-            rules: SmallVec::new(),
-        };
-        for (index, (rule, limited)) in config.rules.iter().zip(&prepared.rules).enumerate() {
-            let Some(limited) = limited else { continue };
-            let cost = rule.cost_of(&head);
-            if cost == 0 {
-                continue;
-            }
-            // The same counter named twice is one check with the summed cost.
-            let counted = asked.rules.iter().position(|&r| {
-                prepared.rules[r as usize].is_some_and(|l| l.first == limited.first)
-            });
-            match counted {
-                Some(i) => asked.checks[i].cost = asked.checks[i].cost.saturating_add(cost),
-                None => {
-                    asked.checks.push(Check {
-                        policy: rule.name.clone(),
-                        algorithm: limited.algorithm,
-                        limit: limited.limit,
-                        cost,
-                        shadow: limited.shadow,
-                        soft_percent: config
-                            .soft
-                            .as_ref()
-                            .and_then(|soft| soft.percent_for(&limited.algorithm, limited.shadow)),
+        let list = match &prepared.fixed {
+            Some((checks, rules)) => List::Plan(checks, rules),
+            None => {
+                let (checks, rules) =
+                    collect_checks(&config.rules, &prepared.rules, config.soft.as_ref(), |i| {
+                        config.rules[i].cost_of(&head)
                     });
-                    asked.rules.push(index as u32);
-                }
+                List::Own(checks, rules)
             }
-        }
-        if asked.checks.is_empty() {
+        };
+        let asked = Asked {
+            tenant: tenant.id(),
+            list,
+        };
+        if asked.checks().is_empty() {
             drop(asked);
             return AdmitFuture::inner(self.inner.call(req), None);
         }
-        let mut answer = config.store.admit(asked.tenant(), &asked.checks);
+        let mut answer = config.store.admit(asked.tenant(), asked.checks());
         let undo = gauge_undo(&self.config, &asked);
         // The store's answer is read in place (it is large), and the future
         // is built where it is returned (it is large too).
@@ -657,18 +722,18 @@ where
         // An asynchronous store: the request waits, owning what it asked.
         let asked = Asked {
             tenant: asked.tenant.clone(),
-            checks: asked.checks,
-            rules: asked.rules,
+            list: List::Own(asked.checks().into(), asked.rules().into()),
         };
         let prepared = prepared.shared();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         AdmitFuture {
             state: State::Waiting {
-                answer,
-                // Boxed: large, and this path allocates anyway.
-                pending: Some(Box::new((inner, req, asked, prepared))),
-                config: self.config.clone(),
+                waiting: Box::new(Waiting {
+                    answer,
+                    pending: Some((inner, req, asked, prepared)),
+                    config: self.config.clone(),
+                }),
             },
             undo,
         }
@@ -680,7 +745,7 @@ trait Decide: Send + Sync {
     fn decide(
         &self,
         prepared: &PlanRules,
-        asked: &Asked<TenantId>,
+        asked: &Asked<'_, TenantId>,
         result: &mut StoreResult<Admission>,
     ) -> Result<Admitted, Rejection>;
 }
@@ -689,7 +754,7 @@ impl<St: Send + Sync> Decide for Config<St> {
     fn decide(
         &self,
         prepared: &PlanRules,
-        asked: &Asked<TenantId>,
+        asked: &Asked<'_, TenantId>,
         result: &mut StoreResult<Admission>,
     ) -> Result<Admitted, Rejection> {
         decide(self, prepared, asked, result)
@@ -700,13 +765,17 @@ impl<St: Send + Sync> Decide for Config<St> {
 /// response is not a success).
 fn gauge_undo<St: CounterStore, T: Borrow<TenantId>>(
     config: &Arc<Config<St>>,
-    asked: &Asked<T>,
+    asked: &Asked<'_, T>,
 ) -> Option<Undo> {
-    if !asked.checks.iter().any(|c| c.algorithm == Algorithm::Gauge) {
+    if !asked
+        .checks()
+        .iter()
+        .any(|c| c.algorithm == Algorithm::Gauge)
+    {
         return None;
     }
     let gauges: Vec<Check> = asked
-        .checks
+        .checks()
         .iter()
         .filter(|c| c.algorithm == Algorithm::Gauge)
         .cloned()
@@ -741,7 +810,7 @@ fn grpc_error(headers: &http::HeaderMap) -> bool {
 fn decide<St, T: Borrow<TenantId>>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<T>,
+    asked: &Asked<'_, T>,
     result: &mut StoreResult<Admission>,
 ) -> Result<Admitted, Rejection> {
     let admission = match result {
@@ -753,7 +822,7 @@ fn decide<St, T: Borrow<TenantId>>(
                 .retry_after(Duration::from_secs(1)));
         }
     };
-    let pairs = || asked.checks.iter().zip(&admission.decisions);
+    let pairs = || asked.checks().iter().zip(&admission.decisions);
     let enforced = || pairs().filter(|(c, _)| !c.shadow);
     let fields = if config.style == HeaderStyle::None {
         None
@@ -767,10 +836,10 @@ fn decide<St, T: Borrow<TenantId>>(
         .filter(|(_, d)| !d.allowed)
         .max_by_key(|(_, d)| d.retry_after.unwrap_or(Duration::MAX));
     let Some((check, decision)) = denied else {
-        if admission.decisions.len() != asked.checks.len() {
+        if admission.decisions.len() != asked.checks().len() {
             return Err(Rejection::new(RejectionKind::Unavailable).tenant(asked.tenant().clone()));
         }
-        crate::observe::admitted(asked.tenant(), &asked.checks);
+        crate::observe::admitted(asked.tenant(), asked.checks());
         let mut shadow_rejected = SmallVec::<[&str; 4]>::new();
         for (check, decision) in pairs().filter(|(c, d)| c.shadow && !d.allowed) {
             crate::observe::shadow_rejected(
@@ -787,12 +856,17 @@ fn decide<St, T: Borrow<TenantId>>(
         let warning = config
             .soft
             .as_ref()
-            .and_then(|soft| soft.observe(asked.tenant(), &asked.checks, admission));
+            .and_then(|soft| soft.observe(asked.tenant(), asked.checks(), admission));
+        let extra = (warning.is_some() || shadow_rejected.is_some()).then(|| {
+            Box::new(Extra {
+                warning,
+                shadow_rejected,
+            })
+        });
         return Ok(Admitted {
             lease: admission.lease.take(),
             fields,
-            warning,
-            shadow_rejected,
+            extra,
         });
     };
     let mut rejection = Rejection::new(refusal_kind(check.algorithm))
@@ -849,13 +923,13 @@ fn reset_of(check: &Check, decision: &Decision) -> u64 {
 fn every_policy<St, T>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<T>,
+    asked: &Asked<'_, T>,
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
     let mut state: SmallVec<[StateItem<'_>; 4]> = SmallVec::new();
     let mut set = 0usize;
     let mut cached = true;
-    for ((check, decision), &rule) in asked.checks.iter().zip(decisions).zip(&asked.rules) {
+    for ((check, decision), &rule) in asked.checks().iter().zip(decisions).zip(asked.rules()) {
         let rule = rule as usize;
         let (Some(_), Some(name)) = (prepared.reported[rule], config.rules[rule].quoted.as_ref())
         else {
@@ -880,7 +954,7 @@ fn every_policy<St, T>(
     if state.is_empty() {
         return legacy.map(|l| RateLimitHeaders::new(None, None, Some(l)));
     }
-    let counted = || asked.rules.iter().map(|&r| r as usize);
+    let counted = || asked.rules().iter().map(|&r| r as usize);
     let policy = if cached {
         prepared.policy_sets[set]
             .get_or_init(|| prepared.render_policy(&config.rules, counted()))
@@ -893,9 +967,9 @@ fn every_policy<St, T>(
 
 /// `X-RateLimit-Limit/Remaining/Reset` of the rate or quota rule with the
 /// least room left.
-fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]> {
+fn legacy_fields<T>(asked: &Asked<'_, T>, decisions: &[Decision]) -> Option<[u64; 3]> {
     let (_, decision) = asked
-        .checks
+        .checks()
         .iter()
         .zip(decisions)
         .filter(|(c, _)| {
@@ -917,7 +991,7 @@ fn legacy_fields<T>(asked: &Asked<T>, decisions: &[Decision]) -> Option<[u64; 3]
 fn most_restrictive<St, T>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<T>,
+    asked: &Asked<'_, T>,
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
     let windowed = |c: &Check| {
@@ -926,7 +1000,7 @@ fn most_restrictive<St, T>(
                 || matches!(c.algorithm, Algorithm::Calendar { .. }))
     };
     let (i, decision) = asked
-        .checks
+        .checks()
         .iter()
         .zip(decisions)
         .enumerate()
@@ -938,7 +1012,7 @@ fn most_restrictive<St, T>(
         .style
         .legacy()
         .then_some([decision.limit, decision.remaining, reset]);
-    let rule = asked.rules[i] as usize;
+    let rule = asked.rules()[i] as usize;
     let (Some(name), Some(policy)) = (
         config.rules[rule].quoted.as_ref(),
         prepared.policy_one[rule].clone(),
@@ -951,6 +1025,16 @@ fn most_restrictive<St, T>(
         reset: Some(reset),
     }]);
     Some(RateLimitHeaders::new(Some(policy), state, legacy))
+}
+
+/// What a request waiting on an asynchronous store needs once answered.
+type Pending<S, B> = (S, Request<B>, Asked<'static, TenantId>, Shared<PlanRules>);
+
+/// A request waiting on an asynchronous store.
+struct Waiting<S, B> {
+    answer: MaybeReady<StoreResult<Admission>>,
+    pending: Option<Pending<S, B>>,
+    config: Arc<dyn Decide>,
 }
 
 pin_project! {
@@ -966,9 +1050,8 @@ pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<B>>, B> {
         Waiting {
-            answer: MaybeReady<StoreResult<Admission>>,
-            pending: Option<Box<(S, Request<B>, Asked<TenantId>, Shared<PlanRules>)>>,
-            config: Arc<dyn Decide>,
+            // Boxed (the answer is large; this path allocates anyway).
+            waiting: Box<Waiting<S, B>>,
         },
         Inner {
             #[pin]
@@ -1010,15 +1093,13 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    answer,
-                    pending,
-                    config,
-                } => {
-                    let mut result = ready!(Pin::new(answer).poll(cx));
-                    let (mut inner, req, asked, prepared) =
-                        *pending.take().expect("AdmitFuture polled after completion");
-                    match config.decide(&prepared, &asked, &mut result) {
+                StateProj::Waiting { waiting } => {
+                    let mut result = ready!(Pin::new(&mut waiting.answer).poll(cx));
+                    let (mut inner, req, asked, prepared) = waiting
+                        .pending
+                        .take()
+                        .expect("AdmitFuture polled after completion");
+                    match waiting.config.decide(&prepared, &asked, &mut result) {
                         Ok(admitted) => {
                             let future = inner.call(req);
                             this.state.set(State::Inner {
@@ -1043,13 +1124,16 @@ where
                         if let Some(fields) = a.fields {
                             fields.write(response.headers_mut());
                         }
-                        if let Some(warning) = a.warning {
-                            response
-                                .headers_mut()
-                                .insert(HeaderName::from_static("x-ratelimit-warning"), warning);
-                        }
-                        if let Some(policies) = a.shadow_rejected {
-                            response.headers_mut().insert(SHADOW_REJECTED, policies);
+                        if let Some(extra) = a.extra {
+                            if let Some(warning) = extra.warning {
+                                response.headers_mut().insert(
+                                    HeaderName::from_static("x-ratelimit-warning"),
+                                    warning,
+                                );
+                            }
+                            if let Some(policies) = extra.shadow_rejected {
+                                response.headers_mut().insert(SHADOW_REJECTED, policies);
+                            }
                         }
                         a.lease
                     });

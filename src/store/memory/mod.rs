@@ -1,13 +1,17 @@
 //! The in-process [`CounterStore`]: [`MemoryStore`].
 
 use std::borrow::{Borrow, BorrowMut};
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+/// The maps of the store: hashbrown with foldhash, seeded per map (a fast,
+/// non-cryptographic hash; the random seed keeps tenants that pick their
+/// own ids from crafting collisions). SipHash cost 150 instructions per
+/// lookup of a short id, foldhash about 20.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 mod approx;
 mod calendar;
@@ -80,9 +84,10 @@ const MAX_SHARDS: usize = 4096;
 ///
 /// A counter is keyed by (tenant, algorithm kind, policy name); the key holds
 /// clones of the caller's `TenantId` and policy `Arc<str>`, so it allocates
-/// nothing of its own. Sliding windows (sub-bucket and two-counter) have
-/// one table per policy keyed by the tenant alone (the policy is found by a
-/// short scan of the shard's policy names). Memory per key, counting the
+/// nothing of its own. Every algorithm but the gauge has one table per
+/// policy keyed by the tenant alone (the policy is found by a short scan of
+/// the shard's policy names, pointer first): a lookup hashes and compares
+/// the tenant id only. Maps hash with foldhash, seeded per map. Memory per key, counting the
 /// hash map's buckets (`size_of::<(Key, Value)>() + 1` control byte per
 /// bucket, at a load factor between 7/16 and 7/8):
 ///
@@ -91,10 +96,10 @@ const MAX_SHARDS: usize = 4096;
 /// | sliding window (8 sub-buckets), limits ≤ 65 535 | 41 | — |
 /// | the same, a limit above 65 535 seen for the policy | 25 | 80-byte box |
 /// | sliding window, two counters | 41 | — |
-/// | GCRA | 41 | — |
-/// | sliding log | 41 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
-/// | calendar | 57 | — |
-/// | concurrency | 41 | 24-byte `Arc` |
+/// | GCRA | 25 | — |
+/// | sliding log | 25 | 48-byte box + 16 bytes per distinct admitted millisecond in the window |
+/// | calendar | 41 | — |
+/// | concurrency | 25 | 24-byte `Arc` |
 /// | gauge | 41 | — |
 ///
 /// That is 47 bytes per active sliding-window key when a table is full and
@@ -158,7 +163,8 @@ const MAX_SHARDS: usize = 4096;
 /// ```
 pub struct MemoryStore {
     shards: Box<[Shard]>,
-    hasher: RandomState,
+    /// Picks the shard of a tenant (seeded per store).
+    hasher: foldhash::fast::RandomState,
     clock: Arc<dyn Clock>,
     sweep_every: u64,
 }
@@ -222,7 +228,7 @@ impl MemoryStoreBuilder {
             .next_power_of_two();
         MemoryStore {
             shards: (0..shards).map(|_| Shard::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             clock: self.clock,
             sweep_every: self.sweep_every,
         }
@@ -329,8 +335,11 @@ impl MemoryStore {
             let op = Op::Take {
                 commit,
                 force: false,
+                evaluated: None,
             };
-            Decisions::from_iter([tables.apply(tenant, check, now, op, &mut leases)])
+            let mut decisions = Decisions::new();
+            decisions.push(tables.apply(tenant, check, now, op, &mut leases));
+            decisions
         } else {
             let mut decisions: Decisions = checks
                 .iter()
@@ -345,14 +354,18 @@ impl MemoryStore {
                     .zip(checks)
                     .all(|(d, c)| d.allowed || c.shadow);
             if enforced {
-                let op = Op::Take {
-                    commit,
-                    force: true,
-                };
-                for (decision, check) in decisions.iter_mut().zip(checks) {
+                for (i, (decision, check)) in decisions.iter_mut().zip(checks).enumerate() {
                     if !all && check.shadow {
                         continue;
                     }
+                    // The first pass's decision stands unless an earlier
+                    // check of the batch has consumed from the same counter.
+                    let fresh = !checks[..i].iter().any(|c| same_counter(c, check));
+                    let op = Op::Take {
+                        commit,
+                        force: true,
+                        evaluated: fresh.then_some(*decision),
+                    };
                     *decision = tables.apply(tenant, check, now, op, &mut leases);
                 }
             }
@@ -458,10 +471,12 @@ struct Tables {
     windows: Vec<PolicyTable<Buckets>>,
     /// Two-counter windows, per policy too.
     approx: Vec<PolicyTable<HashMap<TenantId, ApproxState>>>,
-    gcra: HashMap<Key, GcraState>,
-    logs: HashMap<Key, Box<LogState>>,
-    calendars: HashMap<Key, CalendarState>,
-    concurrency: HashMap<Key, Inflight>,
+    /// GCRA, sliding logs, calendar quotas and concurrency counters, per
+    /// policy keyed by tenant too (one short hash per lookup).
+    gcra: Vec<PolicyTable<HashMap<TenantId, GcraState>>>,
+    logs: Vec<PolicyTable<HashMap<TenantId, Box<LogState>>>>,
+    calendars: Vec<PolicyTable<HashMap<TenantId, CalendarState>>>,
+    concurrency: Vec<PolicyTable<HashMap<TenantId, Inflight>>>,
     gauges: HashMap<Key, Gauge>,
     /// Soft-threshold crossings remembered (not counted as counters).
     soft: SoftMarks,
@@ -512,7 +527,7 @@ enum Buckets {
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets::Narrow(HashMap::new())
+        Buckets::Narrow(HashMap::default())
     }
 }
 
@@ -580,8 +595,14 @@ enum Op {
     /// The decision as if the batch were denied (nothing consumed).
     Eval,
     /// The decision, and when allowed (or `force`: the whole batch was),
-    /// the admitted one, consuming when `commit`.
-    Take { commit: bool, force: bool },
+    /// the admitted one, consuming when `commit`. `evaluated`: the decision
+    /// an [`Op::Eval`] of the same check made on the same state in this
+    /// call (nothing consumed from its counter since), not made again.
+    Take {
+        commit: bool,
+        force: bool,
+        evaluated: Option<Decision>,
+    },
 }
 
 /// Calls `$f::<State, ..>(map, lookup, key, ctx, $args..)` with the table
@@ -613,17 +634,25 @@ macro_rules! with_table {
             }
             Algorithm::Gcra { window, burst } => {
                 let p = GcraParams::new(window, check.limit, burst);
-                $f::<GcraState, _, _, _>(&mut tables.gcra, view, key, p $(, $arg)*)
+                let table = policy_table(&mut tables.gcra, &check.policy, 0);
+                let id = || tenant.clone();
+                $f::<GcraState, _, _, _>(&mut table.counters, tenant.as_str(), id, p $(, $arg)*)
             }
             Algorithm::SlidingLog { window } => {
                 let w = window_ms(window);
-                $f::<LogState, _, _, _>(&mut tables.logs, view, key, w $(, $arg)*)
+                let table = policy_table(&mut tables.logs, &check.policy, 0);
+                let id = || tenant.clone();
+                $f::<LogState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
             }
             Algorithm::Calendar { period } => {
-                $f::<CalendarState, _, _, _>(&mut tables.calendars, view, key, period $(, $arg)*)
+                let table = policy_table(&mut tables.calendars, &check.policy, 0);
+                let id = || tenant.clone();
+                $f::<CalendarState, _, _, _>(&mut table.counters, tenant.as_str(), id, period $(, $arg)*)
             }
             Algorithm::Concurrency { .. } => {
-                $f::<Inflight, _, _, _>(&mut tables.concurrency, view, key, () $(, $arg)*)
+                let table = policy_table(&mut tables.concurrency, &check.policy, 0);
+                let id = || tenant.clone();
+                $f::<Inflight, _, _, _>(&mut table.counters, tenant.as_str(), id, () $(, $arg)*)
             }
             Algorithm::Gauge => $f::<Gauge, _, _, _>(&mut tables.gauges, view, key, () $(, $arg)*),
         }
@@ -634,10 +663,18 @@ impl Tables {
     fn len(&self) -> usize {
         self.windows.iter().map(|p| p.counters.len()).sum::<usize>()
             + self.approx.iter().map(|p| p.counters.len()).sum::<usize>()
-            + self.gcra.len()
-            + self.logs.len()
-            + self.calendars.len()
-            + self.concurrency.len()
+            + self.gcra.iter().map(|p| p.counters.len()).sum::<usize>()
+            + self.logs.iter().map(|p| p.counters.len()).sum::<usize>()
+            + self
+                .calendars
+                .iter()
+                .map(|p| p.counters.len())
+                .sum::<usize>()
+            + self
+                .concurrency
+                .iter()
+                .map(|p| p.counters.len())
+                .sum::<usize>()
             + self.gauges.len()
     }
 
@@ -719,19 +756,15 @@ impl Tables {
             shrink(&mut table.counters);
         }
         self.approx.retain(|table| !table.counters.is_empty());
-        self.gcra.retain(|_, state| !state.idle(now));
-        self.logs.retain(|_, log| {
+        sweep_tables(&mut self.gcra, |state| !state.idle(now));
+        sweep_tables(&mut self.logs, |log| {
             log.expire(now);
             log.shrink();
             !log.entries.is_empty()
         });
-        self.calendars.retain(|_, state| !state.idle(now));
-        self.concurrency.retain(|_, inflight| !inflight.idle());
+        sweep_tables(&mut self.calendars, |state| !state.idle(now));
+        sweep_tables(&mut self.concurrency, |inflight| !inflight.idle());
         self.gauges.retain(|_, gauge| gauge.0 != 0);
-        shrink(&mut self.gcra);
-        shrink(&mut self.logs);
-        shrink(&mut self.calendars);
-        shrink(&mut self.concurrency);
         shrink(&mut self.gauges);
         self.soft.sweep(now);
         let after = self.len();
@@ -739,6 +772,26 @@ impl Tables {
         self.swept_len = after as u64;
         before - after
     }
+}
+
+/// Keeps the counters of `tables` for which `keep` is true; drops the
+/// tables left empty.
+fn sweep_tables<V>(
+    tables: &mut Vec<PolicyTable<HashMap<TenantId, V>>>,
+    mut keep: impl FnMut(&mut V) -> bool,
+) {
+    for table in tables.iter_mut() {
+        table.counters.retain(|_, state| keep(state));
+        shrink(&mut table.counters);
+    }
+    tables.retain(|table| !table.counters.is_empty());
+}
+
+/// Whether two checks of a batch count on the same counter (the same
+/// algorithm kind and policy name), as far as the first pass is concerned.
+fn same_counter(a: &Check, b: &Check) -> bool {
+    std::mem::discriminant(&a.algorithm) == std::mem::discriminant(&b.algorithm)
+        && (Arc::ptr_eq(&a.policy, &b.policy) || a.policy == b.policy)
 }
 
 fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
@@ -939,15 +992,22 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
     op: Op,
     leases: &mut Leases,
 ) -> Decision {
-    let (commit, force) = match op {
-        Op::Eval => (false, false),
-        Op::Take { commit, force } => (commit, force),
+    let (commit, force, evaluated) = match op {
+        Op::Eval => (false, false, None),
+        Op::Take {
+            commit,
+            force,
+            evaluated,
+        } => (commit, force, evaluated),
     };
     match lookup.get_mut(map) {
         Some(state) => {
             let state = state.borrow_mut();
             state.normalize(now, ctx);
-            let mut decision = state.eval(now, ctx, check);
+            let mut decision = match evaluated {
+                Some(decision) => decision,
+                None => state.eval(now, ctx, check),
+            };
             if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
                 S::admitted(Some(state), now, ctx, check, &mut decision);
                 if commit && check.cost > 0 {
@@ -959,7 +1019,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
             decision
         }
         None => {
-            let mut decision = S::eval_missing(now, ctx, check);
+            let mut decision = evaluated.unwrap_or_else(|| S::eval_missing(now, ctx, check));
             if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
                 S::admitted(None, now, ctx, check, &mut decision);
                 if commit && check.cost > 0 {
@@ -1083,10 +1143,16 @@ mod tests {
                     .map(|p| buckets(&p.counters))
                     .sum::<usize>()
                     + t.approx.iter().map(|p| bytes(&p.counters)).sum::<usize>()
-                    + bytes(&t.gcra)
-                    + bytes(&t.logs)
-                    + bytes(&t.calendars)
-                    + bytes(&t.concurrency)
+                    + t.gcra.iter().map(|p| bytes(&p.counters)).sum::<usize>()
+                    + t.logs.iter().map(|p| bytes(&p.counters)).sum::<usize>()
+                    + t.calendars
+                        .iter()
+                        .map(|p| bytes(&p.counters))
+                        .sum::<usize>()
+                    + t.concurrency
+                        .iter()
+                        .map(|p| bytes(&p.counters))
+                        .sum::<usize>()
                     + bytes(&t.gauges)
             })
             .sum()
@@ -1096,10 +1162,10 @@ mod tests {
     fn small_slots() {
         assert_eq!(std::mem::size_of::<(TenantId, SubBuckets<u16>)>(), 40);
         assert_eq!(std::mem::size_of::<(TenantId, ApproxState)>(), 40);
-        assert_eq!(std::mem::size_of::<(Key, GcraState)>(), 40);
-        assert_eq!(std::mem::size_of::<(Key, CalendarState)>(), 56);
-        assert_eq!(std::mem::size_of::<(Key, Box<LogState>)>(), 40);
-        assert_eq!(std::mem::size_of::<(Key, Inflight)>(), 40);
+        assert_eq!(std::mem::size_of::<(TenantId, GcraState)>(), 24);
+        assert_eq!(std::mem::size_of::<(TenantId, CalendarState)>(), 40);
+        assert_eq!(std::mem::size_of::<(TenantId, Box<LogState>)>(), 24);
+        assert_eq!(std::mem::size_of::<(TenantId, Inflight)>(), 24);
         assert_eq!(std::mem::size_of::<(Key, Gauge)>(), 40);
         assert_eq!(std::mem::size_of::<LogState>(), 48);
     }
@@ -1316,7 +1382,7 @@ mod tests {
         }
         let entries = |store: &MemoryStore| {
             let tables = store.shards[0].0.lock();
-            let log = tables.logs.values().next().unwrap();
+            let log = tables.logs[0].counters.values().next().unwrap();
             (log.entries.len(), log.entries.capacity())
         };
         assert_eq!(entries(&store).0, 1);

@@ -1,9 +1,7 @@
 //! Soft-threshold marks ([`Check::soft_percent`]): which counters already
 //! reported crossing their soft threshold in the current window or period.
 
-use std::collections::HashMap;
-
-use super::{window_ms, Key, KeyView};
+use super::{window_ms, HashMap, Key, KeyView};
 use crate::store::{Algorithm, Check, Decision};
 use crate::tenant::TenantId;
 

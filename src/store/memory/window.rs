@@ -219,9 +219,28 @@ impl<C: Cell> Counter for SubBuckets<C> {
     }
 
     fn eval(&self, now: u64, g: Geometry, check: &Check) -> Decision {
-        let used = self.used(now, g);
+        // `used` and the oldest non-empty counted bucket in one pass over
+        // the ring (at most `k + 1` slots, walked without a division each).
+        let (first, head) = (g.first(self.at(now, g)), self.head());
+        let mut used = 0u64;
+        let mut oldest = None;
+        if first <= head {
+            let mut slot = (first % SLOTS as u64) as usize;
+            let mut j = first;
+            loop {
+                let count = self.counts[slot].get();
+                if count > 0 && oldest.is_none() {
+                    oldest = Some(j);
+                }
+                used = used.saturating_add(count);
+                if j == head {
+                    break;
+                }
+                j += 1;
+                slot = if slot + 1 == SLOTS { 0 } else { slot + 1 };
+            }
+        }
         let until = |j: u64| g.expiry(j).saturating_sub(now);
-        let oldest = self.counted(now, g).find(|&j| self.count(j) > 0);
         decision(check, used, oldest.map_or(0, until), || {
             // Buckets expire oldest first: the first whose expiry frees
             // `need` units.
