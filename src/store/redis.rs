@@ -840,7 +840,7 @@ fn soft_arg(index: usize, check: &Check) -> String {
 /// integers; a length that is not a multiple of 8 gives no values (and the
 /// caller an error).
 fn decode_reply(bytes: &[u8]) -> Vec<i64> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Vec::new();
     }
     bytes
