@@ -181,13 +181,16 @@ async fn counts_widen_beyond_sixteen_bits() {
     let big = window("big", 60_000, 1 << 40, 40_000);
     let key = store.key(&tenant, &big.algorithm, "big");
     assert!(store
-        .admit(&tenant, &[big.clone()])
+        .admit(&tenant, std::slice::from_ref(&big))
         .await
         .unwrap()
         .allowed());
     assert_eq!(server.int(&["STRLEN", &key]), 37);
     // 80 000 units: above 65 535, in place or not.
-    let a = store.admit(&tenant, &[big.clone()]).await.unwrap();
+    let a = store
+        .admit(&tenant, std::slice::from_ref(&big))
+        .await
+        .unwrap();
     assert!(a.allowed());
     assert_eq!(a.decisions[0].used, 80_000);
     assert_eq!(server.int(&["STRLEN", &key]), 97);
