@@ -662,9 +662,11 @@ async fn ttls(target: &Target, t: &str) {
         }
     }
     let pttl: i64 = node.int(&["PTTL", &keys[0]]);
+    // Until its newest bucket stops counting: W to W + W/8 after the
+    // admission (less the time since, which a busy machine makes long).
     assert!(
-        pttl > 60_000 && pttl <= 120_000,
-        "sliding window: 2W ({pttl})"
+        pttl > 50_000 && pttl <= 67_500,
+        "sliding window: W + W/8 at most ({pttl})"
     );
     let pttl: i64 = node.int(&["PTTL", &keys[1]]);
     assert!(pttl > 50_000 && pttl <= 60_000, "sliding log: W ({pttl})");
@@ -927,7 +929,7 @@ async fn memory_usage_per_key() {
     };
     for n in [1, 100, 1000] {
         // O(1) keys: the same small size whatever the traffic.
-        for kind in ["sb", "sw", "gc", "cal", "g", "sq"] {
+        for kind in ["sb2", "sw", "gc", "cal", "g", "sq"] {
             assert!(
                 bytes(kind, n) < 200,
                 "{kind} after {n}: {} bytes",

@@ -6,7 +6,7 @@
 -- ARGV[3]  lease id (members of concurrency sets), may be ""
 -- ARGV[4]  number of checks n
 -- then 5 arguments per check: kind, limit, cost, param, soft
---   kind "sb" sliding window   param = window ms        keys: hash {w, bucket index -> count}
+--   kind "sb" sliding window   param = window ms        keys: string (below)
 --   kind "sw" two-counter window param = window ms      keys: hash {s, c, p}
 --   kind "gc" GCRA             param = T:C:B (ns, ns, units) keys: hash {m, n}
 --   kind "sl" sliding log      param = window ms        keys: zset, sequence
@@ -30,7 +30,8 @@
 --
 -- Returns 5 integers per check: allowed (0/1), used, reset ms, retry ms
 -- (-1 when there is no retry), crossed (0/1), followed by the admitted flag
--- (0/1: every check that is not shadowed allowed). A dry
+-- (0/1: every check that is not shadowed allowed), as one string of
+-- little-endian doubles (8 bytes each). A dry
 -- run reports what an admission would (used including the cost when every
 -- check allows). A check of cost 0 consumes nothing.
 --
@@ -41,10 +42,11 @@
 -- All numbers are integers below 2^53 (the caller clamps), so double
 -- arithmetic is exact; divisions go through fdiv, which is exact too.
 
-if redis.replicate_commands then
-  -- Redis < 5 (script effects replication); a no-op on Redis 7.
-  pcall(redis.replicate_commands)
-end
+-- The sub-bucket window ("sb", src/store/memory/window.rs) is one string,
+-- shared with window.lua (the lean path for a batch of one such check),
+-- whose header describes it: w, head, off, total and the counts of buckets
+-- head .. head - 8, little-endian, u16 (37 bytes) or doubles (97 bytes).
+-- With the server's clock it expires at (head + 1) * b + w - 1 (PXAT).
 
 local function fdiv(a, b)
   -- floor(a / b) for integers a >= 0, b > 0, exact.
@@ -170,46 +172,37 @@ for i = 1, n do
   local kind = c.kind
   if kind == 'sb' then
     -- Sub-bucket window (src/store/memory/window.rs): k = 8 buckets of
-    -- b = ceil(W / 8) ms; bucket j counts [j*b, (j+1)*b); buckets j0..c count.
+    -- b = ceil(W / 8) ms; bucket j counts [j*b, (j+1)*b); buckets j0..c
+    -- count. c.ring[1 + head - j] is the count of bucket j (head - 8 <= j
+    -- <= head).
     local w = tonumber(c.param)
     local b = cdiv(w, 8)
-    local h = redis.call('HGETALL', c.key)
-    local stored_w, buckets, head = nil, {}, -1
-    for j = 1, #h, 2 do
-      if h[j] == 'w' then
-        stored_w = tonumber(h[j + 1])
-      else
-        local idx = tonumber(h[j])
-        buckets[#buckets + 1] = { idx, tonumber(h[j + 1]) }
-        if idx > head then head = idx end
-      end
-    end
     local cur = fdiv(now, b)
-    if stored_w ~= nil and stored_w ~= w then
-      -- Another window: what the old one counts now moves into bucket cur.
-      local ob = cdiv(stored_w, 8)
-      local at = math.max(now, head * ob)
-      local oj0 = fdiv(math.max(at + 1 - stored_w, 0), ob)
-      local total = 0
-      for _, e in ipairs(buckets) do
-        if e[1] >= oj0 then total = total + e[2] end
+    local v = redis.call('GET', c.key)
+    local ring, head = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }, cur
+    if v then
+      -- w, head, off (unused here), total, the nine counts.
+      local fmt = '<ddBdddddddddd'
+      if #v == 37 then fmt = '<ddBHHHHHHHHHH' end
+      local s = { struct.unpack(fmt, v) }
+      head = s[2]
+      for i = 1, 9 do ring[i] = s[4 + i] end
+      if s[1] ~= w then
+        -- Another window: what the old one counts now moves into bucket cur.
+        local ob = cdiv(s[1], 8)
+        local at = math.max(now, head * ob)
+        local oj0 = math.max(fdiv(math.max(at + 1 - s[1], 0), ob), head - 8)
+        local moved = 0
+        for j = oj0, head do moved = moved + ring[1 + head - j] end
+        ring, head = { moved, 0, 0, 0, 0, 0, 0, 0, 0 }, cur
+        c.rebased = true
       end
-      buckets, head = {}, -1
-      if total > 0 then buckets[1] = { cur, total }; head = cur end
-      c.rebased = true
     end
     local at = math.max(now, head * b)
-    local j0 = fdiv(math.max(at + 1 - w, 0), b)
-    local counted, used = {}, 0
-    for _, e in ipairs(buckets) do
-      if e[1] >= j0 then
-        counted[#counted + 1] = e
-        used = used + e[2]
-      end
-    end
-    table.sort(counted, function(x, y) return x[1] < y[1] end)
-    c.w, c.b, c.j0, c.head, c.cur, c.counted, c.buckets = w, b, j0, head, cur, counted, buckets
-    c.stored_w = stored_w
+    local j0 = math.max(fdiv(math.max(at + 1 - w, 0), b), head - 8)
+    local used = 0
+    for j = j0, head do used = used + ring[1 + head - j] end
+    c.w, c.b, c.j0, c.head, c.cur, c.ring = w, b, j0, head, cur, ring
     c.used = used
   elseif kind == 'gc' then
     -- GCRA (src/store/memory/gcra.rs), in ns: tat = m ms + n ns.
@@ -312,45 +305,48 @@ for i = 1, n do
     used = used + c.cost
   end
   if kind == 'sb' then
-    local w, b = c.w, c.b
+    local w, b, head, ring = c.w, c.b, c.head, c.ring
     local function expiry(j) return (j + 1) * b + w - 1 end
-    if #c.counted > 0 then
-      reset = expiry(c.counted[1][1]) - now
+    local target = math.max(head, c.cur)
+    local first = nil
+    for j = c.j0, head do
+      if ring[1 + head - j] > 0 then first = j break end
+    end
+    if first ~= nil then
+      reset = expiry(first) - now
     elseif would and c.cost > 0 then
-      reset = expiry(math.max(c.head, c.cur)) - now
+      reset = expiry(target) - now
     end
     if write then
-      local target = math.max(c.head, c.cur)
-      if c.rebased or c.stored_w == nil then
-        redis.call('DEL', c.key)
-        local fields = { 'w', num(w) }
-        local added = false
-        for _, e in ipairs(c.counted) do
-          local v = e[2]
-          if e[1] == target then v = v + c.cost; added = true end
-          fields[#fields + 1] = num(e[1])
-          fields[#fields + 1] = num(v)
-        end
-        if not added then
-          fields[#fields + 1] = num(target)
-          fields[#fields + 1] = c.costs
-        end
-        redis.call('HSET', c.key, unpack(fields))
-      else
-        redis.call('HINCRBY', c.key, num(target), c.costs)
-        for _, e in ipairs(c.buckets) do
-          if e[1] < c.j0 then redis.call('HDEL', c.key, num(e[1])) end
-        end
+      -- The ring moves to bucket target (buckets before target - 8 leave it).
+      local d = target - head
+      local counts, sum, off = {}, 0, 0
+      for i = 1, 9 do
+        local n = 0
+        if i - d >= 1 then n = ring[i - d] end
+        if i == 1 then n = n + c.cost end
+        counts[i] = n
+        sum = sum + n
+        if n > 0 then off = i - 1 end
       end
-      -- Until the newest bucket stops counting.
-      redis.call('PEXPIRE', c.key, expiry(target) - now)
+      local fmt = '<ddBHHHHHHHHHH'
+      if sum > 65535 then fmt = '<ddBdddddddddd' end
+      local packed = struct.pack(fmt, w, target, off, sum, unpack(counts))
+      local e = expiry(target)
+      if ARGV[2] == '' then
+        -- Absolute, so that window.lua reads the time from its PTTL.
+        redis.call('SET', c.key, packed, 'PXAT', num(e))
+      else
+        -- (At least 1: near 2^53, e - now may round to 0.)
+        redis.call('SET', c.key, packed, 'PX', num(math.max(e - now, 1)))
+      end
     elseif denied then
       local need = c.used - (c.limit - c.cost)
       local freed = 0
-      for _, e in ipairs(c.counted) do
-        freed = freed + e[2]
+      for j = c.j0, head do
+        freed = freed + ring[1 + head - j]
         if freed >= need then
-          retry = expiry(e[1]) - now
+          retry = expiry(j) - now
           break
         end
       end
@@ -467,15 +463,11 @@ for i = 1, n do
   end
   local a = 0
   if c.allowed then a = 1 end
-  out[#out + 1] = a
-  out[#out + 1] = used
-  out[#out + 1] = reset
-  out[#out + 1] = retry
-  out[#out + 1] = crossed
+  out[i] = struct.pack('<ddddd', a, used, reset, retry, crossed)
 end
 if admitted then
-  out[#out + 1] = 1
+  out[n + 1] = struct.pack('<d', 1)
 else
-  out[#out + 1] = 0
+  out[n + 1] = struct.pack('<d', 0)
 end
-return out
+return table.concat(out)

@@ -5,7 +5,12 @@
 //! script (loaded with `SCRIPT LOAD` on `NOSCRIPT`) that evaluates all checks
 //! of the batch atomically with the semantics of [`crate::store`]: a first
 //! pass reads every counter and decides, a second pass consumes only when
-//! every check allows. [`peek`](CounterStore::peek) runs the same script in
+//! every check allows. A batch of one enforced sliding window (no soft
+//! threshold, no lease release to carry), the most common admission, goes
+//! to a lean script instead (`window.lua`: `GET`, `PTTL`, one write; the
+//! same decisions on the same key) that costs Redis about a third of the
+//! general one (BENCHMARKS.md §4). Both answer a string of little-endian
+//! doubles, cheaper for Redis to send than an array. [`peek`](CounterStore::peek) runs the same script in
 //! dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
@@ -13,13 +18,13 @@
 //!
 //! # Key layout
 //!
-//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sb:api_calls_per_minute`.
+//! `{prefix}{{tenant}}:{kind}:{policy}`, e.g. `tt:{acme}:sb2:api_calls_per_minute`.
 //! The tenant is a hash tag, so all keys of a tenant live in one Redis Cluster
 //! slot and a batch is cluster-safe. The default prefix is `tt:`.
 //!
 //! | algorithm | key | type | content | expiry |
 //! |---|---|---|---|---|
-//! | sliding window `W` (8 sub-buckets of `b = ceil(W/8)`) | `tt:{t}:sb:p` | hash | `w` the window ms; per non-empty bucket `j` (index `floor(t/b)`, decimal) its count | when the newest bucket leaves the window (`(j+1)·b + W − 1`) |
+//! | sliding window `W` (8 sub-buckets of `b = ceil(W/8)`) | `tt:{t}:sb2:p` | string | 37 or 97 bytes, little-endian: `w` (f64, the window ms), `head` (f64, index `floor(t/b)` of the newest bucket), `off` (u8: bucket `head − off` is the oldest with a count, 9: none), `total` (the sum of the nine counts), the counts of buckets `head`, `head − 1`, …, `head − 8`; `total` and counts as u16 while `total` ≤ 65 535 (37 bytes), else f64 (97) | `PXAT (head+1)·b + W − 1` on the server's clock, when the newest bucket stops counting (with a test clock: `PX`, relative) |
 //! | two-counter window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
 //! | GCRA | `tt:{t}:gc:p` | hash | `m`, `n`: the theoretical arrival time, ms and ns | 1 s after the bucket is full again |
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
@@ -29,7 +34,17 @@
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
 //!
 //! Expiries are relative (`PEXPIRE`, so that a test clock far from the
-//! server's works too) and set by every admission that consumes. The window
+//! server's works too) and set by every admission that consumes, except the
+//! sliding window's: its expiry is absolute on the server's clock and stays
+//! while the newest bucket does (an admission in the same bucket rewrites
+//! `total` and the newest count in place, `SETRANGE`), so that the lean
+//! script reads the server's time from it (`now = expiry − PTTL`, the same
+//! millisecond `TIME` gives) instead of calling `TIME`. Its first layout
+//! (`tt:{t}:sb:p`, a hash) is never read again: those keys expire within
+//! `W + W/8` of an upgrade, and the counts they held are not carried over
+//! (during a rolling upgrade, old and new instances count apart).
+//! Stores sharing counters must all use the server's clock or all the same
+//! test clock. The window
 //! or period start stored with a count means that a stale count is never
 //! read as the current one. Expired leases are never counted and are removed
 //! (`ZREMRANGEBYSCORE`) before a new one is added. Denied admissions and dry
@@ -47,18 +62,25 @@
 //! difference, only with a test clock that steps back: the memory store
 //! brings a counter forward to the current window or period on every call,
 //! dry runs and denials included, while Redis does so only on admissions
-//! (which then keep a later window's state, as the memory store does).
+//! (which then keep a later window's state, as the memory store does). The
+//! same holds for a sliding window whose window changes (a new plan): the
+//! memory store moves the counter to the new window on the first call,
+//! Redis on the first admission that consumes, so a dry run or a refusal
+//! under the new window followed by a return to the old one finds the old
+//! buckets in Redis and the moved ones in memory.
 //!
 //! # Memory per key
 //!
 //! Measured with `MEMORY USAGE key SAMPLES 0` on Redis 7.0.15 (jemalloc
 //! 5.3.0, default configuration) on an x86-64 Linux VM with 2 AMD EPYC cores,
-//! 2026-11-23, key names like `tt:{tenant-42}:sw:api_calls` (the test
+//! 2026-11-23 (the sliding window's row: 2026-12-03, after its layout
+//! change), key names like `tt:{tenant-42}:sw:api_calls` (the test
 //! `memory_usage_per_key` in `tests/store_redis.rs` prints these figures):
 //!
 //! | key | 1 entry | 100 entries | 1 000 entries |
 //! |---|---|---|---|
-//! | sliding window (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | sliding window (string, 37 bytes; 97 bytes once a window holds more than 65 535) | 120 B | 120 B | 120 B (184 B wide) |
+//! | two-counter window (hash, 3 fields) | 104 B | 104 B | 104 B |
 //! | sliding log (sorted set) | 104 B | 1 864 B | 94 144 B |
 //! | sliding log sequence (string) | 72 B | 72 B | 72 B |
 //! | calendar (hash, 3 fields) | 104 B | 104 B | 104 B |
@@ -70,7 +92,7 @@
 //! per lease) up to `zset-max-listpack-entries` members (128 by default);
 //! beyond that Redis converts it to a skip list of roughly 95 B per entry
 //! (sliding log) or 118 B per lease. Sliding logs with large limits cost
-//! accordingly: prefer the sliding window (104 B whatever the limit) unless
+//! accordingly: prefer the sliding window (120 B whatever the limit) unless
 //! exactness matters, or raise `zset-max-listpack-entries`.
 //!
 //! # Atomicity and retries
@@ -125,7 +147,9 @@
 //!
 //! Numbers travel as Lua doubles: limits, costs, times and durations are
 //! clamped below 2<sup>53</sup> (a cost above its limit stays above it), and
-//! the sliding-window products `prev × W` are exact only below that bound.
+//! the sliding-window products `prev × W` and the sum of a window's nine
+//! bucket counts are exact only below that bound. Redis 6.2 or later
+//! (`SET … PXAT`).
 //! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
 //! of one batch should name distinct policies.
 
@@ -185,6 +209,8 @@ pub struct RedisStore {
 
 struct Shared {
     admit: Script,
+    /// The lean path of `admit` for a batch of one sliding window.
+    window: Script,
     adjust: Script,
     renew: Script,
     lease_prefix: String,
@@ -353,6 +379,7 @@ impl RedisStore {
             clock: None,
             shared: Arc::new(Shared {
                 admit: Script::new(include_str!("admit.lua")),
+                window: Script::new(include_str!("window.lua")),
                 adjust: Script::new(include_str!("adjust.lua")),
                 renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
@@ -405,12 +432,12 @@ impl RedisStore {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
     /// let key = store.key(&"acme".parse()?, &Algorithm::SlidingWindow { window: Duration::from_secs(60) }, "api");
-    /// assert_eq!(key, "tt:{acme}:sb:api");
+    /// assert_eq!(key, "tt:{acme}:sb2:api");
     /// # Ok(())
     /// # }
     /// ```
     pub fn key(&self, tenant: &TenantId, algorithm: &Algorithm, policy: &str) -> String {
-        key(&self.prefix, tenant, kind(algorithm), policy)
+        key(&self.prefix, tenant, segment(algorithm), policy)
     }
 
     fn next_lease(&self) -> (u64, String) {
@@ -482,7 +509,12 @@ impl RedisStore {
                 Algorithm::Concurrency { lease_ttl } => ms(lease_ttl).max(1).to_string(),
                 Algorithm::Gauge => String::new(),
             };
-            let main = key(&self.prefix, tenant, k, &check.policy);
+            let main = key(
+                &self.prefix,
+                tenant,
+                segment(&check.algorithm),
+                &check.policy,
+            );
             if let Algorithm::SlidingLog { .. } = check.algorithm {
                 keys.push(main);
                 keys.push(key(&self.prefix, tenant, "sq", &check.policy));
@@ -521,6 +553,22 @@ impl RedisStore {
                 released.push(r.lease);
             }
         }
+        // The lean script for the common batch: one enforced sliding window
+        // without a soft threshold nor releases to carry. Its arguments are
+        // the check's limit, cost and window (and the test clock's time).
+        let lean = admit
+            && released.is_empty()
+            && matches!(checks, [c] if matches!(c.algorithm, Algorithm::SlidingWindow { .. })
+                && !c.shadow
+                && args[8].is_empty());
+        if lean {
+            let now = std::mem::take(&mut args[1]);
+            args.truncate(8);
+            args.drain(..5);
+            if !now.is_empty() {
+                args.push(now);
+            }
+        }
         // Per check: the limit reported (GCRA: the burst).
         let limits: Vec<u64> = checks
             .iter()
@@ -541,17 +589,19 @@ impl RedisStore {
                 release: (!held.is_empty())
                     .then(|| (conn.clone(), shared.clone(), tenant.clone(), lease_no, held)),
             };
-            let mut invocation = shared.admit.prepare_invoke();
+            let script = if lean { &shared.window } else { &shared.admit };
+            let mut invocation = script.prepare_invoke();
             for k in &keys {
                 invocation.key(k);
             }
             for a in &args {
                 invocation.arg(a);
             }
-            let reply: Vec<i64> = invocation
+            let reply: Vec<u8> = invocation
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let reply = decode_reply(&reply);
             if !released.is_empty() {
                 shared
                     .pending
@@ -786,6 +836,24 @@ fn soft_arg(index: usize, check: &Check) -> String {
     format!("{}:{hold}", percent.min(100))
 }
 
+/// The scripts' answer: little-endian doubles (integers below 2^53), as
+/// integers; a length that is not a multiple of 8 gives no values (and the
+/// caller an error).
+fn decode_reply(bytes: &[u8]) -> Vec<i64> {
+    if !bytes.len().is_multiple_of(8) {
+        return Vec::new();
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(c);
+            f64::from_le_bytes(le) as i64
+        })
+        .collect()
+}
+
+/// The kind of a check in admit.lua.
 fn kind(algorithm: &Algorithm) -> &'static str {
     match algorithm {
         Algorithm::SlidingWindow { .. } => "sb",
@@ -795,6 +863,16 @@ fn kind(algorithm: &Algorithm) -> &'static str {
         Algorithm::Calendar { .. } => "cal",
         Algorithm::Concurrency { .. } => "cc",
         Algorithm::Gauge => "g",
+    }
+}
+
+/// The kind in a key's name: that of admit.lua, except the sliding window's
+/// `sb2` (its second layout: keys of the first, `sb` hashes, are never read
+/// again and expire within W + W/8 of an upgrade).
+fn segment(algorithm: &Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingWindow { .. } => "sb2",
+        other => kind(other),
     }
 }
 

@@ -372,7 +372,7 @@ impl MemoryStore {
             decisions
         };
         let mut crossed = 0;
-        if commit {
+        if commit && checks.iter().any(|c| c.soft_percent.is_some()) {
             // The checks that consumed: every one when all allow; else,
             // when admitted, those not shadowed.
             let admitted = decisions

@@ -1,0 +1,182 @@
+-- tower-tenancy: the lean admission of a batch of ONE enforced sliding
+-- window check ("sb" in admit.lua) without a soft threshold nor lease
+-- releases: the common request. The same decisions and the same key as
+-- admit.lua, in fewer steps: GET, PTTL (TIME when the key is new) and at
+-- most one write.
+--
+-- KEYS[1]  the window's key
+-- ARGV     limit, cost, window ms, and the time in ms of a test clock when
+--          given (without: the server's time)
+--
+-- Returns what admit.lua returns for one check: allowed, used, reset ms,
+-- retry ms (-1: none), crossed (0), admitted, as six little-endian doubles.
+--
+-- The key (layout in src/store/redis.rs and admit.lua) is one string:
+--   w (double), head (double), off (byte), total, then the counts of
+--   buckets head, head - 1, ..., head - 8
+-- total and the counts are u16 (37 bytes) while total <= 65535, else
+-- doubles (97 bytes): the length tells. total is the sum of the nine
+-- counts; head - off is the oldest bucket with a count (off = 9: none).
+-- With the server's clock the key expires at E = (head + 1) * b + w - 1
+-- (PXAT), when its newest bucket stops counting, so a live key's PTTL gives
+-- the time: now = E - PTTL, the millisecond TIME would give.
+--
+-- Numbers are integers below 2^53, so the arithmetic is exact: for such
+-- x >= 0 and b > 0, x / b is rounded to the nearest double, which never
+-- crosses an integer, so x - x % b is exact. (No math.* calls: a C call
+-- costs more than the arithmetic.)
+
+local key = KEYS[1]
+local limit, cost, w = ARGV[1] + 0, ARGV[2] + 0, ARGV[3] + 0
+local clock = ARGV[4] ~= nil
+local b = (w + 7 - (w + 7) % 8) / 8
+local v = redis.call('GET', key)
+-- sz: bytes per count, cf: its format; the count of bucket j (head - 8 <=
+-- j <= head) is at the 1-based position p0 + sz * (head - j).
+local sz, cf, p0 = 8, '<d', 26
+local w0, head, off, total, newest = w, 0, 9, 0, 0
+if v then
+  if #v == 37 then
+    sz, cf, p0 = 2, '<H', 20
+    w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+  else
+    w0, head, off, total, newest = struct.unpack('<ddBdd', v)
+  end
+end
+local now
+if clock then
+  now = ARGV[4] + 0
+else
+  local ttl = -1
+  if v then ttl = redis.call('PTTL', key) end
+  if ttl >= 0 then
+    now = (head + 1) * ((w0 + 7 - (w0 + 7) % 8) / 8) + w0 - 1 - ttl
+  else
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
+  end
+end
+local cur = (now - now % b) / b
+-- moved: the state was kept under another window. What that window counts
+-- now moves into bucket cur (towards refusing), as in admit.lua; then, as
+-- for a new key, the only count is total, in bucket head.
+local moved = not v
+if not v then
+  head = cur
+elseif w0 ~= w then
+  local ob = (w0 + 7 - (w0 + 7) % 8) / 8
+  local at = head * ob
+  if now > at then at = now end
+  local x = at + 1 - w0
+  if x < 0 then x = 0 end
+  local j = (x - x % ob) / ob
+  if j < head - off then j = head - off end
+  local sum = 0
+  while j <= head and off <= 8 do
+    sum = sum + struct.unpack(cf, v, p0 + sz * (head - j))
+    j = j + 1
+  end
+  head, total, moved = cur, sum, true
+  off = 9
+  if sum > 0 then off = 0 end
+end
+-- The counted buckets: j0..head (a clock behind the newest bucket reads the
+-- state at its start). Buckets before head - off are empty, so used is
+-- total less the counts of head - off .. j0 - 1; first is the oldest
+-- counted bucket with a count.
+local at = head * b
+if now > at then at = now end
+local x = at + 1 - w
+if x < 0 then x = 0 end
+local j0 = (x - x % b) / b
+local used, first = total, nil
+if off <= 8 then
+  first = head - off
+  if first < j0 then
+    first = nil
+    for j = head - off, head do
+      local n = 0
+      if not moved then
+        n = struct.unpack(cf, v, p0 + sz * (head - j))
+      elseif j == head then
+        n = total
+      end
+      if j < j0 then
+        used = used - n
+      elseif n > 0 then
+        first = j
+        break
+      end
+    end
+  end
+end
+local target = head
+if cur > target then target = cur end
+local allowed = used + cost <= limit
+local reset = 0
+if first ~= nil then
+  reset = (first + 1) * b + w - 1 - now
+elseif allowed and cost > 0 then
+  reset = (target + 1) * b + w - 1 - now
+end
+if allowed then
+  used = used + cost
+  if cost > 0 then
+    local sum = total + cost
+    if not moved and target == head and not clock and (sz == 8 or sum <= 65535) then
+      -- The same bucket: total and the newest count change in place (and
+      -- off when the ring was empty); the expiry stays E.
+      if off > 8 then off = 0 end
+      local fmt = '<Bdd'
+      if sz == 2 then fmt = '<BHH' end
+      redis.call('SETRANGE', key, 16, struct.pack(fmt, off, sum, newest + cost))
+    else
+      -- The ring moves to bucket target: buckets before target - 8 leave.
+      local c = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+      if moved then
+        if target - head < 9 then c[1 + target - head] = total end
+      else
+        for i = 1 + target - head, 9 do
+          c[i] = struct.unpack(cf, v, p0 + sz * (i - 1 - target + head))
+        end
+      end
+      c[1] = c[1] + cost
+      sum, off = 0, 0
+      for i = 1, 9 do
+        sum = sum + c[i]
+        if c[i] > 0 then off = i - 1 end
+      end
+      local fmt = '<ddBHHHHHHHHHH'
+      if sum > 65535 then fmt = '<ddBdddddddddd' end
+      local packed = struct.pack(fmt, w, target, off, sum, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9])
+      local e = (target + 1) * b + w - 1
+      if clock then
+        -- (At least 1: near 2^53, e - now may round to 0.)
+        local px = e - now
+        if px < 1 then px = 1 end
+        redis.call('SET', key, packed, 'PX', string.format('%.0f', px))
+      else
+        redis.call('SET', key, packed, 'PXAT', string.format('%.0f', e))
+      end
+    end
+  end
+  return struct.pack('<dddddd', 1, used, reset, -1, 0, 1)
+end
+local retry = -1
+if cost <= limit then
+  -- Buckets expire oldest first: the first whose expiry frees need units.
+  local need = used - (limit - cost)
+  local freed = 0
+  for j = first or head + 1, head do
+    if moved then
+      if j == head then freed = freed + total end
+    else
+      freed = freed + struct.unpack(cf, v, p0 + sz * (head - j))
+    end
+    if freed >= need then
+      retry = (j + 1) * b + w - 1 - now
+      break
+    end
+  end
+end
+return struct.pack('<dddddd', 0, used, reset, retry, 0, 0)

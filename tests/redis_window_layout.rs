@@ -1,0 +1,207 @@
+//! The sliding window's Redis layout (a string, `src/store/redis.rs`) and
+//! its two scripts: the lean one (`window.lua`, a batch of one enforced
+//! sliding window) and the general one (`admit.lua`). Against a real
+//! `redis-server` on a free port.
+//!
+//! * under a test clock, random single-check and two-check batches on the
+//!   same keys, with the window changing under them, give the decisions of
+//!   the in-memory store (the reference);
+//! * on the server's clock (the lean script reads the time from the key's
+//!   `PTTL`), four stores hammering one key through both scripts admit
+//!   exactly the limit;
+//! * the key is 37 bytes, 97 once a window holds more than 65 535 units,
+//!   and expires when its newest bucket stops counting.
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_server::RedisServer;
+use tower_tenancy::store::{
+    Algorithm, Check, Clock, CounterStore, ManualClock, MemoryStore, RedisStore,
+};
+use tower_tenancy::TenantId;
+
+fn window(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
+    Check::new(
+        policy,
+        Algorithm::SlidingWindow {
+            window: Duration::from_millis(window_ms),
+        },
+        limit,
+        cost,
+    )
+}
+
+/// A gauge that never refuses: it sends a batch to the general script.
+fn open_gauge() -> Check {
+    Check::new("open", Algorithm::Gauge, u64::MAX >> 12, 0)
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_and_general_scripts_decide_as_the_memory_store() {
+    let server = RedisServer::new();
+    let clock = Arc::new(ManualClock::new(1_704_067_200_000));
+    let redis = RedisStore::connect(server.url())
+        .await
+        .unwrap()
+        .clock(clock.clone());
+    let memory = MemoryStore::with_clock(clock.clone());
+    let tenant: TenantId = "layout".parse().unwrap();
+    let mut rng = Lcg(7);
+    let (mut lean, mut general, mut allowed, mut denied, mut moved) = (0, 0, 0, 0, 0);
+    // Windows a policy switches between (a plan change), and limits that
+    // cross the 16-bit counts.
+    let windows = [1_000, 7_000, 8_003];
+    let limits = [6, 20, 70_000];
+    let mut last_window = [0u64; 2];
+    for step in 0..1_500 {
+        clock.advance_ms(match rng.below(10) {
+            0..=5 => rng.below(400),
+            6..=8 => rng.below(3_000),
+            _ => rng.below(20_000),
+        });
+        let p = rng.below(2) as usize;
+        let w = if rng.below(10) == 0 {
+            windows[rng.below(3) as usize]
+        } else {
+            windows[p]
+        };
+        let change = last_window[p] != 0 && last_window[p] != w;
+        moved += usize::from(change);
+        last_window[p] = w;
+        let mut limit = limits[p + usize::from(rng.below(4) == 0)];
+        let mut cost = match rng.below(12) {
+            0 => limit + 1,
+            1 => 0,
+            2 => 3,
+            3 if limit > 1_000 => 30_000,
+            _ => 1,
+        };
+        if change {
+            // The first call under a new window is an admission: Redis
+            // moves a counter to a new window only when it writes, the
+            // memory store on any call (see the module docs of RedisStore).
+            (limit, cost) = (1 << 40, 1);
+        }
+        let check = window(&format!("p{p}"), w, limit, cost);
+        let batch = if rng.below(3) == 0 {
+            general += 1;
+            vec![check, open_gauge()]
+        } else {
+            lean += 1;
+            vec![check]
+        };
+        let got = redis.admit(&tenant, &batch).await.unwrap();
+        let expected = memory.admit(&tenant, &batch).await.unwrap();
+        assert_eq!(
+            got.decisions,
+            expected.decisions,
+            "step {step}, now {}, {batch:#?}",
+            clock.now_ms()
+        );
+        if got.decisions[0].allowed {
+            allowed += 1;
+        } else {
+            denied += 1;
+        }
+    }
+    println!("{lean} lean, {general} general, {allowed} allowed, {denied} denied, {moved} window changes");
+    assert!(lean > 500 && general > 300 && allowed > 300 && denied > 100 && moved > 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_stores_on_the_server_clock_admit_exactly_the_limit() {
+    let server = RedisServer::new();
+    let tenant: TenantId = "hammered".parse().unwrap();
+    let limit = 1_000;
+    let mut tasks = Vec::new();
+    for instance in 0..4 {
+        let store = RedisStore::connect(server.url()).await.unwrap();
+        let tenant = tenant.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0u64;
+            for i in 0..600 {
+                // A window of one hour: nothing leaves it during the test.
+                let mut batch = vec![window("api", 3_600_000, limit, 1)];
+                if (i + instance) % 3 == 0 {
+                    batch.push(open_gauge());
+                }
+                let a = store.admit(&tenant, &batch).await.unwrap();
+                admitted += u64::from(a.allowed());
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, limit, "2 400 attempts, limit {limit}");
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let key = store.key(
+        &tenant,
+        &window("api", 3_600_000, limit, 1).algorithm,
+        "api",
+    );
+    assert_eq!(server.int(&["STRLEN", &key]), 37);
+    // Expires when its newest bucket (450 s wide) stops counting: within
+    // W + W/8 of now, after at least W − (time since the first admission).
+    let pttl = server.int(&["PTTL", &key]);
+    assert!(pttl > 3_000_000 && pttl <= 4_050_000, "{pttl}");
+    // A peek through the general script sees what the lean one wrote.
+    let peek = store
+        .peek(&tenant, &[window("api", 3_600_000, limit, 1)])
+        .await
+        .unwrap();
+    assert_eq!(peek[0].used, limit);
+    assert!(!peek[0].allowed);
+    assert!(peek[0].retry_after.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_widen_beyond_sixteen_bits() {
+    let server = RedisServer::new();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let tenant: TenantId = "wide".parse().unwrap();
+    let big = window("big", 60_000, 1 << 40, 40_000);
+    let key = store.key(&tenant, &big.algorithm, "big");
+    assert!(store
+        .admit(&tenant, std::slice::from_ref(&big))
+        .await
+        .unwrap()
+        .allowed());
+    assert_eq!(server.int(&["STRLEN", &key]), 37);
+    // 80 000 units: above 65 535, in place or not.
+    let a = store
+        .admit(&tenant, std::slice::from_ref(&big))
+        .await
+        .unwrap();
+    assert!(a.allowed());
+    assert_eq!(a.decisions[0].used, 80_000);
+    assert_eq!(server.int(&["STRLEN", &key]), 97);
+    let a = store
+        .admit(&tenant, &[big.clone(), open_gauge()])
+        .await
+        .unwrap();
+    assert_eq!(a.decisions[0].used, 120_000);
+    let a = store.admit(&tenant, &[big]).await.unwrap();
+    assert_eq!(a.decisions[0].used, 160_000);
+    assert_eq!(server.int(&["STRLEN", &key]), 97);
+    let pttl = server.int(&["PTTL", &key]);
+    assert!(pttl > 50_000 && pttl <= 67_500, "{pttl}");
+}
