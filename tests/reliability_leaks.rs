@@ -681,7 +681,11 @@ async fn grpc_every_case(addr: std::net::SocketAddr, slots: &Slots<'_>) -> GrpcM
             std::task::Poll::Ready(std::future::Future::poll(call.as_mut(), cx))
         })
         .await;
-        assert!(first.is_pending(), "an answer at the first poll");
+        assert!(
+            first.is_pending(),
+            "an answer at the first poll: {:?}",
+            first.map(|r| r.map(|_| ()))
+        );
         mix.watches += 1;
         mix.cancelled_before_answer += 1;
     }
