@@ -184,6 +184,7 @@ pub struct MemoryStore {
 /// assert!(store.is_empty());
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct MemoryStoreBuilder {
     shards: Option<usize>,
     clock: Arc<dyn Clock>,
