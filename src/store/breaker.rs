@@ -19,13 +19,18 @@
 //!
 //! The rolling interval is counted in 10 buckets of `interval / 10`: a call
 //! is forgotten between `interval × 9/10` and `interval` after it ended (the
-//! error bound of the rate rule). An open breaker stays open for `cool_down`
-//! (1 s), then half-opens. Answers of calls started before the breaker
-//! opened are ignored while it is open; when it closes, the counts start
-//! afresh.
+//! error bound of the rate rule). An open breaker stays open for its
+//! cool-down, then half-opens: `cool_down` (250 ms) the first time, doubled
+//! after each failed probe up to `max_cool_down` (1 s), back to `cool_down`
+//! once a probe succeeds. A stall just long enough to open it costs a
+//! quarter of a second of refusals; a store that stays down is probed once a
+//! second. Answers of calls started before the breaker opened are ignored
+//! while it is open; when it closes, the counts start afresh.
 //!
-//! The model is the count- and time-based breakers of resilience4j and
-//! Envoy's outlier detection (consecutive gateway failures + success rate).
+//! The model is the count- and time-based breakers of resilience4j (with
+//! its exponential wait in the open state) and Envoy's outlier detection
+//! (consecutive gateway failures + success rate; an ejection time that
+//! grows with each ejection, up to a maximum).
 //! Transitions are logged with `tracing` at WARN level and, with the
 //! `metrics` feature, reported as the gauge
 //! `tenancy_store_breaker_state{partition}` (0 closed, 1 half-open, 2 open)
@@ -36,14 +41,15 @@
 //! use tower_tenancy::store::BreakerConfig;
 //!
 //! // Open after 5 failures in a row spanning 300 ms, or 25 % of at least
-//! // 50 calls over 30 s; probe again after 2 s.
+//! // 50 calls over 30 s; probe again after 2 s, then 4 s, 8 s, 10 s, 10 s…
 //! let config = BreakerConfig::new()
 //!     .consecutive_failures(5)
 //!     .silence(Duration::from_millis(300))
 //!     .failure_rate(25)
 //!     .minimum_calls(50)
 //!     .interval(Duration::from_secs(30))
-//!     .cool_down(Duration::from_secs(2));
+//!     .cool_down(Duration::from_secs(2))
+//!     .max_cool_down(Duration::from_secs(10));
 //! # let _ = config;
 //! ```
 
@@ -90,7 +96,8 @@ impl BreakerState {
 /// [module documentation](self) for the rules.
 ///
 /// Defaults: 3 consecutive failures spanning 2 × the store timeout, or
-/// 50 % of at least 20 calls over 10 s; cool-down 1 s.
+/// 50 % of at least 20 calls over 10 s; cool-down 250 ms, doubled after each
+/// failed probe up to 1 s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -108,6 +115,7 @@ pub struct BreakerConfig {
     pub(crate) minimum_calls: u32,
     pub(crate) interval: Duration,
     pub(crate) cool_down: Duration,
+    pub(crate) max_cool_down: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -118,7 +126,8 @@ impl Default for BreakerConfig {
             failure_rate: 50,
             minimum_calls: 20,
             interval: Duration::from_secs(10),
-            cool_down: Duration::from_secs(1),
+            cool_down: Duration::from_millis(250),
+            max_cool_down: Duration::from_secs(1),
         }
     }
 }
@@ -200,7 +209,9 @@ impl BreakerConfig {
         self
     }
 
-    /// How long an open breaker stays open before a probe.
+    /// How long a breaker that has just opened stays open before a probe
+    /// (each failed probe doubles it, up to
+    /// [`max_cool_down`](Self::max_cool_down)).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -210,6 +221,24 @@ impl BreakerConfig {
     /// ```
     pub fn cool_down(mut self, cool_down: Duration) -> Self {
         self.cool_down = cool_down;
+        self
+    }
+
+    /// The longest cool-down after repeated failed probes. At most
+    /// [`cool_down`](Self::cool_down) (for example `Duration::ZERO`): every
+    /// cool-down is `cool_down`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tenancy::store::BreakerConfig;
+    /// // Always 1 s, as before 0.2.
+    /// let config = BreakerConfig::new()
+    ///     .cool_down(Duration::from_secs(1))
+    ///     .max_cool_down(Duration::ZERO);
+    /// # let _ = config;
+    /// ```
+    pub fn max_cool_down(mut self, max_cool_down: Duration) -> Self {
+        self.max_cool_down = max_cool_down;
         self
     }
 }
@@ -225,6 +254,7 @@ pub(crate) struct Breaker {
     minimum_calls: u64,
     bucket: Duration,
     cool_down: Duration,
+    max_cool_down: Duration,
     origin: Instant,
     inner: Mutex<Inner>,
 }
@@ -235,6 +265,9 @@ struct Inner {
     run: u32,
     run_start: Instant,
     buckets: [Bucket; BUCKETS],
+    /// The cool-down of the next opening: `cool_down`, doubled by each
+    /// failed probe up to `max_cool_down`.
+    next_cool_down: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -264,12 +297,14 @@ impl Breaker {
             minimum_calls: u64::from(config.minimum_calls),
             bucket: config.interval / BUCKETS as u32,
             cool_down: config.cool_down,
+            max_cool_down: config.max_cool_down.max(config.cool_down),
             origin: now,
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 run: 0,
                 run_start: now,
                 buckets: [Bucket::default(); BUCKETS],
+                next_cool_down: config.cool_down,
             }),
         };
         breaker.report(BreakerState::Closed);
@@ -327,6 +362,7 @@ impl Breaker {
                 inner.state = State::Closed;
                 inner.run = 0;
                 inner.buckets = [Bucket::default(); BUCKETS];
+                inner.next_cool_down = self.cool_down;
                 drop(inner);
                 tracing::warn!(
                     partition = %self.partition,
@@ -355,8 +391,9 @@ impl Breaker {
                 let rate =
                     calls >= self.minimum_calls && failures * 100 >= self.failure_rate * calls;
                 if outage || rate {
+                    let cool_down = inner.next_cool_down;
                     inner.state = State::Open {
-                        until: now + self.cool_down,
+                        until: now + cool_down,
                     };
                     let run = inner.run;
                     drop(inner);
@@ -366,20 +403,22 @@ impl Breaker {
                         calls,
                         failures,
                         rule = if outage { "outage" } else { "failure rate" },
-                        cool_down_ms = self.cool_down.as_millis() as u64,
+                        cool_down_ms = cool_down.as_millis() as u64,
                         "counter store breaker open: the store is not called during the cool-down"
                     );
                     self.opened();
                 }
             }
             State::HalfOpen { .. } => {
+                let cool_down = (inner.next_cool_down * 2).min(self.max_cool_down);
+                inner.next_cool_down = cool_down;
                 inner.state = State::Open {
-                    until: now + self.cool_down,
+                    until: now + cool_down,
                 };
                 drop(inner);
                 tracing::warn!(
                     partition = %self.partition,
-                    cool_down_ms = self.cool_down.as_millis() as u64,
+                    cool_down_ms = cool_down.as_millis() as u64,
                     "counter store breaker open again: the probe failed"
                 );
                 self.opened();
@@ -549,6 +588,55 @@ mod tests {
         assert_eq!(two_phases(ms(11_000)).await, BreakerState::Closed);
     }
 
+    /// Opens `b` (3 quick failures with no silence rule).
+    fn open(b: &Breaker) {
+        for _ in 0..3 {
+            b.failure(Instant::now());
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    /// Advances to 1 ms before the cool-down ends (still open), then to its
+    /// end (half-open).
+    async fn cool_down_is(b: &Breaker, cool_down: u64) {
+        tokio::time::advance(ms(cool_down - 1)).await;
+        assert_eq!(b.state(), BreakerState::Open, "{cool_down} ms");
+        assert!(!b.try_acquire());
+        tokio::time::advance(ms(1)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen, "{cool_down} ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cool_down_doubles_per_failed_probe_up_to_the_maximum() {
+        let b = breaker(BreakerConfig::new().silence(Duration::ZERO));
+        open(&b);
+        for cool_down in [250, 500, 1000, 1000, 1000] {
+            cool_down_is(&b, cool_down).await;
+            assert!(b.try_acquire(), "the probe");
+            b.failure(Instant::now());
+        }
+        cool_down_is(&b, 1000).await;
+        assert!(b.try_acquire());
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Closed again: the next opening starts from the first cool-down.
+        open(&b);
+        cool_down_is(&b, 250).await;
+        // A fixed cool-down when the maximum is below it.
+        let fixed = breaker(
+            BreakerConfig::new()
+                .silence(Duration::ZERO)
+                .cool_down(ms(700))
+                .max_cool_down(Duration::ZERO),
+        );
+        open(&fixed);
+        for _ in 0..3 {
+            cool_down_is(&fixed, 700).await;
+            assert!(fixed.try_acquire());
+            fixed.failure(Instant::now());
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cool_down_probe_and_close() {
         let b = breaker(BreakerConfig::new().silence(Duration::ZERO));
@@ -560,13 +648,13 @@ mod tests {
         // A late answer of a call started before: still open.
         b.success();
         assert_eq!(b.state(), BreakerState::Open);
-        tokio::time::advance(ms(1000)).await;
+        tokio::time::advance(ms(250)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(b.try_acquire(), "the probe");
         assert!(!b.try_acquire(), "one probe at a time");
         b.failure(Instant::now());
         assert_eq!(b.state(), BreakerState::Open);
-        tokio::time::advance(ms(1000)).await;
+        tokio::time::advance(ms(500)).await;
         assert!(b.try_acquire());
         b.abandoned();
         assert!(b.try_acquire(), "an abandoned probe lets another through");

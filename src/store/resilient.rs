@@ -6,7 +6,8 @@
 //! outage from a hiccup (see [`breaker`](crate::store::breaker) for the
 //! rules: by default it opens after 3 failures in a row spanning 2 × the
 //! timeout, or 50 % failures of at least 20 calls over 10 s; it probes again
-//! after 1 s). While a breaker is open its store is not called at all, so a
+//! after 250 ms, then 500 ms, then every second while the store stays
+//! down). While a breaker is open its store is not called at all, so a
 //! dead store does not add a timeout to every request.
 //!
 //! With [`partitioned`](ResilientStore::partitioned) there is one breaker
@@ -357,7 +358,8 @@ impl<S: CounterStore> ResilientStore<S> {
     /// Shorthand kept from earlier versions: the outage rule needs
     /// `failures` failures in a row (at least 1) — spanning 2 × the timeout,
     /// as with [`BreakerConfig::consecutive_failures`] — and an open breaker
-    /// stays open for `cool_down`. The failure-rate rule keeps its settings.
+    /// stays open for `cool_down`, every time (no doubling). The
+    /// failure-rate rule keeps its settings.
     /// Before 0.2 the breaker opened on `failures` consecutive failures
     /// alone, however close together.
     ///
@@ -373,7 +375,8 @@ impl<S: CounterStore> ResilientStore<S> {
             .breakers
             .config
             .consecutive_failures(failures)
-            .cool_down(cool_down);
+            .cool_down(cool_down)
+            .max_cool_down(Duration::ZERO);
         self.breaker_config(config)
     }
 
@@ -710,7 +713,8 @@ mod tests {
         "acme".parse().unwrap()
     }
 
-    /// Opens on `n` failures in a row, however quick; 1 s cool-down.
+    /// Opens on `n` failures in a row, however quick; 1 s cool-down (the
+    /// default maximum: not doubled).
     fn quick(n: u32) -> BreakerConfig {
         BreakerConfig::new()
             .consecutive_failures(n)
