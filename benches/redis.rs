@@ -13,9 +13,10 @@
 //! * **ours**: `RedisStore::connect` (one multiplexed connection), one
 //!   sliding-window check per call, `C` tasks on a 2-worker Tokio runtime
 //!   splitting `N` calls; latency measured around each `admit().await`.
-//! * **ceiling**: `redis-benchmark -c C -n N EVALSHA <sha of admit.lua> 1
-//!   tt:{bench}:sw:api_calls a "" "" 1 sw 1000000000000 1 60000 0`: the very
-//!   command our store sends (same key, same arguments), from C connections.
+//! * **ceiling**: `redis-benchmark -c C -n N EVALSHA <sha of window.lua> 1
+//!   tt:{bench}:sb2:api_calls 1000000000000 1 60000`: the very command our
+//!   store sends for one sliding-window check (same key, same arguments),
+//!   from C connections.
 //! * **rate-limiter-flexible**: `benches/node/rlf.js`, `RateLimiterRedis` over
 //!   one ioredis connection, `C` concurrent loops of `consume(key)`.
 //!
@@ -40,6 +41,19 @@ use tower_tenancy::{Period, TenantId};
 
 const LIMIT: u64 = 1_000_000_000_000;
 const WINDOW_MS: u64 = 60_000;
+
+/// rate-limiter-flexible 11.4.0's `RateLimiterRedis` script
+/// (`lib/RateLimiterRedis.js`, ISC licence), as its client sends it: loaded
+/// here to compare the server time of both scripts in the same run.
+const RLF_SCRIPT: &str = "redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') \
+local consumed = redis.call('incrby', KEYS[1], ARGV[1]) \
+local ttl = redis.call('pttl', KEYS[1]) \
+if ttl == -1 then \
+  redis.call('expire', KEYS[1], ARGV[2]) \
+  ttl = 1000 * ARGV[2] \
+end \
+return {consumed, ttl} \
+";
 
 #[derive(Clone, Debug)]
 struct Run {
@@ -106,17 +120,16 @@ async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
     }
 }
 
-/// `redis-benchmark` sending our script call (plus `extra` options).
-fn ceiling(port: u16, sha: &str, key: &str, concurrency: usize, n: u64, extra: &[&str]) -> Run {
-    let limit = LIMIT.to_string();
-    let window = WINDOW_MS.to_string();
+/// `redis-benchmark` sending `EVALSHA` with `call` (the sha, then the
+/// keys and arguments), plus `extra` options.
+fn ceiling(port: u16, call: &[String], concurrency: usize, n: u64, extra: &[&str]) -> Run {
     let (c, n_arg) = (concurrency.to_string(), n.to_string());
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-c", &c, "-n", &n_arg, "--csv"])
         .args(extra)
-        .args(["EVALSHA", sha, "1", key, "a", "", "", "1", "sw"])
-        .args([&limit, "1", &window, "", "0"])
+        .arg("EVALSHA")
+        .args(call)
         .output()
         .expect("run redis-benchmark (Debian: apt-get install redis-tools)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -330,11 +343,14 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
     drop(store.admit(&tenant, &checks).await.expect("admit"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = command_stats(server);
+    let (calls0, usec0) = evalsha_stats(server.port());
     for _ in 0..n {
         let admission = store.admit(&tenant, &checks).await.expect("admit");
         assert!(admission.allowed());
         drop(admission); // releases the concurrency slot (asynchronously)
     }
+    let (calls1, usec1) = evalsha_stats(server.port());
+    let server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = command_stats(server);
     let mut d = delta(&before, &after);
@@ -342,8 +358,8 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
     let evalsha = d.iter().find(|(n, _)| n == "evalsha").map_or(0, |x| x.1);
     println!(
         "\n{n} admissions with 3 policies (sliding window + daily quota + concurrency): \
-         cmdstat_evalsha +{evalsha} ({:.2} per admission); every cmdstat (commands inside \
-         scripts included): {d:?}",
+         cmdstat_evalsha +{evalsha} ({:.2} per admission), {server_us:.2} µs of server time \
+         per admission; every cmdstat (commands inside scripts included): {d:?}",
         evalsha as f64 / n as f64
     );
     let m = 200;
@@ -357,6 +373,7 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
         "checks_per_admission": 3,
         "evalsha_calls": evalsha,
         "evalsha_per_admission": evalsha as f64 / n as f64,
+        "server_us_per_admission": server_us,
         "cmdstat_deltas_including_script_commands": d.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "monitor": {
             "admissions": m,
@@ -378,11 +395,13 @@ fn main() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("redis_version:").map(str::to_owned))
         .unwrap_or_default();
-    let sha = server
-        .cli(&["SCRIPT", "LOAD", include_str!("../src/store/admit.lua")])
-        .trim()
-        .to_owned();
-    assert_eq!(sha.len(), 40, "SCRIPT LOAD answered {sha:?}");
+    let load = |script: &str| {
+        let sha = server.cli(&["SCRIPT", "LOAD", script]).trim().to_owned();
+        assert_eq!(sha.len(), 40, "SCRIPT LOAD answered {sha:?}");
+        sha
+    };
+    // A batch of one sliding window goes to the lean script.
+    let sha = load(include_str!("../src/store/window.lua"));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -397,6 +416,17 @@ fn main() {
     // Warm up (and check that our key is the one redis-benchmark uses).
     rt.block_on(ours(&store, 4, 2_000));
     assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1", "{key}");
+    // The very call the store sends for one sliding-window check.
+    let call: Vec<String> = [
+        sha.as_str(),
+        "1",
+        &key,
+        &LIMIT.to_string(),
+        "1",
+        &WINDOW_MS.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
 
     let mut best: Vec<Run> = Vec::new();
     let mut keep = |run: Run| match best
@@ -416,7 +446,7 @@ fn main() {
                 (true, _) => 100_000,
             };
             keep(timed(port, || Some(rt.block_on(ours(&store, c, n)))).expect("ours"));
-            keep(timed(port, || Some(ceiling(port, &sha, &key, c, n, &[]))).expect("ceiling"));
+            keep(timed(port, || Some(ceiling(port, &call, c, n, &[]))).expect("ceiling"));
             match timed(port, || peer(port, c, n)) {
                 Some(run) => keep(run),
                 None => peer_missing = true,
@@ -426,27 +456,111 @@ fn main() {
     // What the server reaches when pipelining hides the round trips.
     let n_max = if full { 200_000 } else { 1_000 };
     let server_max = timed(port, || {
-        Some(ceiling(port, &sha, &key, 64, n_max, &["-P", "16"]))
+        Some(ceiling(port, &call, 64, n_max, &["-P", "16"]))
     })
     .expect("pipelined");
-    // Where the server time of one call goes: the same call (same key and
-    // arguments, pipelined) to scripts doing less.
-    let mut script_costs = Vec::new();
-    for (label, script) in [
-        ("EVALSHA of `return 1`", "return 1"),
+    // Where the server time of one call goes, and the peer's script on the
+    // same server: each call pipelined (redis-benchmark -c 32 -P 16), the
+    // scripts interleaved, three rounds (min, median, max of server µs per
+    // call).
+    let tag = "{bench}";
+    let (admit_sha, rlf_sha) = (
+        load(include_str!("../src/store/admit.lua")),
+        load(RLF_SCRIPT),
+    );
+    let one = |name: &str| format!("tt:{tag}:sb2:{name}");
+    let scripts: Vec<(&str, Vec<String>)> = vec![
+        ("EVALSHA of `return 1`", vec![load("return 1"), "0".into()]),
         (
-            "TIME + HMGET + HSET + PEXPIRE only (the commands of admit.lua's sliding-window path, none of its logic)",
-            "redis.call('TIME') local h = redis.call('HMGET', KEYS[1], 's', 'c', 'p') \
-             redis.call('HSET', KEYS[1], 's', 1795392000000, 'c', (tonumber(h[2]) or 0) + 1, 'p', 0) \
-             redis.call('PEXPIRE', KEYS[1], 120000) return {1, 1, 1, -1, 1}",
+            "rate-limiter-flexible's script (SET NX EX, INCRBY, PTTL; the peer's call)",
+            vec![
+                rlf_sha,
+                "1".into(),
+                "rlf:bench-pipelined".into(),
+                "1".into(),
+                "60".into(),
+            ],
         ),
-        ("admit.lua, one sliding-window check", include_str!("../src/store/admit.lua")),
-    ] {
-        let sha = server.cli(&["SCRIPT", "LOAD", script]).trim().to_owned();
-        let run = timed(port, || Some(ceiling(port, &sha, &key, 32, n_max / 2, &["-P", "16"])))
+        (
+            "window.lua, one sliding-window check (what the store sends)",
+            call.clone(),
+        ),
+        (
+            "admit.lua, the same check (the general script)",
+            [
+                admit_sha.as_str(),
+                "1",
+                &one("general"),
+                "a",
+                "",
+                "",
+                "1",
+                "sb",
+                &LIMIT.to_string(),
+                "1",
+                &WINDOW_MS.to_string(),
+                "",
+                "0",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        (
+            "admit.lua, rate + daily quota + concurrency in one call",
+            [
+                admit_sha.as_str(),
+                "3",
+                &one("three"),
+                &format!("tt:{tag}:cal:three"),
+                &format!("tt:{tag}:cc:three"),
+                "a",
+                "",
+                "lease-1",
+                "3",
+                "sb",
+                &LIMIT.to_string(),
+                "1",
+                &WINDOW_MS.to_string(),
+                "",
+                "cal",
+                &LIMIT.to_string(),
+                "1",
+                "d",
+                "",
+                "cc",
+                "10",
+                "1",
+                "300000",
+                "",
+                "0",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
+    for _ in 0..rounds {
+        for ((_, call), samples) in scripts.iter().zip(&mut samples) {
+            let run = timed(port, || {
+                Some(ceiling(port, call, 32, n_max / 2, &["-P", "16"]))
+            })
             .expect("script cost");
-        println!("server time per call, {label}: {:.2} µs", run.server_us);
-        script_costs.push(serde_json::json!({"script": label, "server_us_per_call": run.server_us}));
+            samples.push(run.server_us);
+        }
+    }
+    let mut script_costs = Vec::new();
+    for ((label, _), samples) in scripts.iter().zip(&mut samples) {
+        samples.sort_by(f64::total_cmp);
+        let (min, median, max) = (
+            samples[0],
+            samples[samples.len() / 2],
+            samples[samples.len() - 1],
+        );
+        println!("server time per call, {label}: {median:.2} µs (min {min:.2}, max {max:.2}, {rounds} rounds)");
+        script_costs.push(serde_json::json!({
+            "script": label, "server_us_per_call": median,
+            "min": min, "max": max, "rounds": rounds,
+        }));
     }
     let trips = rt.block_on(round_trips(
         &server,

@@ -17,6 +17,30 @@ use tower_tenancy::store::{
 };
 use tower_tenancy::{Period, TenantId};
 
+/// A store whose connection waits as long as a test needs. redis-rs times a
+/// call out after 500 ms by default, which a busy CI machine reaches when 64
+/// tasks race (a stress run failed `concurrent_exact` so); these tests are
+/// about the answers, not latency, and a timed-out script still counts on
+/// the server.
+async fn patient_store(url: &str) -> RedisStore {
+    let client = redis::Client::open(url).expect("url");
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    let manager = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .expect("connect");
+    RedisStore::from_connection_manager(manager)
+}
+
+/// The same for a cluster.
+async fn patient_cluster_store(urls: Vec<String>) -> RedisStore {
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .response_timeout(Duration::from_secs(30))
+        .build()
+        .expect("urls");
+    RedisStore::from_cluster_connection(client.get_async_connection().await.expect("connect"))
+}
+
 // ---------------------------------------------------------------------------
 // Targets
 
@@ -37,10 +61,8 @@ impl Target {
     /// A new store with its own connection.
     async fn store(&self) -> RedisStore {
         match self {
-            Target::Single(s) => RedisStore::connect(s.url()).await.expect("connect"),
-            Target::Cluster(c) => RedisStore::connect_cluster(c.urls())
-                .await
-                .expect("connect cluster"),
+            Target::Single(s) => patient_store(&s.url()).await,
+            Target::Cluster(c) => patient_cluster_store(c.urls()).await,
         }
     }
 
@@ -685,7 +707,7 @@ mod conformance_single {
             async fn $name() {
                 let server = RedisServer::new();
                 let clock = Arc::new(ManualClock::new(conformance::T0));
-                let store = RedisStore::connect(server.url()).await.unwrap().clock(clock.clone());
+                let store = patient_store(&server.url()).await.clock(clock.clone());
                 conformance::$name(store, clock).await;
             }
         )*)*};
@@ -728,7 +750,7 @@ mod conformance_single {
             // A generous timeout, fail-closed: on a busy machine a slow
             // answer must not turn into a fail-open admission.
             async move {
-                ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock))
+                ResilientStore::new(patient_store(&url).await.clock(clock))
                     .timeout(Duration::from_secs(30))
                     .policy(FailurePolicy::FailClosed)
             }
@@ -744,7 +766,7 @@ mod conformance_single {
         conformance::run_all(|clock| {
             let url = url.clone();
             async move {
-                ResilientStore::new(RedisStore::connect(url).await.unwrap().clock(clock.clone()))
+                ResilientStore::new(patient_store(&url).await.clock(clock.clone()))
                     .timeout(Duration::from_secs(30))
                     .fallback(MemoryStore::with_clock(clock))
             }
@@ -964,12 +986,7 @@ async fn cluster_scenarios() {
     let urls = cluster.urls();
     conformance::run_all(|clock| {
         let urls = urls.clone();
-        async move {
-            RedisStore::connect_cluster(urls)
-                .await
-                .expect("connect cluster")
-                .clock(clock)
-        }
+        async move { patient_cluster_store(urls).await.clock(clock) }
     })
     .await;
     differential(&target, "c-diff", 5).await;

@@ -299,6 +299,7 @@ impl Check {
     /// assert_eq!(second.decisions[1].used, 1, "the shadowed one did not");
     /// # });
     /// ```
+    #[must_use]
     pub fn shadowed(mut self) -> Self {
         self.shadow = true;
         self

@@ -184,6 +184,7 @@ pub struct MemoryStore {
 /// assert!(store.is_empty());
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct MemoryStoreBuilder {
     shards: Option<usize>,
     clock: Arc<dyn Clock>,
@@ -1156,6 +1157,36 @@ mod tests {
                     + bytes(&t.gauges)
             })
             .sum()
+    }
+
+    /// The second pass of a batch reuses the first pass's decision only for
+    /// a counter no earlier check of the batch consumed from: the same
+    /// counter named twice reports what the first consumption left.
+    #[test]
+    fn same_counter_twice_in_a_batch() {
+        let acme = tenant(0);
+        let quota = Algorithm::Calendar {
+            period: Period::Day,
+        };
+        for alg in [window(60_000), gcra(60_000, 10), log(60_000), quota] {
+            let store = MemoryStore::with_clock(Arc::new(ManualClock::new(T0)));
+            let checks = [
+                Check::new("a", alg, 10, 1),
+                Check::new("a", alg, 10, 2),
+                Check::new("b", quota, 10, 1),
+            ];
+            let admission = admit(&store, &acme, &checks);
+            assert!(admission.allowed(), "{alg:?}");
+            let used: Vec<u64> = admission.decisions.iter().map(|d| d.used).collect();
+            assert_eq!(used, [1, 3, 1], "{alg:?}");
+            // The counter holds both costs; a peek with cost 0 reads it.
+            let level = store
+                .peek(&acme, &[Check::new("a", alg, 10, 0)])
+                .try_take()
+                .expect("ready")
+                .expect("ok");
+            assert_eq!(level[0].used, 3, "{alg:?}");
+        }
     }
 
     #[test]
