@@ -265,6 +265,65 @@ async fn crossing_bits(store: &dyn CounterStore, clock: &ManualClock) {
     assert_eq!(refused.soft_crossed_bits, Some(0));
 }
 
+/// A rate limit and a quota of the same name (a plan may have both) keep
+/// a mark each: both cross on the same admission. (With one mark per name,
+/// the second would have been taken for a repeat: bits `0b01`.)
+async fn same_name_rate_and_quota(store: &dyn CounterStore) {
+    let checks = [
+        Check::new(
+            "api",
+            Algorithm::SlidingWindow {
+                window: Duration::from_secs(10),
+            },
+            4,
+            1,
+        )
+        .soft(50),
+        Check::new(
+            "api",
+            Algorithm::Calendar {
+                period: Period::Hour,
+            },
+            4,
+            1,
+        )
+        .soft(50),
+    ];
+    let tenant = "samename".parse().unwrap();
+    let mut bits = Vec::new();
+    for _ in 0..3 {
+        bits.push(
+            store
+                .admit(&tenant, &checks)
+                .await
+                .unwrap()
+                .soft_crossed_bits,
+        );
+    }
+    assert_eq!(bits, [Some(0), Some(0b11), Some(0)]);
+}
+
+#[tokio::test]
+async fn same_name_rate_and_quota_memory() {
+    let clock = Arc::new(ManualClock::new(T0));
+    same_name_rate_and_quota(&MemoryStore::with_clock(clock)).await;
+}
+
+#[tokio::test]
+async fn same_name_rate_and_quota_redis() {
+    let server = RedisServer::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = RedisStore::connect(server.url())
+        .await
+        .unwrap()
+        .clock(clock);
+    same_name_rate_and_quota(&store).await;
+    for mark in ["tt:{samename}:sf:api", "tt:{samename}:sfq:api"] {
+        let ttl = server.cli(&["PTTL", mark]);
+        assert!(ttl.trim().parse::<i64>().unwrap() > 0, "{mark}: {ttl}");
+    }
+}
+
 #[tokio::test]
 async fn crossing_bits_memory() {
     let clock = Arc::new(ManualClock::new(T0));

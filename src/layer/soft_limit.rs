@@ -52,8 +52,9 @@ pub(crate) struct SoftLimit {
 
 #[derive(Default)]
 struct Fired {
-    /// (tenant, policy) → end of the period in which the hook fired, in ms.
-    last: HashMap<(TenantId, Arc<str>), u64>,
+    /// (tenant, policy, is a quota) → end of the period in which the hook
+    /// fired, in ms (a rate and a quota may share a name).
+    last: HashMap<(TenantId, Arc<str>, bool), u64>,
     sweep_at: usize,
 }
 
@@ -144,7 +145,8 @@ impl SoftLimit {
             .map_or(0, |d| d.as_millis() as u64);
         {
             let mut fired = self.fired.lock();
-            let key = (tenant.clone(), check.policy.clone());
+            let quota = matches!(check.algorithm, Algorithm::Calendar { .. });
+            let key = (tenant.clone(), check.policy.clone(), quota);
             match fired.last.get(&key) {
                 // The same period end, give or take the jitter between the
                 // store's clock and ours (periods are 1 s or longer).

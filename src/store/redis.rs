@@ -529,7 +529,11 @@ impl RedisStore {
             }
             let soft = soft_arg(index, check);
             if !soft.is_empty() {
-                keys.push(key(&self.prefix, tenant, SOFT_MARK, &check.policy));
+                let kind = match check.algorithm {
+                    Algorithm::Calendar { .. } => SOFT_MARK_QUOTA,
+                    _ => SOFT_MARK,
+                };
+                keys.push(key(&self.prefix, tenant, kind, &check.policy));
             }
             args.push(if check.shadow {
                 format!("~{k}")
@@ -816,8 +820,13 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The key kind of soft-threshold marks (`{prefix}{tenant}:sf:{policy}`).
+/// The key kind of a rate limit's soft-threshold mark
+/// (`{prefix}{tenant}:sf:{policy}`).
 const SOFT_MARK: &str = "sf";
+/// The key kind of a calendar quota's soft-threshold mark
+/// (`{prefix}{tenant}:sfq:{policy}`): a rate and a quota of the same name
+/// each have their own.
+const SOFT_MARK_QUOTA: &str = "sfq";
 
 /// The `soft` argument of a check for admit.lua: `"P:H"` (percent, and the
 /// mark's hold in ms: the window, or 0 for the rest of a calendar period)

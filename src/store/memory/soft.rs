@@ -5,10 +5,15 @@ use super::{window_ms, HashMap, Key, KeyView};
 use crate::store::{Algorithm, Check, Decision};
 use crate::tenant::TenantId;
 
-/// (tenant, policy) → the time (ms) until which a crossing is remembered.
-/// Holds an entry only for counters that crossed; swept with the counters.
+/// (tenant, policy) → the time (ms) until which a crossing is remembered,
+/// one table for rate limits and one for calendar quotas (a plan may name a
+/// rate and a quota alike: each has its own mark). Holds an entry only for
+/// counters that crossed; swept with the counters.
 #[derive(Default)]
-pub(super) struct SoftMarks(HashMap<Key, u64>);
+pub(super) struct SoftMarks {
+    rates: HashMap<Key, u64>,
+    quotas: HashMap<Key, u64>,
+}
 
 impl SoftMarks {
     /// For a check that consumed: whether `decision` is at or above the
@@ -33,14 +38,18 @@ impl SoftMarks {
         }
         let until = now.saturating_add(hold);
         let view: &dyn KeyView = &(tenant.as_str(), &*check.policy);
-        match self.0.get_mut(view) {
+        let marks = match check.algorithm {
+            Algorithm::Calendar { .. } => &mut self.quotas,
+            _ => &mut self.rates,
+        };
+        match marks.get_mut(view) {
             Some(marked) if *marked > now => false,
             Some(marked) => {
                 *marked = until;
                 true
             }
             None => {
-                self.0.insert(Key::new(tenant, check), until);
+                marks.insert(Key::new(tenant, check), until);
                 true
             }
         }
@@ -48,8 +57,10 @@ impl SoftMarks {
 
     /// Forgets the crossings whose window or period is over.
     pub(super) fn sweep(&mut self, now: u64) {
-        self.0.retain(|_, until| *until > now);
-        super::shrink(&mut self.0);
+        for marks in [&mut self.rates, &mut self.quotas] {
+            marks.retain(|_, until| *until > now);
+            super::shrink(marks);
+        }
     }
 }
 
