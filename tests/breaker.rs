@@ -70,7 +70,9 @@ async fn used(redis_url: &str, tenant: &str) -> u64 {
             window: Duration::from_secs(60),
         },
         1_000_000,
-        1,
+        // Cost 0: a peek answers what an admission would, i.e. `used`
+        // after its cost (with cost 1, 800 counted read as 801).
+        0,
     )];
     store.peek(&tenant.parse().unwrap(), &checks).await.unwrap()[0].used
 }
