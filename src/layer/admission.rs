@@ -342,13 +342,12 @@ impl PlanRules {
 /// (first) rule.
 fn collect_checks(
     rules: &[Rule],
-    limited: &[Option<Limited>],
+    all: &[Option<Limited>],
     soft: Option<&SoftLimit>,
     mut cost: impl FnMut(usize) -> u64,
 ) -> (Checks, SmallVec<[u32; 4]>) {
     let mut checks = Checks::new();
     let mut indices: SmallVec<[u32; 4]> = SmallVec::new();
-    let all = limited;
     for (index, (rule, limited)) in rules.iter().zip(all).enumerate() {
         let Some(limited) = limited else { continue };
         let cost = cost(index);

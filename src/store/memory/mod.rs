@@ -613,10 +613,11 @@ macro_rules! with_table {
         let (tables, tenant, check, now) = ($tables, $tenant, $check, $now);
         let key = || Key::new(tenant, check);
         let view = (tenant.as_str(), &*check.policy);
+        // The key of a per-policy table: the tenant, cloned only to insert.
+        let id = || tenant.clone();
         match check.algorithm {
             Algorithm::SlidingWindow { window } => {
                 let g = Geometry::new(window_ms(window));
-                let id = || tenant.clone();
                 match tables.sub_buckets(tenant, check, g, now) {
                     Buckets::Narrow(m) => {
                         $f::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
@@ -630,29 +631,24 @@ macro_rules! with_table {
                 let w = window_ms(window);
                 let table = policy_table(&mut tables.approx, &check.policy, w);
                 table.window = table.window.max(w);
-                let id = || tenant.clone();
                 $f::<ApproxState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
             }
             Algorithm::Gcra { window, burst } => {
                 let p = GcraParams::new(window, check.limit, burst);
                 let table = policy_table(&mut tables.gcra, &check.policy, 0);
-                let id = || tenant.clone();
                 $f::<GcraState, _, _, _>(&mut table.counters, tenant.as_str(), id, p $(, $arg)*)
             }
             Algorithm::SlidingLog { window } => {
                 let w = window_ms(window);
                 let table = policy_table(&mut tables.logs, &check.policy, 0);
-                let id = || tenant.clone();
                 $f::<LogState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
             }
             Algorithm::Calendar { period } => {
                 let table = policy_table(&mut tables.calendars, &check.policy, 0);
-                let id = || tenant.clone();
                 $f::<CalendarState, _, _, _>(&mut table.counters, tenant.as_str(), id, period $(, $arg)*)
             }
             Algorithm::Concurrency { .. } => {
                 let table = policy_table(&mut tables.concurrency, &check.policy, 0);
-                let id = || tenant.clone();
                 $f::<Inflight, _, _, _>(&mut table.counters, tenant.as_str(), id, () $(, $arg)*)
             }
             Algorithm::Gauge => $f::<Gauge, _, _, _>(&mut tables.gauges, view, key, () $(, $arg)*),
@@ -663,19 +659,11 @@ macro_rules! with_table {
 impl Tables {
     fn len(&self) -> usize {
         self.windows.iter().map(|p| p.counters.len()).sum::<usize>()
-            + self.approx.iter().map(|p| p.counters.len()).sum::<usize>()
-            + self.gcra.iter().map(|p| p.counters.len()).sum::<usize>()
-            + self.logs.iter().map(|p| p.counters.len()).sum::<usize>()
-            + self
-                .calendars
-                .iter()
-                .map(|p| p.counters.len())
-                .sum::<usize>()
-            + self
-                .concurrency
-                .iter()
-                .map(|p| p.counters.len())
-                .sum::<usize>()
+            + counted(&self.approx)
+            + counted(&self.gcra)
+            + counted(&self.logs)
+            + counted(&self.calendars)
+            + counted(&self.concurrency)
             + self.gauges.len()
     }
 
@@ -773,6 +761,11 @@ impl Tables {
         self.swept_len = after as u64;
         before - after
     }
+}
+
+/// The counters held in `tables`.
+fn counted<V>(tables: &[PolicyTable<HashMap<TenantId, V>>]) -> usize {
+    tables.iter().map(|p| p.counters.len()).sum()
 }
 
 /// Keeps the counters of `tables` for which `keep` is true; drops the
