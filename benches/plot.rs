@@ -6,7 +6,7 @@
 //! ```
 //!
 //! * `docs/bench/redis.png`: decisions/s and p99 latency against
-//!   concurrency for `RedisStore`, `redis-benchmark` (the ceiling) and
+//!   concurrency for `RedisStore`, the ceiling (the same call from a minimal client) and
 //!   rate-limiter-flexible, from `redis.csv`;
 //! * `docs/bench/overhead.png`: in-process ns per request, from
 //!   `overhead.csv`.
@@ -86,6 +86,7 @@ fn redis_plot(rows: &[Vec<String>], out: &Path, load: &str) {
         let label = match client.as_str() {
             "ours" => "tower-tenancy RedisStore".to_owned(),
             "redis-benchmark" => "redis-benchmark (ceiling, same EVALSHA)".to_owned(),
+            "ceiling" => "ceiling (minimal client, same EVALSHA)".to_owned(),
             "rate-limiter-flexible" => "rate-limiter-flexible RateLimiterRedis".to_owned(),
             other => other.to_owned(),
         };

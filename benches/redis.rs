@@ -1,5 +1,5 @@
 //! Decisions per second and latency of `RedisStore` at concurrency 1, 16,
-//! 64 and 256, next to the ceiling `redis-benchmark` reaches with the same
+//! 64 and 256, next to the ceiling a minimal client reaches with the same
 //! script call and next to `rate-limiter-flexible`'s `RateLimiterRedis`
 //! (Node.js), all against one `redis-server` started here on a free port
 //! (issue 7, item 4). Also counts the round trips of a request with three
@@ -13,10 +13,12 @@
 //! * **ours**: `RedisStore::connect` (one multiplexed connection), one
 //!   sliding-window check per call, `C` tasks on a 2-worker Tokio runtime
 //!   splitting `N` calls; latency measured around each `admit().await`.
-//! * **ceiling**: `redis-benchmark -c C -n N EVALSHA <sha of window.lua> 1
-//!   tt:{bench}:sb2:api_calls 1000000000000 1 60000`: the very command our
-//!   store sends for one sliding-window check (same key, same arguments),
-//!   from C connections.
+//! * **ceiling**: `EVALSHA <sha of window.lua> 1 tt:{bench}:sb2:api_calls
+//!   <1000000000000, 1, 60000 packed as little-endian doubles>`, the very
+//!   command our store sends for one sliding-window check (same key, same
+//!   argument), from C connections of a minimal blocking client (one thread
+//!   each, raw RESP; `redis-benchmark`, used before, cannot send the packed
+//!   argument: its command line stops at the first zero byte).
 //! * **rate-limiter-flexible**: `benches/node/rlf.js`, `RateLimiterRedis` over
 //!   one ioredis connection, `C` concurrent loops of `consume(key)`.
 //!
@@ -65,8 +67,8 @@ struct Run {
     p99_ms: f64,
     /// Server time per EVALSHA (`usec` / `calls` of `cmdstat_evalsha`).
     server_us: f64,
-    /// Client CPU time per call: this process (ours) or its waited-for
-    /// children (redis-benchmark, node), from `/proc/self/stat`.
+    /// Client CPU time per call: this process (ours, the ceiling's client)
+    /// or its waited-for children (node), from `/proc/self/stat`.
     client_us: f64,
 }
 
@@ -120,37 +122,112 @@ async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
     }
 }
 
-/// `redis-benchmark` sending `EVALSHA` with `call` (the sha, then the
-/// keys and arguments), plus `extra` options.
-fn ceiling(port: u16, call: &[String], concurrency: usize, n: u64, extra: &[&str]) -> Run {
-    let (c, n_arg) = (concurrency.to_string(), n.to_string());
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", &c, "-n", &n_arg, "--csv"])
-        .args(extra)
-        .arg("EVALSHA")
-        .args(call)
-        .output()
-        .expect("run redis-benchmark (Debian: apt-get install redis-tools)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("\"EVALSHA"))
-        .unwrap_or_else(|| panic!("unexpected redis-benchmark output: {stdout}"));
-    let fields: Vec<f64> = line
-        .split("\",\"")
-        .skip(1)
-        .map(|f| f.trim_matches('"').parse().expect("a number"))
+/// Numbers as window.lua takes them: little-endian doubles in one argument.
+fn packed(numbers: &[u64]) -> Vec<u8> {
+    numbers
+        .iter()
+        .flat_map(|&n| (n as f64).to_le_bytes())
+        .collect()
+}
+
+/// The command `EVALSHA` with `call` (the sha, then the keys and
+/// arguments) in RESP, binary-safe (window.lua's one argument is packed
+/// doubles, which `redis-benchmark`'s command line cannot carry).
+fn resp(call: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n$7\r\nEVALSHA\r\n", call.len() + 1).into_bytes();
+    for a in call {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The length of the first complete reply in `buf` (integer, simple
+/// string, bulk string or an array of those: what the scripts answer), if
+/// complete. Panics on an error reply.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line = buf.windows(2).position(|w| w == b"\r\n")?;
+    let number = || -> Option<i64> { std::str::from_utf8(&buf[1..line]).ok()?.parse().ok() };
+    match buf[0] {
+        b':' | b'+' => Some(line + 2),
+        b'$' => {
+            let n = number()?;
+            let total = line + 2 + if n < 0 { 0 } else { n as usize + 2 };
+            (buf.len() >= total).then_some(total)
+        }
+        b'*' => {
+            let mut at = line + 2;
+            for _ in 0..number()?.max(0) {
+                at += reply_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        _ => panic!(
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&buf[..line])
+        ),
+    }
+}
+
+/// The ceiling: `call` sent by a minimal client over `concurrency`
+/// connections (one thread each, blocking sockets, no parsing beyond
+/// reply boundaries), `pipeline` calls at a time per connection, `n` calls
+/// in all; latency per round trip. What `redis-benchmark -c C [-P P]` did
+/// before the lean script took one packed argument.
+fn ceiling(port: u16, call: &[Vec<u8>], concurrency: usize, n: u64, pipeline: usize) -> Run {
+    use std::io::{Read, Write};
+    let one = resp(call);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..concurrency as u64)
+        .map(|i| {
+            let one = one.clone();
+            let calls = n / concurrency as u64 + u64::from(i < n % concurrency as u64);
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_nodelay(true).expect("nodelay");
+                let mut latencies = Vec::new();
+                let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 * 1024]);
+                let mut left = calls;
+                while left > 0 {
+                    let k = left.min(pipeline as u64);
+                    let batch = one.repeat(k as usize);
+                    let t = Instant::now();
+                    s.write_all(&batch).expect("write");
+                    let mut got = 0;
+                    while got < k {
+                        match reply_len(&buf) {
+                            Some(len) => {
+                                buf.drain(..len);
+                                got += 1;
+                            }
+                            None => {
+                                let r = s.read(&mut chunk).expect("read");
+                                assert!(r > 0, "connection closed");
+                                buf.extend_from_slice(&chunk[..r]);
+                            }
+                        }
+                    }
+                    latencies.push(t.elapsed().as_nanos() as u64);
+                    left -= k;
+                }
+                latencies
+            })
+        })
         .collect();
+    let mut latencies = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().expect("client thread"));
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
     Run {
-        client: "redis-benchmark",
+        client: "ceiling",
         concurrency,
         requests: n,
-        rps: fields[0],
-        p50_ms: fields[3],
-        p99_ms: fields[5],
+        rps: n as f64 / elapsed.as_secs_f64(),
+        p50_ms: common::percentile(&latencies, 50.0) as f64 / 1e6,
+        p99_ms: common::percentile(&latencies, 99.0) as f64 / 1e6,
         server_us: f64::NAN,
         client_us: f64::NAN,
     }
@@ -231,7 +308,7 @@ fn timed<F: FnOnce() -> Option<Run>>(port: u16, f: F) -> Option<Run> {
     let (own1, children1) = cpu_ticks();
     let (calls1, usec1) = evalsha_stats(port);
     run.server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
-    let ticks = if run.client == "ours" {
+    let ticks = if run.client == "ours" || run.client == "ceiling" {
         own1 - own0
     } else {
         children1 - children0
@@ -417,16 +494,12 @@ fn main() {
     rt.block_on(ours(&store, 4, 2_000));
     assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1", "{key}");
     // The very call the store sends for one sliding-window check.
-    let call: Vec<String> = [
-        sha.as_str(),
-        "1",
-        &key,
-        &LIMIT.to_string(),
-        "1",
-        &WINDOW_MS.to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let call: Vec<Vec<u8>> = vec![
+        sha.clone().into_bytes(),
+        b"1".to_vec(),
+        key.clone().into_bytes(),
+        packed(&[LIMIT, 1, WINDOW_MS]),
+    ];
 
     let mut best: Vec<Run> = Vec::new();
     let mut keep = |run: Run| match best
@@ -446,7 +519,7 @@ fn main() {
                 (true, _) => 100_000,
             };
             keep(timed(port, || Some(rt.block_on(ours(&store, c, n)))).expect("ours"));
-            keep(timed(port, || Some(ceiling(port, &call, c, n, &[]))).expect("ceiling"));
+            keep(timed(port, || Some(ceiling(port, &call, c, n, 1))).expect("ceiling"));
             match timed(port, || peer(port, c, n)) {
                 Some(run) => keep(run),
                 None => peer_missing = true,
@@ -455,12 +528,9 @@ fn main() {
     }
     // What the server reaches when pipelining hides the round trips.
     let n_max = if full { 200_000 } else { 1_000 };
-    let server_max = timed(port, || {
-        Some(ceiling(port, &call, 64, n_max, &["-P", "16"]))
-    })
-    .expect("pipelined");
+    let server_max = timed(port, || Some(ceiling(port, &call, 64, n_max, 16))).expect("pipelined");
     // Where the server time of one call goes, and the peer's script on the
-    // same server: each call pipelined (redis-benchmark -c 32 -P 16), the
+    // same server: each call pipelined (32 connections, 16 at a time), the
     // scripts interleaved, three rounds (min, median, max of server µs per
     // call).
     let tag = "{bench}";
@@ -469,17 +539,14 @@ fn main() {
         load(RLF_SCRIPT),
     );
     let one = |name: &str| format!("tt:{tag}:sb2:{name}");
-    let scripts: Vec<(&str, Vec<String>)> = vec![
-        ("EVALSHA of `return 1`", vec![load("return 1"), "0".into()]),
+    let strs = |a: &[&str]| a.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+    let limit = LIMIT.to_string();
+    let window = WINDOW_MS.to_string();
+    let scripts: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("EVALSHA of `return 1`", strs(&[&load("return 1"), "0"])),
         (
             "rate-limiter-flexible's script (SET NX EX, INCRBY, PTTL; the peer's call)",
-            vec![
-                rlf_sha,
-                "1".into(),
-                "rlf:bench-pipelined".into(),
-                "1".into(),
-                "60".into(),
-            ],
+            strs(&[&rlf_sha, "1", "rlf:bench-pipelined", "1", "60"]),
         ),
         (
             "window.lua, one sliding-window check (what the store sends)",
@@ -487,8 +554,8 @@ fn main() {
         ),
         (
             "admit.lua, the same check (the general script)",
-            [
-                admit_sha.as_str(),
+            strs(&[
+                &admit_sha,
                 "1",
                 &one("general"),
                 "a",
@@ -496,19 +563,17 @@ fn main() {
                 "",
                 "1",
                 "sb",
-                &LIMIT.to_string(),
+                &limit,
                 "1",
-                &WINDOW_MS.to_string(),
+                &window,
                 "",
                 "0",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            ]),
         ),
         (
             "admit.lua, rate + daily quota + concurrency in one call",
-            [
-                admit_sha.as_str(),
+            strs(&[
+                &admit_sha,
                 "3",
                 &one("three"),
                 &format!("tt:{tag}:cal:three"),
@@ -518,12 +583,12 @@ fn main() {
                 "lease-1",
                 "3",
                 "sb",
-                &LIMIT.to_string(),
+                &limit,
                 "1",
-                &WINDOW_MS.to_string(),
+                &window,
                 "",
                 "cal",
-                &LIMIT.to_string(),
+                &limit,
                 "1",
                 "d",
                 "",
@@ -533,18 +598,14 @@ fn main() {
                 "300000",
                 "",
                 "0",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            ]),
         ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
     for _ in 0..rounds {
         for ((_, call), samples) in scripts.iter().zip(&mut samples) {
-            let run = timed(port, || {
-                Some(ceiling(port, call, 32, n_max / 2, &["-P", "16"]))
-            })
-            .expect("script cost");
+            let run =
+                timed(port, || Some(ceiling(port, call, 32, n_max / 2, 16))).expect("script cost");
             samples.push(run.server_us);
         }
     }
@@ -579,7 +640,7 @@ fn main() {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let ceiling_of = |c: usize| {
         best.iter()
-            .find(|r| r.client == "redis-benchmark" && r.concurrency == c)
+            .find(|r| r.client == "ceiling" && r.concurrency == c)
             .map_or(f64::NAN, |r| r.rps)
     };
     let mut rows = Vec::new();
@@ -609,7 +670,7 @@ fn main() {
         ]);
     }
     println!(
-        "redis-benchmark -c 64 -P 16 (pipelined: the server's limit for this script): {:.0}/s, {:.2} µs per call in the server",
+        "the same call pipelined (64 connections, 16 at a time: the server's limit for this script): {:.0}/s, {:.2} µs per call in the server",
         server_max.rps, server_max.server_us
     );
     if peer_missing {
@@ -651,7 +712,7 @@ fn main() {
             "client_cpu_us_per_call": r.client_us,
         })).collect::<Vec<_>>(),
         "server_max_pipelined": {
-            "command": "redis-benchmark -c 64 -P 16 -n 200000 EVALSHA <same call>",
+            "command": "raw client, 64 connections, 16 calls pipelined per connection, 200 000 EVALSHA <same call>",
             "decisions_per_s": server_max.rps,
             "server_us_per_call": server_max.server_us,
         },

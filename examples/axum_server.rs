@@ -11,7 +11,10 @@
 //!
 //! Counters are in memory unless `REDIS_URL` is set (build with
 //! `--features redis`): `REDIS_URL=redis://127.0.0.1:6379` for one server,
-//! or a comma-separated list of nodes for a Redis Cluster. `STORE_FAILURE`
+//! a comma-separated list of nodes for a Redis Cluster, or
+//! `redis+sentinel://host:26379,host:26380,host:26381/mymaster` for the
+//! master named `mymaster` behind Sentinel (build with `--features
+//! redis-sentinel`; the store follows a failover). `STORE_FAILURE`
 //! chooses what happens when Redis fails: `fallback` (default: a local
 //! in-memory limiter), `open` (admit) or `closed` (503); each call has a
 //! 100 ms timeout (`STORE_TIMEOUT_MS`). A tenant refused by Redis for a
@@ -203,8 +206,9 @@ async fn store_from_env() -> Result<Arc<dyn CounterStore>, String> {
     shared_store(&url, failure.as_deref(), Duration::from_millis(timeout_ms)).await
 }
 
-/// The demo's Redis store: `url` is one server or a comma-separated list of
-/// cluster nodes; `failure` is `open`, `closed` or `fallback` (the default).
+/// The demo's Redis store: `url` is one server, a comma-separated list of
+/// cluster nodes or `redis+sentinel://sentinel[,sentinel…]/master`;
+/// `failure` is `open`, `closed` or `fallback` (the default).
 /// Public for the reliability tests, which run several instances of the
 /// demo in one process, each with its own connection.
 #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
@@ -224,16 +228,19 @@ pub async fn shared_store(
             .collect();
         // A cluster: a connection and a breaker per master, so that a master
         // failing over degrades only the tenants whose slots it serves.
-        let (redis, masters): (Arc<dyn CounterStore>, _) = if nodes.len() > 1 {
-            let shards = ClusterShardStore::connect(nodes)
-                .await
-                .map_err(|e| e.to_string())?;
-            let masters = shards.partitions();
-            (Arc::new(shards), Some(masters))
-        } else {
-            let single = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
-            (Arc::new(single), None)
-        };
+        let (redis, masters): (Arc<dyn CounterStore>, _) =
+            if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+                (sentinel_store(rest).await?, None)
+            } else if nodes.len() > 1 {
+                let shards = ClusterShardStore::connect(nodes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let masters = shards.partitions();
+                (Arc::new(shards), Some(masters))
+            } else {
+                let single = RedisStore::connect(url).await.map_err(|e| e.to_string())?;
+                (Arc::new(single), None)
+            };
         let policy = match failure {
             Some("open") => FailurePolicy::FailOpen,
             Some("closed") => FailurePolicy::FailClosed,
@@ -262,6 +269,39 @@ pub async fn shared_store(
     {
         Err(format!(
             "REDIS_URL={url} is set, but the demo was built without `--features redis`"
+        ))
+    }
+}
+
+/// `host:port[,host:port…]/master_name` (the part of a `redis+sentinel://`
+/// URL after the scheme): the named master, found through the sentinels.
+#[cfg(feature = "redis")]
+async fn sentinel_store(sentinels_and_master: &str) -> Result<Arc<dyn CounterStore>, String> {
+    let usage = "REDIS_URL=redis+sentinel://host:port[,host:port…]/master_name";
+    let Some((sentinels, master)) = sentinels_and_master.split_once('/') else {
+        return Err(format!("no master name: use {usage}"));
+    };
+    let sentinels: Vec<String> = sentinels
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("redis://{s}"))
+        .collect();
+    if sentinels.is_empty() || master.is_empty() || master.contains('/') {
+        return Err(format!("use {usage}"));
+    }
+    #[cfg(feature = "redis-sentinel")]
+    {
+        let store = tower_tenancy::RedisStore::connect_sentinel(master, sentinels)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
+    }
+    #[cfg(not(feature = "redis-sentinel"))]
+    {
+        Err(format!(
+            "a Sentinel REDIS_URL (master {master:?} behind {} sentinels) needs `--features redis-sentinel`",
+            sentinels.len()
         ))
     }
 }

@@ -124,6 +124,70 @@ async fn lean_and_general_scripts_decide_as_the_memory_store() {
     assert!(lean > 500 && general > 300 && allowed > 300 && denied > 100 && moved > 20);
 }
 
+/// The lean script's fast path (the same window, the same bucket, allowed,
+/// 16-bit counts: total and the newest count written in place) against the
+/// memory store: small clock steps inside buckets, limits reached often,
+/// costs of 0, 1, 3 and above the limit, and the 16-bit boundary. Only the
+/// fast path writes with `SETRANGE` under a test clock, so its count shows
+/// that it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_fast_path_decides_as_the_memory_store() {
+    let server = RedisServer::new();
+    let clock = Arc::new(ManualClock::new(1_704_067_200_123));
+    let redis = RedisStore::connect(server.url())
+        .await
+        .unwrap()
+        .clock(clock.clone());
+    let memory = MemoryStore::with_clock(clock.clone());
+    let tenant: TenantId = "fast".parse().unwrap();
+    let mut rng = Lcg(11);
+    let (mut allowed, mut denied, mut at_limit) = (0, 0, 0);
+    // (window ms, limit, usual cost): b = 1 000, 1 001 and 2 ms; a limit
+    // across the 16-bit counts.
+    let policies = [
+        (8_000, 10, 1),
+        (8_003, 25, 1),
+        (9, 4, 1),
+        (60_000, 70_000, 20_000),
+    ];
+    for step in 0..3_000 {
+        clock.advance_ms(match rng.below(20) {
+            0..=16 => rng.below(120),
+            17 | 18 => rng.below(2_500),
+            _ => rng.below(12_000),
+        });
+        let p = rng.below(4) as usize;
+        let (w, limit, usual) = policies[p];
+        let cost = match rng.below(15) {
+            0 => limit + 1,
+            1 => 0,
+            2 => 3,
+            _ => usual,
+        };
+        let batch = [window(&format!("f{p}"), w, limit, cost)];
+        let got = redis.admit(&tenant, &batch).await.unwrap();
+        let expected = memory.admit(&tenant, &batch).await.unwrap();
+        assert_eq!(
+            got.decisions,
+            expected.decisions,
+            "step {step}, now {}, {batch:#?}",
+            clock.now_ms()
+        );
+        let d = &got.decisions[0];
+        if d.allowed {
+            allowed += 1;
+            at_limit += usize::from(d.used == limit);
+        } else {
+            denied += 1;
+        }
+    }
+    let in_place = server.command_calls("setrange");
+    println!(
+        "{allowed} allowed ({at_limit} reaching the limit), {denied} denied, {in_place} in place"
+    );
+    assert!(allowed > 1_000 && denied > 300 && at_limit > 40 && in_place > 400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_stores_on_the_server_clock_admit_exactly_the_limit() {
     let server = RedisServer::new();

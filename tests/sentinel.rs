@@ -16,11 +16,17 @@
 //! A second test asks the sentinels for a failover (`SENTINEL FAILOVER`)
 //! while the old master stays up: the sentinels demote it, and the stores
 //! move to the new master. A third pauses the master (`SIGSTOP`): calls
-//! only time out, and the stores follow the sentinels' announcement.
+//! only time out, and the stores follow the sentinels' announcement. A
+//! fourth runs two instances of the demo with a `redis+sentinel://` URL.
 //!
 //! Run with `--nocapture` for the figures (lines starting with `FIGURES`).
 #![cfg(feature = "redis-sentinel")]
 
+#[path = "../examples/axum_server.rs"]
+#[allow(dead_code)]
+mod demo;
+#[path = "common/http.rs"]
+mod http_util;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
@@ -599,4 +605,63 @@ async fn a_paused_master_is_failed_over_and_the_stores_follow() {
         recovered <= RECOVERY_BOUND,
         "admissions counted again only {recovered:?} after the pause"
     );
+}
+
+/// Two instances of the demo (`examples/axum_server.rs`) with
+/// `REDIS_URL=redis+sentinel://…/mymaster` share one count on the master the
+/// sentinels name: tenant `acme` (60 calls a minute) gets exactly 60
+/// admissions from both together; a URL without a master name is refused
+/// with a message saying the form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_counts_on_the_master_named_by_a_sentinel_url() {
+    let group = RedisSentinels::new(1, DOWN_AFTER);
+    let hosts: Vec<String> = group
+        .sentinel_urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    let bad = demo::shared_store(
+        &format!("redis+sentinel://{}", hosts.join(",")),
+        Some("closed"),
+        TIMEOUT,
+    )
+    .await
+    .err()
+    .expect("a URL without a master name is refused");
+    assert!(bad.contains("redis+sentinel://host:port"), "{bad}");
+
+    let url = format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","));
+    let catalog =
+        tower_tenancy::Catalog::from_toml_str(include_str!("../examples/plans.toml")).unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        // A generous timeout: this test is about where the count lives.
+        let store = demo::shared_store(&url, Some("closed"), Duration::from_secs(5))
+            .await
+            .expect("the demo connects through the sentinels");
+        let app = demo::demo(&catalog, "examples/plans.toml", "admin-secret", store);
+        servers.push(http_util::TestServer::start(app).await);
+    }
+    let client = http_util::client();
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for i in 0..80 {
+        let url = servers[i % 2].url("/v1/me");
+        let reply = http_util::get(&client, &url, &[("x-tenant-id", "acme")]).await;
+        *statuses.entry(reply.status.as_u16()).or_default() += 1;
+    }
+    assert_eq!(
+        statuses,
+        [(200, 60), (429, 20)].into_iter().collect(),
+        "two demo instances over one Sentinel master: {statuses:?}"
+    );
+    // The count is on the master: a store of its own reads 80 calls made, 60 counted.
+    let redis = RedisStore::connect_sentinel(SENTINEL_MASTER, group.sentinel_urls())
+        .await
+        .unwrap();
+    let minute = Algorithm::SlidingWindow {
+        window: Duration::from_secs(60),
+    };
+    let api = Check::new("api_calls_per_minute", minute, 60, 0);
+    let used = redis.peek(&"acme".parse().unwrap(), &[api]).await.unwrap();
+    assert_eq!(used[0].used, 60, "{used:?}");
 }

@@ -18,8 +18,10 @@
 //! it refreshes its slot map, which it does again and again while a master
 //! is down, so tenants of healthy masters miss their timeouts too.
 //! [`ClusterShardStore`] gives each master's slots a cluster connection of
-//! their own (one [`RedisStore`] per master at connection time): a failing
-//! master stalls only the connection of its own slots.
+//! their own (one [`RedisStore`] per master at connection time), and reads
+//! the slot map through one more: a failing master stalls only the
+//! connection of its own slots, and a `CLUSTER SLOTS` that lands on it
+//! stalls no shard.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -223,8 +225,12 @@ impl ClusterShardStore {
     /// # }
     /// ```
     pub async fn from_client(client: &redis::cluster::ClusterClient) -> RedisResult<Self> {
+        // The slot map is read through a connection of its own: a `CLUSTER
+        // SLOTS` sent to a dead node (and the slot refresh redis-rs starts
+        // after it) then holds no shard's admissions.
+        let slot_reader = RedisStore::from_cluster_connection(client.get_async_connection().await?);
+        let partitions = ClusterPartitions::discover(&slot_reader, Duration::from_secs(1)).await?;
         let first = RedisStore::from_cluster_connection(client.get_async_connection().await?);
-        let partitions = ClusterPartitions::discover(&first, Duration::from_secs(1)).await?;
         let (slot_shard, masters): (Arc<[u16]>, usize) = {
             let map = partitions.inner.map.load();
             let slots = map

@@ -5,11 +5,16 @@
 -- most one write.
 --
 -- KEYS[1]  the window's key
--- ARGV     limit, cost, window ms, and the time in ms of a test clock when
---          given (without: the server's time)
+-- ARGV[1]  limit, cost, window ms, and the time in ms of a test clock when
+--          given (without: the server's time), packed as three or four
+--          little-endian doubles: one argument and one struct.unpack cost
+--          Redis a third of three numeric arguments
 --
 -- Returns what admit.lua returns for one check: allowed, used, reset ms,
--- retry ms (-1: none), crossed (0), admitted, as six little-endian doubles.
+-- retry ms (-1: none), crossed (0), admitted, as six little-endian doubles;
+-- or, when the check is allowed (retry -1, crossed 0, admitted 1) and
+-- used < 2^26 and reset < 2^27, the integer used * 2^27 + reset, cheaper
+-- to send.
 --
 -- The key (layout in src/store/redis.rs and admit.lua) is one string:
 --   w (double), head (double), off (byte), total, then the counts of
@@ -27,10 +32,46 @@
 -- costs more than the arithmetic.)
 
 local key = KEYS[1]
-local limit, cost, w = ARGV[1] + 0, ARGV[2] + 0, ARGV[3] + 0
-local clock = ARGV[4] ~= nil
+local a = ARGV[1]
+local clock = #a == 32
+local limit, cost, w, now
+if clock then
+  limit, cost, w, now = struct.unpack('<dddd', a)
+else
+  limit, cost, w = struct.unpack('<ddd', a)
+end
 local b = (w + 7 - (w + 7) % 8) / 8
 local v = redis.call('GET', key)
+local ttl = -1
+if v and not clock then ttl = redis.call('PTTL', key) end
+-- The fast path: the same window, now in the newest bucket, the oldest
+-- bucket with a count still counted, allowed, 16-bit counts. With
+-- E = (head + 1) * b + w - 1, the key's expiry, and t = E - now (its PTTL
+-- on the server's clock): now < (head + 1) * b is t >= w; now >= head * b
+-- is t <= b + w - 1; head - off >= j0 (the oldest counted bucket) is
+-- off * b < t (and head >= off), so used = total and reset =
+-- (head - off + 1) * b + w - 1 - now = t - off * b. Total and the newest
+-- count change in place (with a test clock the expiry is set again, as the
+-- general path's SET PX would). Anything else: the general path below.
+if v and #v == 37 then
+  local w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+  if w0 == w and off <= 8 and head >= off then
+    local t = ttl
+    if clock then t = (head + 1) * b + w - 1 - now end
+    local sum = total + cost
+    if t >= w and t <= b + w - 1 and off * b < t and sum <= limit and sum <= 65535 then
+      if cost > 0 then
+        redis.call('SETRANGE', key, '17', struct.pack('<HH', sum, newest + cost))
+        if clock then redis.call('PEXPIRE', key, string.format('%.0f', t)) end
+      end
+      local reset = t - off * b
+      if sum < 67108864 and reset < 134217728 then
+        return sum * 134217728 + reset
+      end
+      return struct.pack('<dddddd', 1, sum, reset, -1, 0, 1)
+    end
+  end
+end
 -- sz: bytes per count, cf: its format; the count of bucket j (head - 8 <=
 -- j <= head) is at the 1-based position p0 + sz * (head - j).
 local sz, cf, p0 = 8, '<d', 26
@@ -43,12 +84,7 @@ if v then
     w0, head, off, total, newest = struct.unpack('<ddBdd', v)
   end
 end
-local now
-if clock then
-  now = ARGV[4] + 0
-else
-  local ttl = -1
-  if v then ttl = redis.call('PTTL', key) end
+if not clock then
   if ttl >= 0 then
     now = (head + 1) * ((w0 + 7 - (w0 + 7) % 8) / 8) + w0 - 1 - ttl
   else
@@ -129,7 +165,7 @@ if allowed then
       if off > 8 then off = 0 end
       local fmt = '<Bdd'
       if sz == 2 then fmt = '<BHH' end
-      redis.call('SETRANGE', key, 16, struct.pack(fmt, off, sum, newest + cost))
+      redis.call('SETRANGE', key, '16', struct.pack(fmt, off, sum, newest + cost))
     else
       -- The ring moves to bucket target: buckets before target - 8 leave.
       local c = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
@@ -159,6 +195,9 @@ if allowed then
         redis.call('SET', key, packed, 'PXAT', string.format('%.0f', e))
       end
     end
+  end
+  if used < 67108864 and reset >= 0 and reset < 134217728 then
+    return used * 134217728 + reset
   end
   return struct.pack('<dddddd', 1, used, reset, -1, 0, 1)
 end

@@ -1,0 +1,27 @@
+# The calls of docs/bench/redis-callgrind.py (BENCHMARKS.md §4): the same
+# calls as the server-time rows of benches/redis.rs. `load(src)` loads a
+# script (a file of src/store/ or inline Lua) and gives its sha; `pack(fmt,
+# ...)` is Python's struct.pack.
+RLF = (
+    "redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') "
+    "local consumed = redis.call('incrby', KEYS[1], ARGV[1]) "
+    "local ttl = redis.call('pttl', KEYS[1]) "
+    "if ttl == -1 then redis.call('expire', KEYS[1], ARGV[2]) ttl = 1000 * ARGV[2] end "
+    "return {consumed, ttl}"
+)
+LIMIT, WINDOW = 1000000000000, 60000
+CALLS = [
+    ("EVALSHA of `return 1`", lambda load: ["EVALSHA", load("return 1"), "0"]),
+    ("rate-limiter-flexible's script", lambda load: ["EVALSHA", load(RLF), "1", "rlf:x", "1", "60"]),
+    ("window.lua, one sliding-window check", lambda load: [
+        "EVALSHA", load("window.lua"), "1", "tt:{b}:sb2:x", pack("<ddd", LIMIT, 1, WINDOW)]),
+    ("admit.lua, one sliding-window check", lambda load: [
+        "EVALSHA", load("admit.lua"), "1", "tt:{b}:sb2:g", "a", "", "", "1",
+        "sb", str(LIMIT), "1", str(WINDOW), "", "0"]),
+    ("admit.lua, rate + daily quota + concurrency", lambda load: [
+        "EVALSHA", load("admit.lua"), "3", "tt:{b}:sb2:t", "tt:{b}:cal:t", "tt:{b}:cc:t",
+        "a", "", "lease-1", "3",
+        "sb", str(LIMIT), "1", str(WINDOW), "",
+        "cal", str(LIMIT), "1", "d", "",
+        "cc", "10", "1", "300000", "", "0"]),
+]

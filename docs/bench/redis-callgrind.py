@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Instructions redis-server spends per script call (BENCHMARKS.md §4).
+
+Starts redis-server under callgrind on a free port, then for each call: a
+warm-up of 2 000 calls, `callgrind_control -z`, N calls pipelined 16 at a
+time over 4 connections in turn, `callgrind_control -d`; prints the
+instructions of the dump divided by N. The calls are binary-safe (raw RESP,
+so packed arguments work, which redis-benchmark's argv does not carry).
+
+Usage: docs/bench/redis-callgrind.py [N] [ROUNDS]   (5 000 calls, 1 round)
+"""
+import glob, os, socket, struct, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+
+
+def resp(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self.buf += self.s.recv(65536)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self):
+        line = self._line()
+        t, rest = line[:1], line[1:]
+        if t in (b"+", b":"):
+            return rest
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.s.recv(65536)
+            v, self.buf = self.buf[:n], self.buf[n + 2:]
+            return v
+        if t == b"*":
+            return [self.reply() for _ in range(int(rest))]
+        raise RuntimeError(line)
+
+    def call(self, *args):
+        self.s.sendall(resp(args))
+        return self.reply()
+
+    def pipeline(self, args, n):
+        self.s.sendall(resp(args) * n)
+        return [self.reply() for _ in range(n)]
+
+
+def run(conns, args, n):
+    done = 0
+    while done < n:
+        for c in conns:
+            k = min(16, n - done)
+            if k <= 0:
+                break
+            c.pipeline(args, k)
+            done += k
+
+
+def main(calls):
+    d = tempfile.mkdtemp()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    vg = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out",
+         "redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", d],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                c = Conn(port)
+                c.call("PING")
+                break
+            except OSError:
+                time.sleep(0.2)
+        conns = [c] + [Conn(port) for _ in range(3)]
+
+        def load(src):
+            if src.endswith(".lua"):
+                src = open(os.path.join(ROOT, "src/store", src)).read()
+            return c.call("SCRIPT", "LOAD", src).decode()
+
+        results = {}
+        for _ in range(ROUNDS):
+            for label, make in calls:
+                args = make(load)
+                first = c.call(*args)
+                run(conns, args, 2000)
+                subprocess.run(["callgrind_control", "-z", str(vg.pid)], stdout=subprocess.DEVNULL, check=True)
+                run(conns, args, N)
+                subprocess.run(["callgrind_control", "-d", str(vg.pid)], stdout=subprocess.DEVNULL, check=True)
+                f = max(glob.glob(f"{d}/cg.out.*"), key=os.path.getmtime)
+                ir = None
+                for line in open(f):
+                    if line.startswith(("summary:", "totals:")):
+                        ir = int(line.split()[1])
+                        break
+                if os.environ.get("CG_KEEP"):
+                    os.rename(f, os.path.join(os.environ["CG_KEEP"], label.replace(" ", "_") + ".out"))
+                else:
+                    os.remove(f)
+                results.setdefault(label, []).append(ir / N)
+                del first
+        for label, _ in calls:
+            v = results[label]
+            print(f"{label}\t" + " ".join(f"{x / 1000:.1f}k" for x in v), flush=True)
+    finally:
+        vg.terminate()
+        vg.wait()
+
+
+def pack(fmt, *xs):
+    return struct.pack(fmt, *xs)
+
+
+if __name__ == "__main__":
+    calls_file = os.environ.get("CALLS", os.path.join(ROOT, "docs/bench/redis-callgrind-calls.py"))
+    ns = {"pack": pack}
+    exec(open(calls_file).read(), ns)
+    main(ns["CALLS"])
