@@ -765,10 +765,7 @@ impl<St: Send + Sync> Decide for Config<St> {
 
 /// For admitted gauge checks: gives the reserved units back (called when the
 /// response is not a success).
-fn gauge_undo<St: CounterStore>(
-    config: &Arc<Config<St>>,
-    asked: &Asked<'_>,
-) -> Option<Undo> {
+fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked<'_>) -> Option<Undo> {
     if !asked
         .checks()
         .iter()
@@ -1102,7 +1099,10 @@ where
                         .pending
                         .take()
                         .expect("AdmitFuture polled after completion");
-                    match waiting.config.decide(&prepared, &asked.borrow(), &mut result) {
+                    match waiting
+                        .config
+                        .decide(&prepared, &asked.borrow(), &mut result)
+                    {
                         Ok(admitted) => {
                             let future = inner.call(req);
                             this.state.set(State::Inner {
