@@ -78,6 +78,11 @@ impl Counter for ApproxState {
         self.curr = self.curr.saturating_add(cost);
         None
     }
+
+    fn unconsume(&mut self, _now: u64, _: u64, cost: u64) -> bool {
+        self.curr = self.curr.saturating_sub(cost);
+        self.curr == 0 && self.prev == 0
+    }
 }
 
 /// `floor(a * b / c)` without overflow, saturating; 0 when `c == 0`.

@@ -51,4 +51,9 @@ impl Counter for CalendarState {
         self.count = self.count.saturating_add(cost);
         None
     }
+
+    fn unconsume(&mut self, _now: u64, _: Period, cost: u64) -> bool {
+        self.count = self.count.saturating_sub(cost);
+        self.count == 0
+    }
 }

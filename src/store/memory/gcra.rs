@@ -143,4 +143,11 @@ impl Counter for GcraState {
         self.0 = now.saturating_mul(NS).saturating_add(debt);
         None
     }
+
+    fn unconsume(&mut self, now: u64, p: Params, cost: u64) -> bool {
+        // Admitted, so `d + T·cost <= C` did not saturate: `tat` goes back
+        // to `now + d`, the same debt as before.
+        self.0 = self.0.saturating_sub(p.t.saturating_mul(cost));
+        self.idle(now)
+    }
 }

@@ -75,4 +75,9 @@ impl Counter for Inflight {
         self.0.fetch_add(cost, Ordering::AcqRel);
         Some(Lease::counter(self.0.clone(), cost))
     }
+
+    fn unconsume(&mut self, _now: u64, _: (), _cost: u64) -> bool {
+        // The units came back when the call's lease was dropped.
+        self.idle()
+    }
 }

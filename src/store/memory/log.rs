@@ -94,4 +94,22 @@ impl Counter for LogState {
         }
         None
     }
+
+    fn unconsume(&mut self, _now: u64, _: u64, cost: u64) -> bool {
+        // The newest entry took the units: merged into it, or pushed (then
+        // it counts exactly `cost` and goes).
+        let len = self.entries.len();
+        let before = match len {
+            0 => return true,
+            1 => self.base,
+            _ => self.entries[len - 2].1,
+        };
+        if let Some((_, cum)) = self.entries.back_mut() {
+            *cum = cum.wrapping_sub(cost);
+            if *cum == before {
+                self.entries.pop_back();
+            }
+        }
+        self.entries.is_empty()
+    }
 }

@@ -341,6 +341,8 @@ impl MemoryStore {
             let mut decisions = Decisions::new();
             decisions.push(tables.apply(tenant, check, now, op, &mut leases));
             decisions
+        } else if checks.iter().all(|c| !c.shadow) && distinct_counters(checks) {
+            tables.run_at_once(tenant, checks, now, commit, &mut leases)
         } else {
             let mut decisions: Decisions = checks
                 .iter()
@@ -731,6 +733,57 @@ impl Tables {
         with_table!(self, tenant, check, now, apply(now, check, op, leases))
     }
 
+    /// Takes back what a committed [`Op::Take`] of `check` consumed in this
+    /// call; the decision before consumption ([`undo`]).
+    fn undo(&mut self, tenant: &TenantId, check: &Check, now: u64) -> Decision {
+        with_table!(self, tenant, check, now, undo(now, check))
+    }
+
+    /// A batch in one pass, for checks that are not shadowed and count on
+    /// distinct counters: each check is evaluated and, when it allows,
+    /// taken at once (one lookup per check). When a check refuses, what
+    /// the checks before it consumed is taken back and the rest are only
+    /// evaluated: the same decisions and the same state as evaluating every
+    /// check first and taking them all only when every one allows, since no
+    /// check's counter is touched by another.
+    fn run_at_once(
+        &mut self,
+        tenant: &TenantId,
+        checks: &[Check],
+        now: u64,
+        commit: bool,
+        leases: &mut Leases,
+    ) -> Decisions {
+        let mut decisions = Decisions::new();
+        let take = Op::Take {
+            commit,
+            force: false,
+            evaluated: None,
+        };
+        for (i, check) in checks.iter().enumerate() {
+            let decision = self.apply(tenant, check, now, take, leases);
+            if !decision.allowed {
+                // Release this call's concurrency units first (dropping the
+                // leases), then take back the other checks' units.
+                *leases = Leases::default();
+                for (earlier, d) in checks[..i].iter().zip(decisions.iter_mut()) {
+                    *d = if commit && earlier.cost > 0 {
+                        self.undo(tenant, earlier, now)
+                    } else {
+                        self.apply(tenant, earlier, now, Op::Eval, leases)
+                    };
+                }
+                decisions.push(decision);
+                for later in &checks[i + 1..] {
+                    decisions.push(self.apply(tenant, later, now, Op::Eval, leases));
+                }
+                return decisions;
+            }
+            decisions.push(decision);
+        }
+        decisions
+    }
+
     /// Removes the counters whose state has fully expired; returns how many.
     fn sweep(&mut self, now: u64) -> usize {
         let before = self.len();
@@ -786,6 +839,14 @@ fn sweep_tables<V>(
 fn same_counter(a: &Check, b: &Check) -> bool {
     std::mem::discriminant(&a.algorithm) == std::mem::discriminant(&b.algorithm)
         && (Arc::ptr_eq(&a.policy, &b.policy) || a.policy == b.policy)
+}
+
+/// Whether no two checks count on the same counter ([`same_counter`]).
+fn distinct_counters(checks: &[Check]) -> bool {
+    checks
+        .iter()
+        .enumerate()
+        .all(|(i, a)| checks[i + 1..].iter().all(|b| !same_counter(a, b)))
 }
 
 fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
@@ -913,6 +974,13 @@ trait Counter: Sized {
 
     /// Adds `cost` (> 0) at `now` (the state is normalized).
     fn consume(&mut self, now: u64, ctx: Self::Ctx, cost: u64) -> Option<Lease>;
+
+    /// Takes back the `cost` units that [`consume`](Self::consume) added at
+    /// `now` in this call (a later check of the batch refused), so that the
+    /// state counts what it counted before; a lease taken is released by
+    /// dropping it first. Returns whether the state now counts nothing at
+    /// all (it is then equivalent to no counter and may be removed).
+    fn unconsume(&mut self, now: u64, ctx: Self::Ctx, cost: u64) -> bool;
 }
 
 /// Whether `used + cost <= limit`, without overflow.
@@ -958,17 +1026,24 @@ fn add_cost(decision: &mut Decision, check: &Check) {
 /// others.
 trait Lookup<K> {
     fn get_mut<'m, V>(&self, map: &'m mut HashMap<K, V>) -> Option<&'m mut V>;
+    fn remove<V>(&self, map: &mut HashMap<K, V>);
 }
 
 impl Lookup<TenantId> for &str {
     fn get_mut<'m, V>(&self, map: &'m mut HashMap<TenantId, V>) -> Option<&'m mut V> {
         map.get_mut(*self)
     }
+    fn remove<V>(&self, map: &mut HashMap<TenantId, V>) {
+        map.remove(*self);
+    }
 }
 
 impl Lookup<Key> for (&str, &str) {
     fn get_mut<'m, V>(&self, map: &'m mut HashMap<Key, V>) -> Option<&'m mut V> {
         map.get_mut(self as &dyn KeyView)
+    }
+    fn remove<V>(&self, map: &mut HashMap<Key, V>) {
+        map.remove(self as &dyn KeyView);
     }
 }
 
@@ -1029,6 +1104,33 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
     }
 }
 
+/// Takes back what [`apply`] consumed for `check` in this call (the batch
+/// was refused after all; the call's leases are dropped already) and
+/// returns the decision as if nothing had been consumed, i.e. what an
+/// [`Op::Eval`] said before. A counter left counting nothing (one this call
+/// created) is removed.
+fn undo<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
+    map: &mut HashMap<K, V>,
+    lookup: L,
+    _key: impl FnOnce() -> K,
+    ctx: S::Ctx,
+    now: u64,
+    check: &Check,
+) -> Decision {
+    match lookup.get_mut(map) {
+        Some(state) => {
+            let state = state.borrow_mut();
+            let vacant = state.unconsume(now, ctx, check.cost);
+            let decision = state.eval(now, ctx, check);
+            if vacant {
+                lookup.remove(map);
+            }
+            decision
+        }
+        None => S::eval_missing(now, ctx, check),
+    }
+}
+
 /// Gauge: a level moved by admissions and [`CounterStore::adjust`].
 struct Gauge(u64);
 
@@ -1048,6 +1150,11 @@ impl Counter for Gauge {
     fn consume(&mut self, _now: u64, _: Self::Ctx, cost: u64) -> Option<Lease> {
         self.0 = self.0.saturating_add(cost);
         None
+    }
+
+    fn unconsume(&mut self, _now: u64, _: (), cost: u64) -> bool {
+        self.0 = self.0.saturating_sub(cost);
+        self.0 == 0
     }
 }
 
@@ -1179,6 +1286,89 @@ mod tests {
                 .expect("ready")
                 .expect("ok");
             assert_eq!(level[0].used, 3, "{alg:?}");
+        }
+    }
+
+    /// A batch refused by its last check: the checks before it were taken
+    /// at once and are taken back — every counter reads as before (those
+    /// the call created are gone), the decisions are those before
+    /// consumption (as `peek` reports them), and no concurrency unit stays
+    /// held. Then the same batch admitted, and a peek of it, for every
+    /// algorithm and both with existing and with new counters.
+    #[test]
+    fn refused_batch_takes_back_what_it_took() {
+        let quota = Algorithm::Calendar {
+            period: Period::Day,
+        };
+        let kinds = [
+            window(60_000),
+            window(100),
+            approx(60_000),
+            gcra(60_000, 10),
+            log(60_000),
+            quota,
+            concurrency(),
+            Algorithm::Gauge,
+        ];
+        for warm in [false, true] {
+            let (clock, store) = store_at_t0(1_000_000);
+            let acme = tenant(0);
+            let mut checks: Vec<Check> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &alg)| Check::new(format!("p{i}"), alg, 10, 2))
+                .collect();
+            if warm {
+                // Every counter exists and holds 3 units (the log in two
+                // milliseconds).
+                let first: Vec<Check> = kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &alg)| Check::new(format!("p{i}"), alg, 10, 1))
+                    .collect();
+                std::mem::forget(admit(&store, &acme, &first));
+                clock.advance_ms(1);
+                let second: Vec<Check> = first
+                    .iter()
+                    .map(|c| Check::new(c.policy.clone(), c.algorithm, 10, 2))
+                    .collect();
+                std::mem::forget(admit(&store, &acme, &second));
+                clock.advance_ms(1);
+            }
+            let zero: Vec<Check> = checks
+                .iter()
+                .map(|c| Check::new(c.policy.clone(), c.algorithm, 10, 0))
+                .collect();
+            let levels = |store: &MemoryStore| {
+                let peeked = store.peek(&acme, &zero).try_take().unwrap().unwrap();
+                peeked.to_vec()
+            };
+            let (len, before) = (store.len(), levels(&store));
+            // The last check refuses (a quota already used up).
+            checks.push(Check::new("full", quota, 0, 1));
+            let expected = store.peek(&acme, &checks).try_take().unwrap().unwrap();
+            let refused = admit(&store, &acme, &checks);
+            assert!(!refused.allowed());
+            assert!(refused.lease.is_none());
+            assert_eq!(refused.decisions, expected, "warm {warm}");
+            assert_eq!(store.len(), len, "warm {warm}");
+            assert_eq!(levels(&store), before, "warm {warm}");
+            for (d, check) in refused.decisions.iter().zip(&checks) {
+                assert!(d.allowed || check.policy.as_ref() == "full", "{check:?}");
+            }
+            // Without the refusing check: admitted, each counter 2 more.
+            checks.pop();
+            let peeked = store.peek(&acme, &checks).try_take().unwrap().unwrap();
+            let admitted = admit(&store, &acme, &checks);
+            assert!(admitted.allowed() && admitted.lease.is_some());
+            assert_eq!(admitted.decisions, peeked, "warm {warm}");
+            let after = levels(&store);
+            for ((a, b), alg) in after.iter().zip(&before).zip(&kinds) {
+                if !matches!(alg, Algorithm::Gcra { .. }) {
+                    assert_eq!(a.used, b.used + 2, "{alg:?} warm {warm}");
+                }
+            }
+            drop(admitted);
         }
     }
 

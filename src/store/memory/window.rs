@@ -219,29 +219,38 @@ impl<C: Cell> Counter for SubBuckets<C> {
     }
 
     fn eval(&self, now: u64, g: Geometry, check: &Check) -> Decision {
-        // `used` and the oldest non-empty counted bucket in one pass over
-        // the ring (at most `k + 1` slots, walked without a division each).
         let (first, head) = (g.first(self.at(now, g)), self.head());
-        let mut used = 0u64;
-        let mut oldest = None;
-        if first <= head {
-            let mut slot = (first % SLOTS as u64) as usize;
-            let mut j = first;
-            loop {
-                let count = self.counts[slot].get();
-                if count > 0 && oldest.is_none() {
-                    oldest = Some(j);
-                }
-                used = used.saturating_add(count);
-                if j == head {
-                    break;
-                }
-                j += 1;
-                slot = if slot + 1 == SLOTS { 0 } else { slot + 1 };
-            }
+        // Buckets `first..=head`, oldest first: `n` (at most `k + 1`)
+        // slots from `first`'s, wrapping. Every slot is summed, with a mask
+        // of the non-empty ones (no branch), then the slots past `n` are
+        // taken off again (`n` is `k + 1` or `k` unless the clock stepped).
+        let n = head
+            .saturating_add(1)
+            .saturating_sub(first)
+            .min(SLOTS as u64) as usize;
+        let start = (first % SLOTS as u64) as usize;
+        let mut total = 0u128;
+        let mut full = 0u32;
+        for (slot, count) in self.counts.iter().enumerate() {
+            let count = count.get();
+            total += u128::from(count);
+            full |= u32::from(count != 0) << slot;
         }
+        for age in n..SLOTS {
+            let slot = (start + age) % SLOTS;
+            total -= u128::from(self.counts[slot].get());
+        }
+        let used = u64::try_from(total).unwrap_or(u64::MAX);
+        // The mask by age (bit `i`: bucket `first + i`), counted ones only.
+        let by_age = ((full >> start) | (full << (SLOTS - start))) & ((1 << n) - 1);
+        let oldest = by_age.trailing_zeros() as usize;
         let until = |j: u64| g.expiry(j).saturating_sub(now);
-        decision(check, used, oldest.map_or(0, until), || {
+        let reset = if oldest < SLOTS {
+            until(first + oldest as u64)
+        } else {
+            0
+        };
+        decision(check, used, reset, || {
             // Buckets expire oldest first: the first whose expiry frees
             // `need` units.
             let need = used - (check.limit - check.cost);
@@ -272,6 +281,13 @@ impl<C: Cell> Counter for SubBuckets<C> {
         let slot = &mut self.counts[(self.head() % SLOTS as u64) as usize];
         *slot = C::of(slot.get().saturating_add(cost));
         None
+    }
+
+    fn unconsume(&mut self, _now: u64, _: Geometry, cost: u64) -> bool {
+        // Admitted, so the bucket did not saturate: `cost` comes off exactly.
+        let slot = &mut self.counts[(self.head() % SLOTS as u64) as usize];
+        *slot = C::of(slot.get().saturating_sub(cost));
+        self.counts.iter().all(|c| c.get() == 0)
     }
 }
 
