@@ -534,8 +534,9 @@ fn main() {
     // scripts interleaved, three rounds (min, median, max of server µs per
     // call).
     let tag = "{bench}";
-    let (admit_sha, rlf_sha) = (
+    let (admit_sha, plan_sha, rlf_sha) = (
         load(include_str!("../src/store/admit.lua")),
+        load(include_str!("../src/store/plan.lua")),
         load(RLF_SCRIPT),
     );
     let one = |name: &str| format!("tt:{tag}:sb2:{name}");
@@ -599,6 +600,18 @@ fn main() {
                 "",
                 "0",
             ]),
+        ),
+        (
+            "plan.lua, the same three policies (what the store sends)",
+            vec![
+                plan_sha.clone().into_bytes(),
+                b"3".to_vec(),
+                one("plan").into_bytes(),
+                format!("tt:{tag}:cal:plan").into_bytes(),
+                format!("tt:{tag}:cc:plan").into_bytes(),
+                packed(&[LIMIT, 1, WINDOW_MS, LIMIT, 1, 2, 10, 1, 300_000]),
+                b"lease-1:1".to_vec(),
+            ],
         ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];

@@ -22,7 +22,7 @@ use redis_server::RedisServer;
 use tower_tenancy::store::{
     Algorithm, Check, Clock, CounterStore, ManualClock, MemoryStore, RedisStore,
 };
-use tower_tenancy::TenantId;
+use tower_tenancy::{Period, TenantId};
 
 fn window(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
     Check::new(
@@ -188,6 +188,111 @@ async fn lean_fast_path_decides_as_the_memory_store() {
     assert!(allowed > 1_000 && denied > 300 && at_limit > 40 && in_place > 400);
 }
 
+/// The lean script of the three-rule plan (`plan.lua`: a sliding window, a
+/// calendar quota and a concurrency limit in one batch), the general script
+/// (the same batch plus a gauge that never refuses) and the memory store
+/// decide alike on random sequences: the checks in any order, costs of 0,
+/// 1, 2 and above a limit, hours, days, weeks and months crossed, leases
+/// held and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_script_decides_as_the_general_one_and_the_memory_store() {
+    let server = RedisServer::new();
+    let clock = Arc::new(ManualClock::new(1_706_745_599_000));
+    let redis = RedisStore::connect(server.url())
+        .await
+        .unwrap()
+        .clock(clock.clone());
+    let memory = MemoryStore::with_clock(clock.clone());
+    let tenant: TenantId = "plan".parse().unwrap();
+    let mut rng = Lcg(5);
+    let periods = [Period::Hour, Period::Day, Period::Week, Period::Month];
+    let mut held = Vec::new();
+    let (mut lean, mut general, mut admitted, mut by) = (0, 0, 0, [0; 3]);
+    for step in 0..2_500 {
+        clock.advance_ms(match rng.below(20) {
+            0..=13 => rng.below(300),
+            14..=17 => rng.below(20_000),
+            18 => rng.below(4_000_000),
+            _ => rng.below(700_000_000),
+        });
+        // A period per quota (the stores differ on a quota whose period
+        // changes under the same name).
+        let p = rng.below(4);
+        let cost = |rng: &mut Lcg, limit: u64| match rng.below(14) {
+            0 => 0,
+            1 => 2,
+            2 => limit + 1,
+            _ => 1,
+        };
+        let (rate_limit, quota_limit, conc_limit) = (8 + 4 * (p % 2), 30 + 10 * p, 3);
+        let mut batch = vec![
+            window(
+                &format!("r{p}"),
+                [1_000, 8_003][p as usize % 2],
+                rate_limit,
+                cost(&mut rng, rate_limit),
+            ),
+            Check::new(
+                format!("q{p}"),
+                Algorithm::Calendar {
+                    period: periods[p as usize],
+                },
+                quota_limit,
+                cost(&mut rng, quota_limit),
+            ),
+            Check::new(
+                format!("c{p}"),
+                Algorithm::Concurrency {
+                    lease_ttl: Duration::from_secs(300),
+                },
+                conc_limit,
+                cost(&mut rng, conc_limit),
+            ),
+        ];
+        // Any order.
+        for i in (1..3).rev() {
+            batch.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        if rng.below(4) == 0 {
+            general += 1;
+            batch.push(open_gauge());
+        } else {
+            lean += 1;
+        }
+        let got = redis.admit(&tenant, &batch).await.unwrap();
+        let expected = memory.admit(&tenant, &batch).await.unwrap();
+        assert_eq!(
+            got.decisions,
+            expected.decisions,
+            "step {step}, now {}, {batch:#?}",
+            clock.now_ms()
+        );
+        assert_eq!(got.allowed(), expected.allowed());
+        if got.allowed() {
+            admitted += 1;
+            held.push((got.lease, expected.lease));
+        }
+        for (i, d) in got.decisions.iter().take(3).enumerate() {
+            if !d.allowed {
+                by[i] += 1;
+            }
+        }
+        // Drop some leases (both stores release them).
+        while !held.is_empty() && rng.below(3) == 0 {
+            let at = rng.below(held.len() as u64) as usize;
+            drop(held.swap_remove(at));
+        }
+    }
+    let plan_calls = server.command_calls("zrange");
+    println!(
+        "{lean} lean, {general} general, {admitted} admitted, refusals by position {by:?}, \
+         plan.lua ran {plan_calls} times"
+    );
+    assert!(lean > 1_500 && general > 400 && admitted > 500);
+    assert!(by.iter().all(|&n| n > 100), "{by:?}");
+    assert!(plan_calls as usize >= lean - 10, "{plan_calls}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_stores_on_the_server_clock_admit_exactly_the_limit() {
     let server = RedisServer::new();
@@ -268,4 +373,111 @@ async fn counts_widen_beyond_sixteen_bits() {
     assert_eq!(server.int(&["STRLEN", &key]), 97);
     let pttl = server.int(&["PTTL", &key]);
     assert!(pttl > 50_000 && pttl <= 67_500, "{pttl}");
+}
+
+fn plan_batch(quota: u64, concurrency: u64, lease_ms: u64) -> Vec<Check> {
+    vec![
+        Check::new(
+            "conc",
+            Algorithm::Concurrency {
+                lease_ttl: Duration::from_millis(lease_ms),
+            },
+            concurrency,
+            1,
+        ),
+        window("rate", 3_600_000, 1_000_000, 1),
+        Check::new(
+            "daily",
+            Algorithm::Calendar {
+                period: Period::Day,
+            },
+            quota,
+            1,
+        ),
+    ]
+}
+
+/// The three-rule plan on the server's clock through plan.lua: four stores
+/// admit exactly the quota, then exactly the concurrency limit while the
+/// leases are held; expired leases stop counting and are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_stores_through_the_plan_script_admit_exactly_the_limits() {
+    let server = RedisServer::new();
+    let tenant: TenantId = "planned".parse().unwrap();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(RedisStore::connect(server.url()).await.unwrap());
+    }
+    // The quota: 4 × 200 attempts, each lease dropped at once.
+    let mut tasks = Vec::new();
+    for store in &stores {
+        let (store, tenant) = (store.clone(), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0u64;
+            for _ in 0..200 {
+                let a = store
+                    .admit(&tenant, &plan_batch(300, 4, 60_000))
+                    .await
+                    .unwrap();
+                admitted += u64::from(a.allowed());
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, 300);
+    let plan_calls = server.command_calls("zrange");
+    assert!(plan_calls >= 800, "{plan_calls}");
+
+    // The concurrency limit: leases held, 4 × 3 attempts on another tenant.
+    let tenant: TenantId = "held".parse().unwrap();
+    let mut tasks = Vec::new();
+    for store in &stores {
+        let (store, tenant) = (store.clone(), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                let a = store
+                    .admit(&tenant, &plan_batch(1_000, 5, 400))
+                    .await
+                    .unwrap();
+                if a.allowed() {
+                    held.push(a);
+                }
+            }
+            held
+        }));
+    }
+    let mut held = Vec::new();
+    for task in tasks {
+        held.extend(task.await.unwrap());
+    }
+    assert_eq!(held.len(), 5);
+    let set = stores[0].key(
+        &tenant,
+        &Algorithm::Concurrency {
+            lease_ttl: Duration::from_millis(400),
+        },
+        "conc",
+    );
+    assert_eq!(server.int(&["ZCARD", &set]), 5);
+    // Leases of a crashed instance: members whose expiry has passed (the
+    // live ones released).
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.int(&["ZCARD", &set]), 0);
+    for i in 0..6 {
+        server.cli(&["ZADD", &set, "1000", &format!("crashed{i}:1")]);
+    }
+    let a = stores[1]
+        .admit(&tenant, &plan_batch(1_000, 5, 400))
+        .await
+        .unwrap();
+    assert!(a.allowed());
+    assert_eq!(a.decisions[0].used, 1);
+    // The expired members were removed when the new lease was added.
+    assert_eq!(server.int(&["ZCARD", &set]), 1);
 }

@@ -25,3 +25,6 @@ CALLS = [
         "cal", str(LIMIT), "1", "d", "",
         "cc", "10", "1", "300000", "", "0"]),
 ]
+CALLS.append(("plan.lua, rate + daily quota + concurrency (what the store sends)", lambda load: [
+    "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cal:p", "tt:{b}:cc:p",
+    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000), "lease-1:1"]))

@@ -97,7 +97,7 @@ def main(calls):
 
         def load(src):
             if src.endswith(".lua"):
-                src = open(os.path.join(ROOT, "src/store", src)).read()
+                src = open(os.path.join(ROOT, "src/store", src)).read()  # (absolute paths as they are)
             return c.call("SCRIPT", "LOAD", src).decode()
 
         results = {}

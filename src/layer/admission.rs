@@ -1,7 +1,6 @@
 //! [`AdmissionLayer`]: rate limits, calendar quotas, concurrency limits and
 //! crate-kept gauges of the tenant's plan, all checked in one store call.
 
-use std::borrow::Borrow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -619,43 +618,44 @@ impl<S: Clone, St> Clone for Admit<S, St> {
     }
 }
 
-/// What a request asked of the store, kept to interpret the answer. The
-/// tenant is borrowed from the request while it is at hand (`&TenantId`),
-/// owned when the request waits on the store.
-struct Asked<'p, T> {
-    tenant: T,
-    list: List<'p>,
+/// What a request asked of the store, kept to interpret the answer: the
+/// tenant, the checks and, for each check, the index of its (first) rule.
+/// Borrowed (from the request, the plan's checks or the stack), so that it
+/// costs no copy to build.
+#[derive(Clone, Copy)]
+struct Asked<'p> {
+    tenant: &'p TenantId,
+    checks: &'p [Check],
+    rules: &'p [u32],
 }
 
-/// The checks of a request and, for each, the index of its (first) rule.
-// Lives on the stack for one call (or in a box, for an asynchronous
-// store): boxing the large variant would allocate per request.
-#[allow(clippy::large_enum_variant)]
-enum List<'p> {
-    /// The plan's checks ([`PlanRules::fixed`]), borrowed.
-    Plan(&'p [Check], &'p [u32]),
-    /// Built for this request.
-    Own(Checks, SmallVec<[u32; 4]>),
-}
-
-impl<T: Borrow<TenantId>> Asked<'_, T> {
+impl Asked<'_> {
     fn tenant(&self) -> &TenantId {
-        self.tenant.borrow()
+        self.tenant
     }
-}
 
-impl<T> Asked<'_, T> {
     fn checks(&self) -> &[Check] {
-        match &self.list {
-            List::Plan(checks, _) => checks,
-            List::Own(checks, _) => checks,
-        }
+        self.checks
     }
 
     fn rules(&self) -> &[u32] {
-        match &self.list {
-            List::Plan(_, rules) => rules,
-            List::Own(_, rules) => rules,
+        self.rules
+    }
+}
+
+/// [`Asked`], owned by a request that waits on an asynchronous store.
+struct AskedOwned {
+    tenant: TenantId,
+    checks: Checks,
+    rules: SmallVec<[u32; 4]>,
+}
+
+impl AskedOwned {
+    fn borrow(&self) -> Asked<'_> {
+        Asked {
+            tenant: &self.tenant,
+            checks: &self.checks,
+            rules: &self.rules,
         }
     }
 }
@@ -673,6 +673,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let Some(tenant) = req.extensions().get::<CurrentTenant>() else {
             return AdmitFuture::inner(self.inner.call(req), None);
@@ -682,31 +683,32 @@ where
         let prepared = config.plans.get(tenant.plan(), |plan| {
             PlanRules::new(&config.rules, plan, config.shadow, config.soft.as_ref())
         });
-        let list = match &prepared.fixed {
-            Some((checks, rules)) => List::Plan(checks, rules),
+        // The plan's checks, borrowed, or (with cost functions or skip
+        // rules) this request's, built on the stack.
+        let own;
+        let (checks, rules): (&[Check], &[u32]) = match &prepared.fixed {
+            Some((checks, rules)) => (checks, rules),
             None => {
-                let (checks, rules) =
-                    collect_checks(&config.rules, &prepared.rules, config.soft.as_ref(), |i| {
-                        config.rules[i].cost_of(&head)
-                    });
-                List::Own(checks, rules)
+                own = collect_checks(&config.rules, &prepared.rules, config.soft.as_ref(), |i| {
+                    config.rules[i].cost_of(&head)
+                });
+                (&own.0, &own.1)
             }
         };
-        let asked = Asked {
-            tenant: tenant.id(),
-            list,
-        };
-        if asked.checks().is_empty() {
-            drop(asked);
+        if checks.is_empty() {
             return AdmitFuture::inner(self.inner.call(req), None);
         }
+        let asked = Asked {
+            tenant: tenant.id(),
+            checks,
+            rules,
+        };
         let mut answer = config.store.admit(asked.tenant(), asked.checks());
         let undo = gauge_undo(&self.config, &asked);
         // The store's answer is read in place (it is large), and the future
         // is built where it is returned (it is large too).
         if let Some(result) = answer.ready_mut() {
             let decided = decide(config, &prepared, &asked, result);
-            drop(asked);
             return match decided {
                 Ok(admitted) => AdmitFuture {
                     state: State::Inner {
@@ -719,9 +721,10 @@ where
             };
         }
         // An asynchronous store: the request waits, owning what it asked.
-        let asked = Asked {
+        let asked = AskedOwned {
             tenant: asked.tenant.clone(),
-            list: List::Own(asked.checks().into(), asked.rules().into()),
+            checks: asked.checks.into(),
+            rules: asked.rules.into(),
         };
         let prepared = prepared.shared();
         let clone = self.inner.clone();
@@ -744,7 +747,7 @@ trait Decide: Send + Sync {
     fn decide(
         &self,
         prepared: &PlanRules,
-        asked: &Asked<'_, TenantId>,
+        asked: &Asked<'_>,
         result: &mut StoreResult<Admission>,
     ) -> Result<Admitted, Rejection>;
 }
@@ -753,7 +756,7 @@ impl<St: Send + Sync> Decide for Config<St> {
     fn decide(
         &self,
         prepared: &PlanRules,
-        asked: &Asked<'_, TenantId>,
+        asked: &Asked<'_>,
         result: &mut StoreResult<Admission>,
     ) -> Result<Admitted, Rejection> {
         decide(self, prepared, asked, result)
@@ -762,10 +765,7 @@ impl<St: Send + Sync> Decide for Config<St> {
 
 /// For admitted gauge checks: gives the reserved units back (called when the
 /// response is not a success).
-fn gauge_undo<St: CounterStore, T: Borrow<TenantId>>(
-    config: &Arc<Config<St>>,
-    asked: &Asked<'_, T>,
-) -> Option<Undo> {
+fn gauge_undo<St: CounterStore>(config: &Arc<Config<St>>, asked: &Asked<'_>) -> Option<Undo> {
     if !asked
         .checks()
         .iter()
@@ -806,10 +806,10 @@ fn grpc_error(headers: &http::HeaderMap) -> bool {
 
 /// Decides from the store's answer: admitted (with the lease and the header
 /// fields) or a rejection.
-fn decide<St, T: Borrow<TenantId>>(
+fn decide<St>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<'_, T>,
+    asked: &Asked<'_>,
     result: &mut StoreResult<Admission>,
 ) -> Result<Admitted, Rejection> {
     let admission = match result {
@@ -830,6 +830,19 @@ fn decide<St, T: Borrow<TenantId>>(
     } else {
         every_policy(config, prepared, asked, &admission.decisions)
     };
+    // The usual answer: every check allows and no soft limit is watched —
+    // no refusal to pick, no shadow refusal to report, no warning.
+    if config.soft.is_none()
+        && admission.decisions.len() == asked.checks().len()
+        && admission.decisions.iter().all(|d| d.allowed)
+    {
+        crate::observe::admitted(asked.tenant(), asked.checks());
+        return Ok(Admitted {
+            lease: admission.lease.take(),
+            fields,
+            extra: None,
+        });
+    }
     // The refusal names the check that blocks longest.
     let denied = enforced()
         .filter(|(_, d)| !d.allowed)
@@ -919,10 +932,10 @@ fn reset_of(check: &Check, decision: &Decision) -> u64 {
 /// The draft-11 fields: every reported policy the request counts against,
 /// in rule order. The `RateLimit-Policy` value is rendered once per plan
 /// and set of policies; `RateLimit` once per response.
-fn every_policy<St, T>(
+fn every_policy<St>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<'_, T>,
+    asked: &Asked<'_>,
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
     let mut state: SmallVec<[StateItem<'_>; 4]> = SmallVec::new();
@@ -966,7 +979,7 @@ fn every_policy<St, T>(
 
 /// `X-RateLimit-Limit/Remaining/Reset` of the rate or quota rule with the
 /// least room left.
-fn legacy_fields<T>(asked: &Asked<'_, T>, decisions: &[Decision]) -> Option<[u64; 3]> {
+fn legacy_fields(asked: &Asked<'_>, decisions: &[Decision]) -> Option<[u64; 3]> {
     let (_, decision) = asked
         .checks()
         .iter()
@@ -987,10 +1000,10 @@ fn legacy_fields<T>(asked: &Asked<'_, T>, decisions: &[Decision]) -> Option<[u64
 /// The 0.1 fields ([`HeaderStyle::MostRestrictive`]): those of the rate or
 /// quota rule with the least room left (concurrency and gauges are not
 /// reported). The `RateLimit-Policy` value was rendered once for the plan.
-fn most_restrictive<St, T>(
+fn most_restrictive<St>(
     config: &Config<St>,
     prepared: &PlanRules,
-    asked: &Asked<'_, T>,
+    asked: &Asked<'_>,
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
     let windowed = |c: &Check| {
@@ -1027,7 +1040,7 @@ fn most_restrictive<St, T>(
 }
 
 /// What a request waiting on an asynchronous store needs once answered.
-type Pending<S, B> = (S, Request<B>, Asked<'static, TenantId>, Shared<PlanRules>);
+type Pending<S, B> = (S, Request<B>, AskedOwned, Shared<PlanRules>);
 
 /// A request waiting on an asynchronous store.
 struct Waiting<S, B> {
@@ -1088,6 +1101,7 @@ where
 {
     type Output = Result<Response<TenancyBody<ResBody>>, S::Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();
@@ -1098,7 +1112,10 @@ where
                         .pending
                         .take()
                         .expect("AdmitFuture polled after completion");
-                    match waiting.config.decide(&prepared, &asked, &mut result) {
+                    match waiting
+                        .config
+                        .decide(&prepared, &asked.borrow(), &mut result)
+                    {
                         Ok(admitted) => {
                             let future = inner.call(req);
                             this.state.set(State::Inner {

@@ -72,6 +72,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let rejection = match req.extensions().get::<CurrentTenant>() {
             Some(tenant) if tenant.plan().has_feature(&self.feature) => None,
@@ -129,6 +130,7 @@ where
 {
     type Output = Result<Response<TenancyBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             GateProj::Inner { future } => {

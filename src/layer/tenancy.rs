@@ -197,6 +197,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let head = RequestHead::of(&req);
         // The id stays borrowed from the request until the directory has
@@ -361,6 +362,7 @@ where
 {
     type Output = Result<Response<TenancyBody<ResBody>>, S::Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();

@@ -12,7 +12,13 @@
 //! argument of little-endian doubles) that costs Redis about a fifth of the
 //! general one (BENCHMARKS.md §4). Both answer a string of little-endian
 //! doubles, cheaper for Redis to send than an array; the lean script
-//! answers an allowed check as one integer, cheaper still.
+//! answers an allowed check as one integer, cheaper still. The three-rule
+//! plan — one enforced sliding window, calendar quota and concurrency limit
+//! without soft thresholds, in any order — goes to a third script,
+//! `plan.lua`: the same decisions, keys and writes as the general one for
+//! that batch, with its numbers packed in one argument, no per-check tables
+//! and the time from the window's key (about half the general script's
+//! cost; BENCHMARKS.md §4).
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
@@ -49,7 +55,8 @@
 //! test clock. The window
 //! or period start stored with a count means that a stale count is never
 //! read as the current one. Expired leases are never counted and are removed
-//! (`ZREMRANGEBYSCORE`) before a new one is added. Denied admissions and dry
+//! (`ZREMRANGEBYSCORE`) before a new one is added (by `plan.lua` only when
+//! the set holds some). Denied admissions and dry
 //! runs write nothing.
 //!
 //! # Semantics
@@ -213,6 +220,9 @@ struct Shared {
     admit: Script,
     /// The lean path of `admit` for a batch of one sliding window.
     window: Script,
+    /// The lean path of `admit` for the three-rule plan (rate + quota +
+    /// concurrency).
+    plan: Script,
     adjust: Script,
     renew: Script,
     lease_prefix: String,
@@ -382,6 +392,7 @@ impl RedisStore {
             shared: Arc::new(Shared {
                 admit: Script::new(include_str!("admit.lua")),
                 window: Script::new(include_str!("window.lua")),
+                plan: Script::new(include_str!("plan.lua")),
                 adjust: Script::new(include_str!("adjust.lua")),
                 renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
@@ -578,6 +589,43 @@ impl RedisStore {
             }
             packed
         });
+        // The lean script of the three-rule plan: one each of an enforced
+        // sliding window, calendar quota and concurrency limit, without
+        // soft thresholds. `plan` gives the index in `checks` of each (in
+        // that order), its one argument packs their limits, costs and
+        // parameters, then come the lease member and the releases.
+        let plan = (admit && !lean && checks.len() == 3)
+            .then(|| plan_order(checks))
+            .flatten()
+            .filter(|_| (0..3).all(|i| args[8 + i * 5].is_empty()));
+        let plan_call = plan.map(|order| {
+            let mut packed = Vec::with_capacity(80);
+            let mut number = |n: &str| {
+                let n: u64 = match n {
+                    "h" => 1,
+                    "d" => 2,
+                    "w" => 3,
+                    "m" => 4,
+                    n => n.parse().unwrap_or(0),
+                };
+                packed.extend_from_slice(&(n as f64).to_le_bytes());
+            };
+            for i in order {
+                for f in 2..5 {
+                    number(&args[4 + i * 5 + f - 1]);
+                }
+            }
+            if !args[1].is_empty() {
+                number(&args[1]);
+            }
+            let cc = order[2];
+            let member = format!("{}:{}", args[2], args[4 + cc * 5 + 2]);
+            let mut plan_keys: Vec<String> = order.iter().map(|&i| keys[i].clone()).collect();
+            plan_keys.extend(keys[3..].iter().cloned());
+            let mut plan_args = vec![packed, member.into_bytes()];
+            plan_args.extend(args[4 + 15 + 1..].iter().map(|a| a.clone().into_bytes()));
+            (plan_keys, plan_args)
+        });
         // Per check: the limit reported (GCRA: the burst).
         let limits: Vec<u64> = checks
             .iter()
@@ -600,18 +648,28 @@ impl RedisStore {
             };
             let script = if lean_arg.is_some() {
                 &shared.window
+            } else if plan_call.is_some() {
+                &shared.plan
             } else {
                 &shared.admit
             };
             let mut invocation = script.prepare_invoke();
-            for k in &keys {
-                invocation.key(k);
-            }
-            match &lean_arg {
-                Some(packed) => {
-                    invocation.arg(packed.as_slice());
+            match (&lean_arg, &plan_call) {
+                (Some(packed), _) => {
+                    invocation.key(&keys[0]).arg(packed.as_slice());
                 }
-                None => {
+                (None, Some((plan_keys, plan_args))) => {
+                    for k in plan_keys {
+                        invocation.key(k);
+                    }
+                    for a in plan_args {
+                        invocation.arg(a.as_slice());
+                    }
+                }
+                (None, None) => {
+                    for k in &keys {
+                        invocation.key(k);
+                    }
                     for a in &args {
                         invocation.arg(a);
                     }
@@ -621,7 +679,15 @@ impl RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let reply = decode_reply(&reply);
+            let mut reply = decode_reply(&reply);
+            if let (Some(order), 16) = (plan, reply.len()) {
+                // plan.lua answers window, quota, concurrency: back to the
+                // checks' order.
+                let answered = reply.clone();
+                for (slot, &i) in order.iter().enumerate() {
+                    reply[i * 5..i * 5 + 5].copy_from_slice(&answered[slot * 5..slot * 5 + 5]);
+                }
+            }
             if !released.is_empty() {
                 shared
                     .pending
@@ -834,6 +900,26 @@ impl std::fmt::Debug for RedisStore {
             .field("test_clock", &self.clock.is_some())
             .finish()
     }
+}
+
+/// The indices in `checks` of one enforced sliding window, calendar quota
+/// and concurrency limit, in that order, when the batch is exactly those
+/// (the three-rule plan, for plan.lua).
+fn plan_order(checks: &[Check]) -> Option<[usize; 3]> {
+    let mut order = [usize::MAX; 3];
+    for (i, c) in checks.iter().enumerate() {
+        let slot = match c.algorithm {
+            Algorithm::SlidingWindow { .. } => 0,
+            Algorithm::Calendar { .. } => 1,
+            Algorithm::Concurrency { .. } => 2,
+            _ => return None,
+        };
+        if c.shadow || order[slot] != usize::MAX {
+            return None;
+        }
+        order[slot] = i;
+    }
+    order.iter().all(|&i| i < checks.len()).then_some(order)
 }
 
 /// The key kind of a rate limit's soft-threshold mark
