@@ -830,6 +830,19 @@ fn decide<St>(
     } else {
         every_policy(config, prepared, asked, &admission.decisions)
     };
+    // The usual answer: every check allows and no soft limit is watched —
+    // no refusal to pick, no shadow refusal to report, no warning.
+    if config.soft.is_none()
+        && admission.decisions.len() == asked.checks().len()
+        && admission.decisions.iter().all(|d| d.allowed)
+    {
+        crate::observe::admitted(asked.tenant(), asked.checks());
+        return Ok(Admitted {
+            lease: admission.lease.take(),
+            fields,
+            extra: None,
+        });
+    }
     // The refusal names the check that blocks longest.
     let denied = enforced()
         .filter(|(_, d)| !d.allowed)

@@ -26,6 +26,7 @@ impl Leases {
         }
     }
 
+    #[inline]
     pub(super) fn into_lease(self) -> Option<Lease> {
         match self.first {
             None => None,

@@ -502,6 +502,7 @@ struct PolicyTable<M> {
 }
 
 /// The table of `policy` among `tables`, created (with `window`) when missing.
+#[inline]
 fn policy_table<'a, M: Default>(
     tables: &'a mut Vec<PolicyTable<M>>,
     policy: &Arc<str>,
@@ -990,6 +991,7 @@ fn fits(used: u64, cost: u64, limit: u64) -> bool {
 
 /// A decision before consumption: `retry_ms` is only called on denial when
 /// `cost <= limit`, i.e. when `used > limit - cost`.
+#[inline]
 fn decision(
     check: &Check,
     used: u64,
