@@ -1,9 +1,13 @@
 -- tower-tenancy: the lean admission of the three-rule plan, a batch of one
 -- sliding window ("sb"), one calendar quota ("cal") and one concurrency
 -- limit ("cc"), all enforced, without soft thresholds: the same decisions,
--- keys and writes as admit.lua for that batch, all-or-nothing, in fewer
--- steps (no per-check tables nor closures, the time from the window key's
--- PTTL as in window.lua, expired leases removed only when there are some).
+-- keys and stored state as admit.lua for that batch, all-or-nothing, in
+-- fewer steps: no per-check tables nor closures, the time from the window
+-- key's PTTL as in window.lua, a quota in its stored period only counted
+-- up (HINCRBY; its absolute expiry stays), expired leases removed only when
+-- there are some, the set's expiry set once (PEXPIRE to its longest lease),
+-- integers formatted with %d (cheaper than %.0f), and a short answer when
+-- every check allowed.
 --
 -- KEYS     the window's key, the quota's key, the concurrency set, then
 --          the sets of the r lease members to remove first
@@ -16,7 +20,9 @@
 --
 -- Returns what admit.lua returns for the three checks in this order:
 -- allowed, used, reset ms, retry ms (-1: none), crossed (0) for each, then
--- admitted, as 16 little-endian doubles. Layouts: src/store/redis.rs (the
+-- admitted, as 16 little-endian doubles; when every check allowed, only
+-- the five numbers not implied (window used, reset, quota used, reset,
+-- concurrency used), as 5 doubles. Layouts: src/store/redis.rs (the
 -- window's string is described in window.lua).
 
 local a = ARGV[1]
@@ -169,9 +175,11 @@ if server == nil then
   server = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
 end
 local leases = redis.call('ZRANGE', ckey, 0, -1, 'WITHSCORES')
-local cused, stale = 0, false
+local cused, stale, last = 0, false, 0
 for j = 1, #leases, 2 do
-  if leases[j + 1] + 0 > server then
+  local e = leases[j + 1] + 0
+  if e > last then last = e end
+  if e > server then
     local m = leases[j]
     if string.byte(m, -2) == 58 and string.byte(m, -1) == 49 then
       -- ":1", the usual member.
@@ -225,43 +233,50 @@ if all then
       if clock then
         local px = e - now
         if px < 1 then px = 1 end
-        redis.call('SET', skey, packed, 'PX', string.format('%.0f', px))
+        redis.call('SET', skey, packed, 'PX', string.format('%d', px))
       else
-        redis.call('SET', skey, packed, 'PXAT', string.format('%.0f', e))
+        redis.call('SET', skey, packed, 'PXAT', string.format('%d', e))
       end
     end
   end
   if qcost > 0 then
-    redis.call('HSET', qkey, 's', string.format('%.0f', qeff), 'c', string.format('%.0f', qused + qcost), 'k', pk)
-    -- The end of the stored period (a later one when the clock stepped
-    -- back) and one second of grace, relative.
-    local fin = qe
-    if qeff ~= qs then
-      if period == 1 then
-        fin = qeff + 3600000
-      elseif period == 2 then
-        fin = qeff + DAY
-      elseif period == 3 then
-        fin = qeff + 7 * DAY
+    if stored ~= nil and qeff == stored and not clock then
+      -- The period already stored: only the count changes (its absolute
+      -- expiry, the period's end + 1 s on the server's clock, stays).
+      if qcost == 1 and qused < 1e13 then
+        redis.call('HINCRBY', qkey, 'c', '1')
       else
-        fin = nil
+        redis.call('HSET', qkey, 'c', string.format('%d', qused + qcost))
       end
+    else
+      redis.call('HSET', qkey, 's', string.format('%d', qeff), 'c', string.format('%d', qused + qcost), 'k', pk)
+      -- The end of the stored period (a later one when the clock stepped
+      -- back) and one second of grace, relative.
+      local fin = qe
+      if qeff ~= qs then
+        if period == 1 then
+          fin = qeff + 3600000
+        elseif period == 2 then
+          fin = qeff + DAY
+        elseif period == 3 then
+          fin = qeff + 7 * DAY
+        else
+          -- A later month (28 to 31 days): the longest.
+          fin = qeff + 31 * DAY
+        end
+      end
+      redis.call('PEXPIRE', qkey, string.format('%d', fin - now + 1000))
     end
-    if fin == nil then
-      -- A later month than now's (a test clock that stepped back): its
-      -- length is 28 to 31 days; admit.lua computes it, keep the longest.
-      fin = qeff + 31 * DAY
-    end
-    redis.call('PEXPIRE', qkey, string.format('%.0f', fin - now + 1000))
   end
   if ccost > 0 then
     if stale then
-      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', string.format('%.0f', server))
+      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', string.format('%d', server))
     end
-    redis.call('ZADD', ckey, string.format('%.0f', server + cttl), ARGV[2])
-    if redis.call('PTTL', ckey) < cttl then
-      redis.call('PEXPIRE', ckey, string.format('%.0f', cttl))
-    end
+    local e = server + cttl
+    redis.call('ZADD', ckey, string.format('%d', e), ARGV[2])
+    -- The set lives as long as its longest lease.
+    if last > e then e = last end
+    redis.call('PEXPIRE', ckey, string.format('%d', e - server))
   end
   used, qused, cused = used + cost, qused + qcost, cused + ccost
 else
@@ -282,6 +297,11 @@ else
   end
   if not q_ok and qcost <= qlimit then qretry = qreset end
   if not c_ok and ccost <= climit then cretry = 1000 end
+end
+if all then
+  -- Every check allowed, retries -1, crossed 0, the concurrency's reset 0:
+  -- the five other numbers.
+  return struct.pack('<ddddd', used, sreset, qused, qreset, cused)
 end
 local s1, q1, c1, a1 = 0, 0, 0, 0
 if s_ok then s1 = 1 end

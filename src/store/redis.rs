@@ -680,6 +680,30 @@ impl RedisStore {
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             let mut reply = decode_reply(&reply);
+            if let (Some(_), &[used, reset, quota_used, quota_reset, leased]) =
+                (plan, reply.as_slice())
+            {
+                // plan.lua's answer when every check allowed: the five
+                // numbers that are not implied.
+                reply = vec![
+                    1,
+                    used,
+                    reset,
+                    -1,
+                    0,
+                    1,
+                    quota_used,
+                    quota_reset,
+                    -1,
+                    0,
+                    1,
+                    leased,
+                    0,
+                    -1,
+                    0,
+                    1,
+                ];
+            }
             if let (Some(order), 16) = (plan, reply.len()) {
                 // plan.lua answers window, quota, concurrency: back to the
                 // checks' order.

@@ -62,7 +62,7 @@ if v and #v == 37 then
     if t >= w and t <= b + w - 1 and off * b < t and sum <= limit and sum <= 65535 then
       if cost > 0 then
         redis.call('SETRANGE', key, '17', struct.pack('<HH', sum, newest + cost))
-        if clock then redis.call('PEXPIRE', key, string.format('%.0f', t)) end
+        if clock then redis.call('PEXPIRE', key, string.format('%d', t)) end
       end
       local reset = t - off * b
       if sum < 67108864 and reset < 134217728 then
@@ -190,9 +190,9 @@ if allowed then
         -- (At least 1: near 2^53, e - now may round to 0.)
         local px = e - now
         if px < 1 then px = 1 end
-        redis.call('SET', key, packed, 'PX', string.format('%.0f', px))
+        redis.call('SET', key, packed, 'PX', string.format('%d', px))
       else
-        redis.call('SET', key, packed, 'PXAT', string.format('%.0f', e))
+        redis.call('SET', key, packed, 'PXAT', string.format('%d', e))
       end
     end
   end
