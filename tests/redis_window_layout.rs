@@ -52,15 +52,24 @@ impl Lcg {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lean_and_general_scripts_decide_as_the_memory_store() {
+/// A `redis-server` of its own, and a Redis store and a memory store on one
+/// manual clock starting at `start_ms`.
+async fn on_manual_clock(
+    start_ms: u64,
+) -> (RedisServer, Arc<ManualClock>, RedisStore, MemoryStore) {
     let server = RedisServer::new();
-    let clock = Arc::new(ManualClock::new(1_704_067_200_000));
+    let clock = Arc::new(ManualClock::new(start_ms));
     let redis = RedisStore::connect(server.url())
         .await
         .unwrap()
         .clock(clock.clone());
     let memory = MemoryStore::with_clock(clock.clone());
+    (server, clock, redis, memory)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_and_general_scripts_decide_as_the_memory_store() {
+    let (_server, clock, redis, memory) = on_manual_clock(1_704_067_200_000).await;
     let tenant: TenantId = "layout".parse().unwrap();
     let mut rng = Lcg(7);
     let (mut lean, mut general, mut allowed, mut denied, mut moved) = (0, 0, 0, 0, 0);
@@ -132,13 +141,7 @@ async fn lean_and_general_scripts_decide_as_the_memory_store() {
 /// that it ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lean_fast_path_decides_as_the_memory_store() {
-    let server = RedisServer::new();
-    let clock = Arc::new(ManualClock::new(1_704_067_200_123));
-    let redis = RedisStore::connect(server.url())
-        .await
-        .unwrap()
-        .clock(clock.clone());
-    let memory = MemoryStore::with_clock(clock.clone());
+    let (server, clock, redis, memory) = on_manual_clock(1_704_067_200_123).await;
     let tenant: TenantId = "fast".parse().unwrap();
     let mut rng = Lcg(11);
     let (mut allowed, mut denied, mut at_limit) = (0, 0, 0);
@@ -196,13 +199,7 @@ async fn lean_fast_path_decides_as_the_memory_store() {
 /// held and dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_script_decides_as_the_general_one_and_the_memory_store() {
-    let server = RedisServer::new();
-    let clock = Arc::new(ManualClock::new(1_706_745_599_000));
-    let redis = RedisStore::connect(server.url())
-        .await
-        .unwrap()
-        .clock(clock.clone());
-    let memory = MemoryStore::with_clock(clock.clone());
+    let (server, clock, redis, memory) = on_manual_clock(1_706_745_599_000).await;
     let tenant: TenantId = "plan".parse().unwrap();
     let mut rng = Lcg(5);
     let periods = [Period::Hour, Period::Day, Period::Week, Period::Month];
