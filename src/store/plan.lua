@@ -201,7 +201,9 @@ if qv then
       qeff, qused, qstored = vs, tonumber(vc), true
     end
   elseif not timed or now - qs >= 1000 or call('PTTL', qkey) >= 1000 then
-    qused, qstored = tonumber(qv) or 0, true
+    -- (Not a number: a test clock's value, overwritten.)
+    local n = tonumber(qv)
+    if n then qused, qstored = n, true end
   end
 end
 local q_ok = qused + qcost <= qlimit
