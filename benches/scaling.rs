@@ -1,8 +1,12 @@
 //! Throughput of `MemoryStore::admit` with 1 and N threads (N = cores), on
-//! many tenants and on one hot tenant (issue 7, item 2).
+//! many tenants and on one hot tenant (issue 7, item 2), next to governor's
+//! keyed limiter (a `DashMap` of one GCRA `AtomicU64` per key) on the same
+//! keys and its direct limiter (one `AtomicU64`: the lower bound of a shared
+//! counter) in the same run (issue 11, goal 3).
 //!
 //! ```text
 //! cargo bench --bench scaling
+//! SCALING_ONLY=ours cargo bench --bench scaling   # only rows whose limiter name contains "ours"
 //! ```
 //!
 //! One sliding-window check per call (limit never reached), the system
@@ -23,8 +27,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use governor::{Quota, RateLimiter};
 use tower_tenancy::store::{Algorithm, Check, CounterStore, MemoryStore};
 use tower_tenancy::TenantId;
+
+/// A quota governor never reaches in a run: one cell per nanosecond, a
+/// burst of `u32::MAX` (as the store's limit is never reached).
+fn governor_quota() -> Quota {
+    Quota::with_period(Duration::from_nanos(1))
+        .expect("a non-zero period")
+        .allow_burst(std::num::NonZeroU32::MAX)
+}
 
 fn admit(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) {
     let admission = store
@@ -63,12 +76,11 @@ struct Sample {
     cpu_ticks: u64,
 }
 
-/// Calls per second of `threads` threads for `duration`, each on random
-/// tenants of `tenants`, and the CPU time the threads used.
-fn run(
-    store: &Arc<MemoryStore>,
+/// Calls per second of `threads` threads for `duration`, each calling
+/// `call` on random tenants of `tenants`, and the CPU time the threads used.
+fn run<F: Fn(&TenantId) + Send + Sync + 'static>(
+    call: &Arc<F>,
     tenants: &Arc<Vec<TenantId>>,
-    checks: &Arc<[Check]>,
     threads: usize,
     duration: Duration,
 ) -> Sample {
@@ -76,7 +88,7 @@ fn run(
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|i| {
-            let (store, tenants, checks) = (store.clone(), tenants.clone(), checks.clone());
+            let (call, tenants) = (call.clone(), tenants.clone());
             let (stop, barrier) = (stop.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let mut rng =
@@ -92,7 +104,7 @@ fn run(
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
                         let tenant = &tenants[(rng % n) as usize];
-                        admit(&store, tenant, &checks);
+                        call(tenant);
                     }
                     calls += 64;
                 }
@@ -125,6 +137,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What [`measure`] prints and writes.
+#[derive(Default)]
+struct Report {
+    rows: Vec<Vec<String>>,
+    json: Vec<serde_json::Value>,
+}
+
+/// Runs `call` on `tenants` with 1, N (= cores), 2, 8 and 16 threads,
+/// `rounds` times interleaved, and prints one table row per thread count.
+#[allow(clippy::too_many_arguments)]
+fn measure<F: Fn(&TenantId) + Send + Sync + 'static>(
+    report: &mut Report,
+    limiter: &str,
+    label: &str,
+    call: F,
+    tenants: &Arc<Vec<TenantId>>,
+    cores: usize,
+    rounds: usize,
+    duration: Duration,
+) {
+    if std::env::var("SCALING_ONLY").is_ok_and(|only| !limiter.contains(only.as_str())) {
+        return;
+    }
+    let call = Arc::new(call);
+    // 1 and N (= cores) threads, then 2, 8 and 16 (more threads than
+    // cores: the curve must not collapse).
+    let mut thread_counts = vec![1, cores, 2, 8, 16];
+    thread_counts.sort_unstable();
+    thread_counts.dedup();
+    let mut samples: Vec<Vec<Sample>> = thread_counts.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (k, &threads) in thread_counts.iter().enumerate() {
+            samples[k].push(run(&call, tenants, threads, duration));
+        }
+    }
+    // Per thread count: the median wall rate, and the median CPU time per
+    // call (clock ticks of 10 ms, /proc/thread-self/stat).
+    let summary: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| {
+            let rate = median(s.iter().map(|x| x.rate).collect());
+            let cpu_ns = median(
+                s.iter()
+                    .map(|x| x.cpu_ticks as f64 * 1e7 / x.calls.max(1) as f64)
+                    .collect(),
+            );
+            (rate, cpu_ns)
+        })
+        .collect();
+    for (k, &threads) in thread_counts.iter().enumerate() {
+        let (rate, cpu_ns) = summary[k];
+        let speedup = rate / summary[0].0;
+        // The wall speedup the threads would reach with their cores to
+        // themselves: N x (CPU time per call with 1 thread / with N).
+        let cpu_speedup = threads as f64 * summary[0].1 / cpu_ns;
+        // CPU time per call with N threads / with 1 (goal 3 of issue 11:
+        // at most 1.3 with 2 threads on one hot tenant).
+        let cpu_ratio = cpu_ns / summary[0].1;
+        // How much of the wall time the threads were on a CPU (less than
+        // 100% when other processes share the cores).
+        let share = rate * cpu_ns / 1e9 / threads as f64;
+        println!(
+            "| {limiter} | {label} | {threads} | {rate:.0} | {speedup:.2}x | {cpu_ns:.0} | {cpu_ratio:.2}x | {:.0}% | {cpu_speedup:.2}x |",
+            share * 100.0
+        );
+        report.rows.push(vec![
+            limiter.to_owned(),
+            label.to_owned(),
+            threads.to_string(),
+            format!("{rate:.0}"),
+            format!("{speedup:.3}"),
+            format!("{cpu_ns:.1}"),
+            format!("{cpu_ratio:.3}"),
+            format!("{share:.3}"),
+            format!("{cpu_speedup:.3}"),
+        ]);
+        report.json.push(serde_json::json!({
+            "limiter": limiter, "tenants": label, "threads": threads, "calls_per_s": rate,
+            "speedup_wall": speedup, "cpu_ns_per_call": cpu_ns, "cpu_ratio_to_1_thread": cpu_ratio,
+            "cpu_share": share, "speedup_per_cpu_time": cpu_speedup,
+        }));
+    }
+}
+
 fn main() {
     let full = common::full_run();
     let (seconds, rounds, many) = if full {
@@ -148,76 +244,67 @@ fn main() {
             .map(|i| format!("tenant-{i}").parse().expect("valid id"))
             .collect(),
     );
+    // governor's keyed limiter (`DashMap`) on the same keys, and its direct
+    // limiter (one `AtomicU64`, no map).
+    let keyed = Arc::new(RateLimiter::keyed(governor_quota()));
+    let direct = Arc::new(RateLimiter::direct(governor_quota()));
     for t in many_tenants.iter() {
         admit(&store, t, &checks);
+        keyed.check_key(t).expect("under the quota");
     }
     let hot: Arc<Vec<TenantId>> = Arc::new(vec!["hot".parse().expect("valid id")]);
     let duration = Duration::from_secs_f64(seconds);
 
-    let mut rows = Vec::new();
-    let mut json = Vec::new();
+    let mut report = Report::default();
     println!(
-        "MemoryStore::admit, {cores} cores, {rounds} rounds of {seconds} s, median (load {})",
+        "{cores} cores, {rounds} rounds of {seconds} s, median (load {})",
         common::load_average()
     );
-    println!("| tenants | threads | calls/s (wall) | speedup (wall) | CPU ns per call | CPU share of the threads | speedup per CPU time |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (label, tenants) in [(format!("{many}"), &many_tenants), ("1 (hot)".into(), &hot)] {
-        // 1 and N (= cores) threads, then 2, 8 and 16 (more threads than
-        // cores: the curve must not collapse).
-        let mut thread_counts = vec![1, cores, 2, 8, 16];
-        thread_counts.dedup();
-        thread_counts.sort_unstable();
-        thread_counts.dedup();
-        let mut samples: Vec<Vec<Sample>> = thread_counts.iter().map(|_| Vec::new()).collect();
-        for _ in 0..rounds {
-            for (k, &threads) in thread_counts.iter().enumerate() {
-                samples[k].push(run(&store, tenants, &checks, threads, duration));
-            }
-        }
-        // Per thread count: the median wall rate, and the median CPU time per
-        // call (clock ticks of 10 ms, /proc/thread-self/stat).
-        let summary: Vec<(f64, f64)> = samples
-            .iter()
-            .map(|s| {
-                let rate = median(s.iter().map(|x| x.rate).collect());
-                let cpu_ns = median(
-                    s.iter()
-                        .map(|x| x.cpu_ticks as f64 * 1e7 / x.calls.max(1) as f64)
-                        .collect(),
-                );
-                (rate, cpu_ns)
-            })
-            .collect();
-        for (k, &threads) in thread_counts.iter().enumerate() {
-            let (rate, cpu_ns) = summary[k];
-            let speedup = rate / summary[0].0;
-            // The wall speedup the threads would reach with their cores to
-            // themselves: N x (CPU time per call with 1 thread / with N).
-            let cpu_speedup = threads as f64 * summary[0].1 / cpu_ns;
-            // How much of the wall time the threads were on a CPU (less than
-            // 100% when other processes share the cores).
-            let share = rate * cpu_ns / 1e9 / threads as f64;
-            println!(
-                "| {label} | {threads} | {rate:.0} | {speedup:.2}x | {cpu_ns:.0} | {:.0}% | {cpu_speedup:.2}x |",
-                share * 100.0
-            );
-            rows.push(vec![
-                label.clone(),
-                threads.to_string(),
-                format!("{rate:.0}"),
-                format!("{speedup:.3}"),
-                format!("{cpu_ns:.1}"),
-                format!("{share:.3}"),
-                format!("{cpu_speedup:.3}"),
-            ]);
-            json.push(serde_json::json!({
-                "tenants": label, "threads": threads, "calls_per_s": rate,
-                "speedup_wall": speedup, "cpu_ns_per_call": cpu_ns,
-                "cpu_share": share, "speedup_per_cpu_time": cpu_speedup,
-            }));
-        }
+    println!("| limiter | tenants | threads | calls/s (wall) | speedup (wall) | CPU ns per call | CPU per call / 1 thread | CPU share of the threads | speedup per CPU time |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let many_label = format!("{many}");
+    for (label, tenants) in [(many_label.as_str(), &many_tenants), ("1 (hot)", &hot)] {
+        let (s, c) = (store.clone(), checks.clone());
+        let ours = move |t: &TenantId| admit(&s, t, &c);
+        measure(
+            &mut report,
+            "ours (MemoryStore)",
+            label,
+            ours,
+            tenants,
+            cores,
+            rounds,
+            duration,
+        );
+        let k = keyed.clone();
+        let peer = move |t: &TenantId| {
+            black_box(k.check_key(t)).expect("under the quota");
+        };
+        measure(
+            &mut report,
+            "governor keyed",
+            label,
+            peer,
+            tenants,
+            cores,
+            rounds,
+            duration,
+        );
     }
+    let d = direct.clone();
+    let lower_bound = move |_: &TenantId| {
+        black_box(d.check()).expect("under the quota");
+    };
+    measure(
+        &mut report,
+        "governor direct",
+        "1 (no key)",
+        lower_bound,
+        &hot,
+        cores,
+        rounds,
+        duration,
+    );
     if !full {
         return;
     }
@@ -225,15 +312,17 @@ fn main() {
         "scaling.csv",
         &common::csv(
             &[
+                "limiter",
                 "tenants",
                 "threads",
                 "calls_per_s",
                 "speedup_wall",
                 "cpu_ns_per_call",
+                "cpu_ratio_to_1_thread",
                 "cpu_share",
                 "speedup_per_cpu_time",
             ],
-            &rows,
+            &report.rows,
         ),
     );
     let out = serde_json::json!({
@@ -241,7 +330,7 @@ fn main() {
         "load_1m_at_end": common::load_average(),
         "seconds_per_round": seconds,
         "rounds": rounds,
-        "results": json,
+        "results": report.json,
     });
     common::write_result(
         "scaling.json",

@@ -280,7 +280,7 @@ async fn plan_script_decides_as_the_general_one_and_the_memory_store() {
             drop(held.swap_remove(at));
         }
     }
-    let plan_calls = server.command_calls("zrange");
+    let plan_calls = server.command_calls("zcount");
     println!(
         "{lean} lean, {general} general, {admitted} admitted, refusals by position {by:?}, \
          plan.lua ran {plan_calls} times"
@@ -426,7 +426,7 @@ async fn four_stores_through_the_plan_script_admit_exactly_the_limits() {
         admitted += task.await.unwrap();
     }
     assert_eq!(admitted, 300);
-    let plan_calls = server.command_calls("zrange");
+    let plan_calls = server.command_calls("zcount");
     assert!(plan_calls >= 800, "{plan_calls}");
 
     // The concurrency limit: leases held, 4 × 3 attempts on another tenant.
@@ -477,4 +477,76 @@ async fn four_stores_through_the_plan_script_admit_exactly_the_limits() {
     assert_eq!(a.decisions[0].used, 1);
     // The expired members were removed when the new lease was added.
     assert_eq!(server.int(&["ZCARD", &set]), 1);
+}
+
+/// The quota and lease layouts on the server's clock, through plan.lua and
+/// the general script alike: the quota is an integer counted up in place
+/// that expires at the last millisecond of its period; a lease of two units
+/// is two members of the set, counted by both scripts; a lease of more
+/// units than a lease may hold members (4 096) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_integer_and_one_member_per_unit_on_the_server_clock() {
+    let server = RedisServer::new();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let tenant: TenantId = "units".parse().unwrap();
+    let mut batch = plan_batch(5, 6, 60_000);
+    batch[0].cost = 2;
+    let quota = store.key(&tenant, &batch[2].algorithm, "daily");
+    assert_eq!(quota, "tt:{units}:cald:daily");
+    let set = store.key(&tenant, &batch[0].algorithm, "conc");
+    let mut held = Vec::new();
+    for n in 1..=3 {
+        // The lean script twice, then the general one (an open gauge).
+        let mut b = batch.clone();
+        if n == 3 {
+            b.push(open_gauge());
+        }
+        let a = store.admit(&tenant, &b).await.unwrap();
+        assert!(a.allowed(), "{n}: {:?}", a.decisions);
+        assert_eq!(a.decisions[0].used, 2 * n);
+        assert_eq!(a.decisions[2].used, n);
+        held.push(a);
+        assert_eq!(server.cli(&["GET", &quota]).trim(), n.to_string());
+        assert_eq!(server.int(&["ZCARD", &set]), 2 * n as i64);
+    }
+    // Expires at its day's last millisecond.
+    let at = server.int(&["PEXPIRETIME", &quota]);
+    assert_eq!(at % 86_400_000, 86_399_999, "{at}");
+    // Six units held of six: refused by both scripts, nothing written.
+    for general in [false, true] {
+        let mut b = batch.clone();
+        if general {
+            b.push(open_gauge());
+        }
+        let a = store.admit(&tenant, &b).await.unwrap();
+        assert!(!a.allowed());
+        assert_eq!(a.decisions[0].used, 6);
+        assert!(!a.decisions[0].allowed && a.decisions[2].allowed);
+        assert_eq!(server.cli(&["GET", &quota]).trim(), "3");
+    }
+    // One lease dropped frees its two members.
+    drop(held.pop());
+    let a = store.admit(&tenant, &batch).await.unwrap();
+    assert!(a.allowed());
+    assert_eq!((a.decisions[0].used, a.decisions[2].used), (6, 4));
+    // The quota's limit (5) reached through plan.lua, then refused.
+    held.push(a);
+    drop(held.remove(0));
+    let a = store.admit(&tenant, &batch).await.unwrap();
+    assert!(a.allowed());
+    assert_eq!(a.decisions[2].used, 5);
+    drop(held.remove(0));
+    let a = store.admit(&tenant, &batch).await.unwrap();
+    assert!(!a.allowed() && !a.decisions[2].allowed);
+    assert_eq!(server.cli(&["GET", &quota]).trim(), "5");
+    // More units than a lease may hold members.
+    let mut big = plan_batch(5, 10_000, 60_000);
+    big[0].cost = 5_000;
+    let tenant: TenantId = "big".parse().unwrap();
+    let a = store.admit(&tenant, &big).await.unwrap();
+    assert!(!a.allowed() && !a.decisions[0].allowed && a.decisions[0].retry_after.is_none());
+    big[0].cost = 4_096;
+    let a = store.admit(&tenant, &big).await.unwrap();
+    assert!(a.allowed());
+    assert_eq!(server.int(&["ZCARD", &set.replace("units", "big")]), 4_096);
 }

@@ -165,8 +165,8 @@ async fn exact_counts(backend: Backend) {
     .await;
     check_answers("quota", &shots, 200, 429, "quota_exceeded");
     let admitted = count(&shots, 200);
-    let cal = key("quota", "cal", "executions_per_day");
-    let in_redis = backend.int_or_nil(&cal, &["HGET", &cal, "c"]);
+    let cal = key("quota", "cald", "executions_per_day");
+    let in_redis = backend.int_or_nil(&cal, &["GET", &cal]);
     figures.push(format!(
         "calendar quota 150/day: sent {sent}, admitted {admitted}, in Redis {in_redis} [{}]",
         histogram(&shots)

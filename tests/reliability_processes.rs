@@ -218,8 +218,8 @@ async fn exact(backend: Backend) {
     )
     .await;
     only("quota", &shots, &[200, 429]);
-    let cal = key("quota", "cal", "executions_per_day");
-    let in_redis = backend.int_or_nil(&cal, &["HGET", &cal, "c"]);
+    let cal = key("quota", "cald", "executions_per_day");
+    let in_redis = backend.int_or_nil(&cal, &["GET", &cal]);
     println!(
         "FIGURES processes {} ({PROCESSES} demo processes): calendar quota 150/day: sent {sent}, \
          admitted {}, in Redis {in_redis} [{}]",

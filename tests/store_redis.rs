@@ -951,7 +951,7 @@ async fn memory_usage_per_key() {
     };
     for n in [1, 100, 1000] {
         // O(1) keys: the same small size whatever the traffic.
-        for kind in ["sb2", "sw", "gc", "cal", "g", "sq"] {
+        for kind in ["sb2", "sw", "gc", "calm", "g", "sq"] {
             assert!(
                 bytes(kind, n) < 200,
                 "{kind} after {n}: {} bytes",

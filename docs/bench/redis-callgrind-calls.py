@@ -19,12 +19,12 @@ CALLS = [
         "EVALSHA", load("admit.lua"), "1", "tt:{b}:sb2:g", "a", "", "", "1",
         "sb", str(LIMIT), "1", str(WINDOW), "", "0"]),
     ("admit.lua, rate + daily quota + concurrency", lambda load: [
-        "EVALSHA", load("admit.lua"), "3", "tt:{b}:sb2:t", "tt:{b}:cal:t", "tt:{b}:cc:t",
+        "EVALSHA", load("admit.lua"), "3", "tt:{b}:sb2:t", "tt:{b}:cald:t", "tt:{b}:cc:t",
         "a", "", "lease-1", "3",
         "sb", str(LIMIT), "1", str(WINDOW), "",
         "cal", str(LIMIT), "1", "d", "",
         "cc", "10", "1", "300000", "", "0"]),
 ]
 CALLS.append(("plan.lua, rate + daily quota + concurrency (what the store sends)", lambda load: [
-    "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cal:p", "tt:{b}:cc:p",
+    "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cald:p", "tt:{b}:cc:p",
     pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000), "lease-1:1"]))

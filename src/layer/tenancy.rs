@@ -234,7 +234,17 @@ where
                 Ok(tenant) => {
                     let span = tenant_span(&tenant);
                     req.extensions_mut().insert(CurrentTenant(tenant));
-                    let future = enter(&span, || self.inner.call(req));
+                    if span.is_disabled() {
+                        // Built where it is returned: the inner future
+                        // (large) is written into the variant, not moved.
+                        return ResponseFuture {
+                            state: State::Inner {
+                                future: self.inner.call(req),
+                                span,
+                            },
+                        };
+                    }
+                    let future = span.in_scope(|| self.inner.call(req));
                     ResponseFuture::inner(future, span)
                 }
                 Err(rejection) => ResponseFuture::reject(rejection, is_grpc(req.headers())),
@@ -265,6 +275,7 @@ where
 /// The `tenant` span. When no subscriber is interested in `INFO` it is not
 /// created at all (two loads; the `log` fallback of `tracing` is skipped
 /// too), and a disabled span is never entered (see [`enter`]).
+#[inline]
 fn tenant_span(tenant: &Tenant) -> tracing::Span {
     if tracing::level_enabled!(tracing::Level::INFO) {
         tracing::info_span!("tenant", tenant.id = %tenant.id())

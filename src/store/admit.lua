@@ -10,8 +10,10 @@
 --   kind "sw" two-counter window param = window ms      keys: hash {s, c, p}
 --   kind "gc" GCRA             param = T:C:B (ns, ns, units) keys: hash {m, n}
 --   kind "sl" sliding log      param = window ms        keys: zset, sequence (below)
---   kind "cal" calendar        param = h | d | w | m    keys: hash {s, c, k}
+--   kind "cal" calendar        param = h | d | w | m    keys: integer, or
+--                              "start:count" under a test clock
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
+--                              (one member per unit)
 --   kind "g" gauge             param = ignored          keys: integer
 --   a kind prefixed with "~" is shadowed: it never blocks the batch; it
 --   consumes only when every check allows, the others when every check
@@ -302,14 +304,24 @@ for i = 1, n do
   elseif kind == 'cal' then
     local s, e = period_bounds(now, c.param)
     c.start, c.finish = s, e
-    local h = redis.call('HMGET', c.key, 's', 'c', 'k')
-    local stored = tonumber(h[1])
     c.eff = s
     c.used = 0
-    if h[3] == c.param and stored ~= nil and stored >= s then
-      -- This period (or, when the clock stepped back, a later one).
-      c.eff = stored
-      c.used = tonumber(h[2]) or 0
+    local v = redis.call('GET', c.key)
+    if v and ARGV[2] ~= '' then
+      -- A test clock: "start:count" of the stored period.
+      local vs, vc = string.match(v, '^(%d+):(%d+)$')
+      vs = tonumber(vs)
+      if vs ~= nil and vs >= s then
+        -- This period (or, when the clock stepped back, a later one).
+        c.eff, c.used, c.stored = vs, tonumber(vc), true
+      end
+    elseif v and (now - s >= 1000 or redis.call('PTTL', c.key) >= 1000) then
+      -- The server's clock: the count, expiring at the period's last
+      -- millisecond, so a live key is this period's. (Only in the first
+      -- second of a period may it be the last one's: TIME is read after
+      -- the script's time snapshot, which expiries use. Then its PTTL is
+      -- below 1 s, this period's far above.)
+      c.used, c.stored = tonumber(v) or 0, true
     end
   elseif kind == 'cc' then
     local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(lease_clock()), '+inf')
@@ -484,18 +496,28 @@ for i = 1, n do
   elseif kind == 'cal' then
     reset = c.finish - now
     if write then
-      redis.call('HSET', c.key, 's', c.eff, 'c', c.used + c.cost, 'k', c.param)
-      -- Relative expiry (not PEXPIREAT) so that a test clock far from the
-      -- server's clock works too; one second of grace.
-      local _, finish = period_bounds(c.eff, c.param)
-      redis.call('PEXPIRE', c.key, finish - now + 1000)
+      if ARGV[2] ~= '' then
+        -- Relative expiry, so that a test clock far from the server's
+        -- works too; one second of grace.
+        local _, finish = period_bounds(c.eff, c.param)
+        redis.call('SET', c.key, num(c.eff) .. ':' .. num(c.used + c.cost), 'PX', num(finish - now + 1000))
+      elseif c.stored then
+        redis.call('INCRBY', c.key, c.costs)
+      else
+        redis.call('SET', c.key, c.costs, 'PXAT', num(c.finish - 1))
+      end
     elseif denied then
       retry = reset
     end
   elseif kind == 'cc' then
     if write then
       redis.call('ZREMRANGEBYSCORE', c.key, '-inf', lease_clock())
-      redis.call('ZADD', c.key, lease_clock() + c.ttl, lease .. ':' .. c.costs)
+      local e = num(lease_clock() + c.ttl)
+      redis.call('ZADD', c.key, e, lease .. ':' .. c.costs)
+      -- One member per further unit (plan.lua counts members).
+      for u = 2, c.cost do
+        redis.call('ZADD', c.key, e, lease .. '.' .. num(u) .. ':0')
+      end
       if redis.call('PTTL', c.key) < c.ttl then
         redis.call('PEXPIRE', c.key, c.ttl)
       end

@@ -2,12 +2,13 @@
 -- sliding window ("sb"), one calendar quota ("cal") and one concurrency
 -- limit ("cc"), all enforced, without soft thresholds: the same decisions,
 -- keys and stored state as admit.lua for that batch, all-or-nothing, in
--- fewer steps: no per-check tables nor closures, the time from the window
--- key's PTTL as in window.lua, a quota in its stored period only counted
--- up (HINCRBY; its absolute expiry stays), expired leases removed only when
--- there are some, the set's expiry set once (PEXPIRE to its longest lease),
--- integers formatted with %d (cheaper than %.0f), and a short answer when
--- every check allowed.
+-- fewer steps: no per-check tables nor closures; the window's fast path and
+-- its time from the key's PTTL, as in window.lua; the quota an integer
+-- counted up with INCRBY (on the server's clock); the live leases counted
+-- with ZCOUNT (one member per unit) instead of read; the set's expiry and
+-- the removal of expired leases only when its TTL falls below the lease
+-- TTL; integers formatted with %d (cheaper than %.0f), and a short answer
+-- when every check allowed.
 --
 -- KEYS     the window's key, the quota's key, the concurrency set, then
 --          the sets of the r lease members to remove first
@@ -15,7 +16,8 @@
 --          limit, cost, period (1 hour, 2 day, 3 week, 4 month);
 --          concurrency limit, cost, lease ttl ms; and the time in ms of a
 --          test clock when given (10 doubles; without: the server's time)
--- ARGV[2]  the lease member ("id:units")
+-- ARGV[2]  the lease member ("id:units"; a lease of k > 1 units also
+--          holds the members "id.2:0" .. "id.k:0")
 -- ARGV[3..2+r]  the lease members to remove first
 --
 -- Returns what admit.lua returns for the three checks in this order:
@@ -38,83 +40,108 @@ for j = 3, #ARGV do
   redis.call('ZREM', KEYS[j + 1], ARGV[j])
 end
 
--- The window, read as in window.lua (its general path).
+-- The window, as window.lua: its fast path (this window, now in the newest
+-- bucket, the oldest bucket with a count still counted, allowed, 16-bit
+-- counts; see window.lua), else its general path.
 local b = (w + 7 - (w + 7) % 8) / 8
 local v = redis.call('GET', skey)
-local sz, cf, p0 = 8, '<d', 26
-local w0, head, off, total, newest = w, 0, 9, 0, 0
-if v then
-  if #v == 37 then
-    sz, cf, p0 = 2, '<H', 20
-    w0, head, off, total, newest = struct.unpack('<ddBHH', v)
-  else
-    w0, head, off, total, newest = struct.unpack('<ddBdd', v)
-  end
-end
-local server = nil
-if not clock then
-  local ttl = -1
-  if v then ttl = redis.call('PTTL', skey) end
-  if ttl >= 0 then
-    now = (head + 1) * ((w0 + 7 - (w0 + 7) % 8) / 8) + w0 - 1 - ttl
-  else
-    local t = redis.call('TIME')
-    now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
-  end
-  server = now
-end
-local cur = (now - now % b) / b
-local moved = not v
-if not v then
-  head = cur
-elseif w0 ~= w then
-  local ob = (w0 + 7 - (w0 + 7) % 8) / 8
-  local at = head * ob
-  if now > at then at = now end
-  local x = at + 1 - w0
-  if x < 0 then x = 0 end
-  local j = (x - x % ob) / ob
-  if j < head - off then j = head - off end
-  local sum = 0
-  while j <= head and off <= 8 do
-    sum = sum + struct.unpack(cf, v, p0 + sz * (head - j))
-    j = j + 1
-  end
-  head, total, moved = cur, sum, true
-  off = 9
-  if sum > 0 then off = 0 end
-end
-local at = head * b
-if now > at then at = now end
-local x = at + 1 - w
-if x < 0 then x = 0 end
-local j0 = (x - x % b) / b
-local used, first = total, nil
-if off <= 8 then
-  first = head - off
-  if first < j0 then
-    first = nil
-    for j = head - off, head do
-      local n = 0
-      if not moved then
-        n = struct.unpack(cf, v, p0 + sz * (head - j))
-      elseif j == head then
-        n = total
-      end
-      if j < j0 then
-        used = used - n
-      elseif n > 0 then
-        first = j
-        break
-      end
+local ttl = -1
+if v and not clock then ttl = redis.call('PTTL', skey) end
+local fast = false
+local used, first, target, sreset, newest, t = 0, nil, 0, 0, 0, 0
+local sz, cf, p0, head, off, total, moved = 2, '<H', 20, 0, 9, 0, false
+if v and #v == 37 then
+  local w0
+  w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+  if w0 == w and off <= 8 and head >= off then
+    t = ttl
+    if clock then t = (head + 1) * b + w - 1 - now end
+    if t >= w and t <= b + w - 1 and off * b < t and total + cost <= limit and total + cost <= 65535 then
+      fast = true
+      if not clock then now = (head + 1) * b + w - 1 - t end
+      used, sreset = total, t - off * b
     end
   end
 end
-local target = head
-if cur > target then target = cur end
-local s_ok = used + cost <= limit
+local server, timed = nil, false
+if not fast then
+  sz, cf, p0 = 8, '<d', 26
+  local w0
+  w0, head, off, total, newest = w, 0, 9, 0, 0
+  if v then
+    if #v == 37 then
+      sz, cf, p0 = 2, '<H', 20
+      w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+    else
+      w0, head, off, total, newest = struct.unpack('<ddBdd', v)
+    end
+  end
+  if not clock then
+    if ttl >= 0 then
+      now = (head + 1) * ((w0 + 7 - (w0 + 7) % 8) / 8) + w0 - 1 - ttl
+    else
+      local tm = redis.call('TIME')
+      now = tm[1] * 1000 + (tm[2] - tm[2] % 1000) / 1000
+      -- (Not the script's time snapshot, which expiries use: see the
+      -- quota.)
+      timed = true
+    end
+  end
+  local cur = (now - now % b) / b
+  moved = not v
+  if not v then
+    head = cur
+  elseif w0 ~= w then
+    local ob = (w0 + 7 - (w0 + 7) % 8) / 8
+    local at = head * ob
+    if now > at then at = now end
+    local x = at + 1 - w0
+    if x < 0 then x = 0 end
+    local j = (x - x % ob) / ob
+    if j < head - off then j = head - off end
+    local sum = 0
+    while j <= head and off <= 8 do
+      sum = sum + struct.unpack(cf, v, p0 + sz * (head - j))
+      j = j + 1
+    end
+    head, total, moved = cur, sum, true
+    off = 9
+    if sum > 0 then off = 0 end
+  end
+  local at = head * b
+  if now > at then at = now end
+  local x = at + 1 - w
+  if x < 0 then x = 0 end
+  local j0 = (x - x % b) / b
+  used, first = total, nil
+  if off <= 8 then
+    first = head - off
+    if first < j0 then
+      first = nil
+      for j = head - off, head do
+        local n = 0
+        if not moved then
+          n = struct.unpack(cf, v, p0 + sz * (head - j))
+        elseif j == head then
+          n = total
+        end
+        if j < j0 then
+          used = used - n
+        elseif n > 0 then
+          first = j
+          break
+        end
+      end
+    end
+  end
+  target = head
+  if cur > target then target = cur end
+end
+local s_ok = fast or used + cost <= limit
+if not clock and server == nil then server = now end
 
--- The quota: a hash {s: period start, c: count, k: period}, as admit.lua.
+-- The quota's period [qs, qe) (UTC; Howard Hinnant's civil_from_days /
+-- days_from_civil for months), as admit.lua.
 local qs, qe
 local DAY = 86400000
 if period == 1 then
@@ -129,8 +156,6 @@ else
     if monday < 0 then monday = 0 end
     qs, qe = monday * DAY, (monday + 7) * DAY
   else
-    -- Month: Howard Hinnant's civil_from_days / days_from_civil, as
-    -- admit.lua.
     local function from_civil(y, m)
       if m <= 2 then y = y - 1 end
       local era = math.floor(y / 400)
@@ -157,99 +182,95 @@ else
     qs, qe = from_civil(y, m) * DAY, from_civil(ny, nm) * DAY
   end
 end
-local pk = 'm'
-if period == 1 then pk = 'h' elseif period == 2 then pk = 'd' elseif period == 3 then pk = 'w' end
-local h = redis.call('HMGET', qkey, 's', 'c', 'k')
-local qeff, qused = qs, 0
-local stored = tonumber(h[1])
-if h[3] == pk and stored ~= nil and stored >= qs then
-  qeff = stored
-  qused = tonumber(h[2]) or 0
+-- The quota's count (the key's name holds the period kind). On the
+-- server's clock an integer that expires at the period's last millisecond
+-- (PXAT qe - 1): a live key is this period's count. (A time from TIME is
+-- taken after the script's time snapshot, which expiries use: in the first
+-- second of a period, a live key may still be the last one's; its PTTL
+-- tells, below 1 s for the last period's, above for this one's.)
+-- With a test clock the string "start:count" of the period, as admit.lua.
+local qv = redis.call('GET', qkey)
+local qused, qeff, qstored = 0, qs, false
+if qv then
+  if clock then
+    local vs, vc = string.match(qv, '^(%d+):(%d+)$')
+    vs = tonumber(vs)
+    if vs ~= nil and vs >= qs then
+      qeff, qused, qstored = vs, tonumber(vc), true
+    end
+  elseif not timed or now - qs >= 1000 or redis.call('PTTL', qkey) >= 1000 then
+    qused, qstored = tonumber(qv) or 0, true
+  end
 end
 local q_ok = qused + qcost <= qlimit
 
--- The concurrency set: every member with its expiry; live ones count.
--- Leases always expire on the server's clock.
+-- The concurrency set: one member per unit held, scored with its expiry;
+-- the live ones count. Leases always expire on the server's clock.
 if server == nil then
-  local t = redis.call('TIME')
-  server = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
+  local tm = redis.call('TIME')
+  server = tm[1] * 1000 + (tm[2] - tm[2] % 1000) / 1000
 end
-local leases = redis.call('ZRANGE', ckey, 0, -1, 'WITHSCORES')
-local cused, stale, last = 0, false, 0
-for j = 1, #leases, 2 do
-  local e = leases[j + 1] + 0
-  if e > last then last = e end
-  if e > server then
-    local m = leases[j]
-    if string.byte(m, -2) == 58 and string.byte(m, -1) == 49 then
-      -- ":1", the usual member.
-      cused = cused + 1
-    else
-      cused = cused + (tonumber(string.match(m, ':(%d+)$')) or 1)
-    end
-  else
-    stale = true
-  end
-end
+local sv = string.format('(%d', server)
+local cused = redis.call('ZCOUNT', ckey, sv, '+inf')
 local c_ok = cused + ccost <= climit
 
 local all = s_ok and q_ok and c_ok
-local sreset, sretry = 0, -1
-if first ~= nil then
-  sreset = (first + 1) * b + w - 1 - now
-elseif all and cost > 0 then
-  sreset = (target + 1) * b + w - 1 - now
+local sretry = -1
+if not fast then
+  if first ~= nil then
+    sreset = (first + 1) * b + w - 1 - now
+  elseif all and cost > 0 then
+    sreset = (target + 1) * b + w - 1 - now
+  end
 end
 local qreset, qretry = qe - now, -1
 local cretry = -1
 if all then
   -- Consume: every check's write, as admit.lua's.
   if cost > 0 then
-    local sum = total + cost
-    if not moved and target == head and not clock and (sz == 8 or sum <= 65535) then
-      if off > 8 then off = 0 end
-      local fmt = '<Bdd'
-      if sz == 2 then fmt = '<BHH' end
-      redis.call('SETRANGE', skey, '16', struct.pack(fmt, off, sum, newest + cost))
+    if fast then
+      redis.call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
+      if clock then redis.call('PEXPIRE', skey, string.format('%d', t)) end
     else
-      local c = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
-      if moved then
-        if target - head < 9 then c[1 + target - head] = total end
+      local sum = total + cost
+      if not moved and target == head and not clock and (sz == 8 or sum <= 65535) then
+        if off > 8 then off = 0 end
+        local fmt = '<Bdd'
+        if sz == 2 then fmt = '<BHH' end
+        redis.call('SETRANGE', skey, '16', struct.pack(fmt, off, sum, newest + cost))
       else
-        for i = 1 + target - head, 9 do
-          c[i] = struct.unpack(cf, v, p0 + sz * (i - 1 - target + head))
+        local c = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+        if moved then
+          if target - head < 9 then c[1 + target - head] = total end
+        else
+          for i = 1 + target - head, 9 do
+            c[i] = struct.unpack(cf, v, p0 + sz * (i - 1 - target + head))
+          end
         end
-      end
-      c[1] = c[1] + cost
-      sum, off = 0, 0
-      for i = 1, 9 do
-        sum = sum + c[i]
-        if c[i] > 0 then off = i - 1 end
-      end
-      local fmt = '<ddBHHHHHHHHHH'
-      if sum > 65535 then fmt = '<ddBdddddddddd' end
-      local packed = struct.pack(fmt, w, target, off, sum, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9])
-      local e = (target + 1) * b + w - 1
-      if clock then
-        local px = e - now
-        if px < 1 then px = 1 end
-        redis.call('SET', skey, packed, 'PX', string.format('%d', px))
-      else
-        redis.call('SET', skey, packed, 'PXAT', string.format('%d', e))
+        c[1] = c[1] + cost
+        sum, off = 0, 0
+        for i = 1, 9 do
+          sum = sum + c[i]
+          if c[i] > 0 then off = i - 1 end
+        end
+        local fmt = '<ddBHHHHHHHHHH'
+        if sum > 65535 then fmt = '<ddBdddddddddd' end
+        local packed = struct.pack(fmt, w, target, off, sum, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9])
+        local e = (target + 1) * b + w - 1
+        if clock then
+          local px = e - now
+          if px < 1 then px = 1 end
+          redis.call('SET', skey, packed, 'PX', string.format('%d', px))
+        else
+          redis.call('SET', skey, packed, 'PXAT', string.format('%d', e))
+        end
       end
     end
   end
   if qcost > 0 then
-    if stored ~= nil and qeff == stored and not clock then
-      -- The period already stored: only the count changes (its absolute
-      -- expiry, the period's end + 1 s on the server's clock, stays).
-      if qcost == 1 and qused < 1e13 then
-        redis.call('HINCRBY', qkey, 'c', '1')
-      else
-        redis.call('HSET', qkey, 'c', string.format('%d', qused + qcost))
-      end
-    else
-      redis.call('HSET', qkey, 's', string.format('%d', qeff), 'c', string.format('%d', qused + qcost), 'k', pk)
+    local n = '1'
+    if qcost ~= 1 then n = string.format('%d', qcost) end
+    if clock then
       -- The end of the stored period (a later one when the clock stepped
       -- back) and one second of grace, relative.
       local fin = qe
@@ -265,18 +286,32 @@ if all then
           fin = qeff + 31 * DAY
         end
       end
-      redis.call('PEXPIRE', qkey, string.format('%d', fin - now + 1000))
+      redis.call('SET', qkey, string.format('%d:%d', qeff, qused + qcost), 'PX', string.format('%d', fin - now + 1000))
+    elseif qstored then
+      redis.call('INCRBY', qkey, n)
+    else
+      redis.call('SET', qkey, n, 'PXAT', string.format('%d', qe - 1))
     end
   end
   if ccost > 0 then
-    if stale then
-      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', string.format('%d', server))
+    local e = string.format('%d', server + cttl)
+    redis.call('ZADD', ckey, e, ARGV[2])
+    if ccost > 1 then
+      -- One member per further unit.
+      local id = string.match(ARGV[2], '^(.*):')
+      for i = 2, ccost do
+        redis.call('ZADD', ckey, e, id .. '.' .. string.format('%d', i) .. ':0')
+      end
     end
-    local e = server + cttl
-    redis.call('ZADD', ckey, string.format('%d', e), ARGV[2])
-    -- The set lives as long as its longest lease.
-    if last > e then e = last end
-    redis.call('PEXPIRE', ckey, string.format('%d', e - server))
+    -- The set lives at least as long as its longest lease: when its TTL is
+    -- below this lease's, it is extended to twice that, and the expired
+    -- leases (of crashed or cut-off instances) are removed then, so they
+    -- leave within a lease TTL or so.
+    if redis.call('PTTL', ckey) < cttl then
+      -- (Those that expired before now: the others are not counted.)
+      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
+      redis.call('PEXPIRE', ckey, string.format('%d', 2 * cttl))
+    end
   end
   used, qused, cused = used + cost, qused + qcost, cused + ccost
 else

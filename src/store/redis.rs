@@ -16,9 +16,10 @@
 //! plan — one enforced sliding window, calendar quota and concurrency limit
 //! without soft thresholds, in any order — goes to a third script,
 //! `plan.lua`: the same decisions, keys and writes as the general one for
-//! that batch, with its numbers packed in one argument, no per-check tables
-//! and the time from the window's key (about half the general script's
-//! cost; BENCHMARKS.md §4).
+//! that batch, with its numbers packed in one argument, no per-check tables,
+//! the time from the window's key, the quota's integer read with `GET` and
+//! counted up with `INCRBY`, and the leases counted with `ZCOUNT` (about a
+//! quarter of the general script's cost; BENCHMARKS.md §4).
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
@@ -37,8 +38,8 @@
 //! | GCRA | `tt:{t}:gc:p` | hash | `m`, `n`: the theoretical arrival time, ms and ns | 1 s after the bucket is full again |
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `n:units`, score = ms; `n` = the sequence after this entry | W after the newest entry |
 //! | (its sequence) | `tt:{t}:sq:p` | string | the units ever written to the log (`INCRBY units`) | same as the log |
-//! | calendar | `tt:{t}:cal:p` | hash | `s` period start ms, `c` count, `k` period (`h`/`d`/`w`/`m`) | period end + 1 s |
-//! | concurrency | `tt:{t}:cc:p` | sorted set | member `lease-id:units`, score = lease expiry ms | `lease_ttl` after the last admission or renewal |
+//! | calendar (period `h`/`d`/`w`/`m`) | `tt:{t}:cald:p` (`calh`, `calw`, `calm`) | string | the count, an integer (`INCRBY`); with a test clock `start:count`, the period's start ms and the count | `PXAT` the period's last ms on the server's clock, so a live key is the current period's (with a test clock: `PX` to the period's end + 1 s, relative) |
+//! | concurrency | `tt:{t}:cc:p` | sorted set | one member per unit held: `lease-id:units`, then `lease-id.2:0` … `lease-id.units:0`; score = lease expiry ms | at least `lease_ttl` after the last admission or renewal (`plan.lua`: twice it, set when the TTL falls below it) |
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
 //!
 //! Expiries are relative (`PEXPIRE`, so that a test clock far from the
@@ -60,12 +61,25 @@
 //! cost > 1 that an older instance writes among newer ones counts as 1 until
 //! it leaves the window (entries of cost 1, the usual, count exactly).
 //! Stores sharing counters must all use the server's clock or all the same
-//! test clock. The window
-//! or period start stored with a count means that a stale count is never
-//! read as the current one. Expired leases are never counted and are removed
-//! (`ZREMRANGEBYSCORE`) before a new one is added (by `plan.lua` only when
-//! the set holds some). Denied admissions and dry
-//! runs write nothing.
+//! test clock. The window start stored with a count, and the quota's
+//! expiry at the end of its period (its start under a test clock), mean
+//! that a stale count is never read as the current one. The quota's first
+//! layout (`tt:{t}:cal:p`, a hash `{s, c, k}`) is never read again: those
+//! keys expire at the end of their period + 1 s, and their counts are not
+//! carried over, so in the period of an upgrade a tenant may be admitted
+//! up to its quota again; during a rolling upgrade, old and new instances
+//! count apart (each up to the quota). Changing a quota's period starts
+//! another key (another count, as the memory store); changing it back
+//! within the same period finds the first key's count again.
+//! Expired leases are never counted: the general script removes them
+//! (`ZREMRANGEBYSCORE`) before a new one is added, `plan.lua` when it
+//! extends the set's expiry (every `lease_ttl` or so while the set is in
+//! use). A lease of `k` units is `k` members, so that `plan.lua` counts the
+//! units held with `ZCOUNT` instead of reading the set; the general script
+//! sums the units of the members (`lease-id:k` counts `k`, the others 0),
+//! which counts a lease of an instance from before this layout (one member
+//! `lease-id:k`) as `plan.lua` does not: during a rolling upgrade such a
+//! lease counts 1 there. Denied admissions and dry runs write nothing.
 //!
 //! # Semantics
 //!
@@ -100,7 +114,7 @@
 //! | two-counter window (hash, 3 fields) | 104 B | 104 B | 104 B |
 //! | sliding log (sorted set) | 104 B | 1 864 B | 94 144 B |
 //! | sliding log sequence (string) | 72 B | 72 B | 72 B |
-//! | calendar (hash, 3 fields) | 104 B | 104 B | 104 B |
+//! | calendar (integer string; 2026-12-03) | 72 B | 72 B | 72 B |
 //! | concurrency (sorted set of leases) | 120 B | 3 656 B | 118 192 B |
 //! | gauge (string) | 72 B | 72 B | 72 B |
 //!
@@ -165,8 +179,9 @@
 //! Numbers travel as Lua doubles: limits, costs, times and durations are
 //! clamped below 2<sup>53</sup> (a cost above its limit stays above it), and
 //! the sliding-window products `prev × W` and the sum of a window's nine
-//! bucket counts are exact only below that bound. Redis 6.2 or later
-//! (`SET … PXAT`).
+//! bucket counts are exact only below that bound. A concurrency check of
+//! more than 4 096 units is refused as one above its limit (a lease holds
+//! one member per unit). Redis 6.2 or later (`SET … PXAT`).
 //! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
 //! of one batch should name distinct policies.
 
@@ -190,6 +205,11 @@ use crate::tenant::TenantId;
 
 /// Largest integer a Lua double represents exactly.
 const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// Most units one admission may hold of a concurrency limit: a lease holds
+/// one member per unit in the set (so that `plan.lua` counts them with
+/// `ZCOUNT`). A check of more units is refused, as a cost above its limit.
+const MAX_LEASE_UNITS: u64 = 4096;
 
 /// A [`CounterStore`] in Redis or Redis Cluster, shared by every instance of
 /// a service. See the [module documentation](self) for the key layout.
@@ -509,6 +529,8 @@ impl RedisStore {
                     check.cost.min(burst.saturating_add(1))
                 }
                 _ if check.cost > check.limit => limit + 1,
+                // One set member per unit held: more units are refused.
+                Algorithm::Concurrency { .. } if check.cost > MAX_LEASE_UNITS => limit + 1,
                 _ => check.cost.min(limit),
             }
             .to_string();
@@ -543,8 +565,20 @@ impl RedisStore {
                 if let (true, Algorithm::Concurrency { lease_ttl }) =
                     (has_lease && check.cost > 0, check.algorithm)
                 {
+                    // One member per unit: `id:units`, then `id.2:0` …
+                    // `id.units:0` (none when the cost is above the
+                    // limit: never admitted).
                     held.push((main.clone(), format!("{lease_id}:{cost}")));
                     renewal.push((ms(lease_ttl).max(1), check.shadow));
+                    let units = if check.cost > check.limit.min(MAX_LEASE_UNITS) {
+                        1
+                    } else {
+                        check.cost
+                    };
+                    for u in 2..=units {
+                        held.push((main.clone(), format!("{lease_id}.{u}:0")));
+                        renewal.push((ms(lease_ttl).max(1), check.shadow));
+                    }
                 }
                 keys.push(main);
             }
@@ -1018,10 +1052,19 @@ fn kind(algorithm: &Algorithm) -> &'static str {
 
 /// The kind in a key's name: that of admit.lua, except the sliding window's
 /// `sb2` (its second layout: keys of the first, `sb` hashes, are never read
-/// again and expire within W + W/8 of an upgrade).
+/// again and expire within W + W/8 of an upgrade) and the calendar quota's
+/// `calh`, `cald`, `calw`, `calm` (its second layout, an integer, one key
+/// per period kind: keys of the first, `cal` hashes, are never read again
+/// and expire at the end of their period + 1 s).
 fn segment(algorithm: &Algorithm) -> &'static str {
     match algorithm {
         Algorithm::SlidingWindow { .. } => "sb2",
+        Algorithm::Calendar { period } => match period {
+            Period::Hour => "calh",
+            Period::Day => "cald",
+            Period::Week => "calw",
+            Period::Month => "calm",
+        },
         other => kind(other),
     }
 }
