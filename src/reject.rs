@@ -17,7 +17,9 @@ mod fields;
 #[cfg(feature = "tonic")]
 mod grpc_details;
 
-pub(crate) use fields::{render_policy, render_state, sf_string, PolicyItem, StateItem};
+pub(crate) use fields::{
+    render_policy, render_state, sf_string, state_prefix, PolicyItem, StateItem,
+};
 pub use fields::{HeaderStyle, RateLimitFields, RateLimitHeaders};
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]

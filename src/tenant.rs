@@ -465,11 +465,13 @@ impl Tenant {
     }
 
     /// The tenant id.
+    #[inline]
     pub fn id(&self) -> &TenantId {
         &self.id
     }
 
     /// The lifecycle state.
+    #[inline]
     pub fn status(&self) -> TenantStatus {
         self.status
     }
@@ -477,6 +479,7 @@ impl Tenant {
     /// The effective plan: the base plan with this tenant's overrides
     /// applied, or the base plan alone once the overrides' `until` has
     /// passed (system clock).
+    #[inline]
     pub fn plan(&self) -> &Arc<Plan> {
         match self.until {
             Some(until) if now_ms() >= until => &self.base_plan,

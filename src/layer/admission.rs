@@ -20,8 +20,8 @@ use crate::future::MaybeReady;
 use crate::layer::soft_limit::{SoftLimit, SoftLimitEvent};
 use crate::plan::{Period, Plan};
 use crate::reject::{
-    ceil_secs, is_grpc, render_policy, render_state, sf_string, HeaderStyle, PolicyItem,
-    RateLimitHeaders, Refusal, Rejection, RejectionKind, StateItem,
+    ceil_secs, is_grpc, render_policy, render_state, sf_string, state_prefix, HeaderStyle,
+    PolicyItem, RateLimitHeaders, Refusal, Rejection, RejectionKind, StateItem,
 };
 use crate::resolve::RequestHead;
 use crate::store::{Admission, Algorithm, Check, CounterStore, Decision, Lease, StoreResult};
@@ -76,16 +76,20 @@ pub struct Rule {
     /// The name as an sf-string for the header fields (`None` when it
     /// cannot be one: the rule is then left out of the fields).
     quoted: Option<Bytes>,
+    /// `quoted` and `;r=`: the start of the rule's member of `RateLimit`.
+    state_prefix: Option<Bytes>,
     skip: Option<Arc<HeadFn<bool>>>,
     cost: Option<Arc<HeadFn<u64>>>,
 }
 
 impl Rule {
     fn new(kind: RuleKind, name: &str) -> Self {
+        let quoted = sf_string(name);
         Self {
             kind,
             name: Arc::from(name),
-            quoted: sf_string(name),
+            state_prefix: quoted.as_deref().map(state_prefix),
+            quoted,
             skip: None,
             cost: None,
         }
@@ -257,6 +261,9 @@ struct PlanRules {
     /// store is handed these, borrowed — no check built, no policy name's
     /// reference count touched per request.
     fixed: Option<(Checks, SmallVec<[u32; 4]>)>,
+    /// Whether a rule of the layer is a gauge under this plan (only then
+    /// can a request hold units to give back).
+    gauges: bool,
 }
 
 impl PlanRules {
@@ -306,7 +313,11 @@ impl PlanRules {
             .iter()
             .all(|rule| rule.skip.is_none() && rule.cost.is_none())
             .then(|| collect_checks(rules, &limited, soft, |_| 1));
+        let gauges = limited
+            .iter()
+            .any(|l| l.is_some_and(|l| l.algorithm == Algorithm::Gauge));
         Self {
+            gauges,
             rules: limited,
             reported,
             policy_one,
@@ -704,7 +715,11 @@ where
             rules,
         };
         let mut answer = config.store.admit(asked.tenant(), asked.checks());
-        let undo = gauge_undo(&self.config, &asked);
+        let undo = if prepared.gauges {
+            gauge_undo(&self.config, &asked)
+        } else {
+            None
+        };
         // The store's answer is read in place (it is large), and the future
         // is built where it is returned (it is large too).
         if let Some(result) = answer.ready_mut() {
@@ -805,7 +820,10 @@ fn grpc_error(headers: &http::HeaderMap) -> bool {
 }
 
 /// Decides from the store's answer: admitted (with the lease and the header
-/// fields) or a rejection.
+/// fields) or a rejection. Inlined into the layer's `call`, so that the
+/// (large) answer is written where the future is built, not returned and
+/// moved.
+#[inline]
 fn decide<St>(
     config: &Config<St>,
     prepared: &PlanRules,
@@ -943,12 +961,14 @@ fn every_policy<St>(
     let mut cached = true;
     for ((check, decision), &rule) in asked.checks().iter().zip(decisions).zip(asked.rules()) {
         let rule = rule as usize;
-        let (Some(_), Some(name)) = (prepared.reported[rule], config.rules[rule].quoted.as_ref())
-        else {
+        let (Some(_), Some(prefix)) = (
+            prepared.reported[rule],
+            config.rules[rule].state_prefix.as_ref(),
+        ) else {
             continue;
         };
         state.push(StateItem {
-            name,
+            prefix,
             remaining: decision.remaining,
             reset: Some(reset_of(check, decision)),
         });
@@ -1025,14 +1045,14 @@ fn most_restrictive<St>(
         .legacy()
         .then_some([decision.limit, decision.remaining, reset]);
     let rule = asked.rules()[i] as usize;
-    let (Some(name), Some(policy)) = (
-        config.rules[rule].quoted.as_ref(),
+    let (Some(prefix), Some(policy)) = (
+        config.rules[rule].state_prefix.as_ref(),
         prepared.policy_one[rule].clone(),
     ) else {
         return Some(RateLimitHeaders::new(None, None, legacy));
     };
     let state = render_state(&[StateItem {
-        name,
+        prefix,
         remaining: decision.remaining,
         reset: Some(reset),
     }]);

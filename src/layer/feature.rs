@@ -74,21 +74,36 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let rejection = match req.extensions().get::<CurrentTenant>() {
-            Some(tenant) if tenant.plan().has_feature(&self.feature) => None,
-            Some(tenant) => Some(
-                Rejection::new(RejectionKind::FeatureNotInPlan)
-                    .tenant(tenant.id().clone())
-                    .plan(&tenant.plan().name)
-                    .feature(&*self.feature),
-            ),
-            None => Some(Rejection::new(RejectionKind::TenantRequired)),
-        };
-        match rejection {
-            None => GateFuture::inner(self.inner.call(req)),
-            Some(rejection) => GateFuture::reject(rejection, is_grpc(req.headers())),
+        let permitted = req
+            .extensions()
+            .get::<CurrentTenant>()
+            .is_some_and(|tenant| tenant.plan().has_feature(&self.feature));
+        if permitted {
+            // Built where it is returned: the inner future (large) is
+            // written into the gate's variant, not moved into it.
+            return GateFuture {
+                kind: Gate::Inner {
+                    future: self.inner.call(req),
+                },
+            };
         }
+        refuse(&req, &self.feature)
     }
+}
+
+/// The refusal of a request whose tenant lacks `feature` (or that has no
+/// tenant); out of line, off the usual path.
+#[cold]
+#[inline(never)]
+fn refuse<F, B>(req: &Request<B>, feature: &str) -> GateFuture<F> {
+    let rejection = match req.extensions().get::<CurrentTenant>() {
+        Some(tenant) => Rejection::new(RejectionKind::FeatureNotInPlan)
+            .tenant(tenant.id().clone())
+            .plan(&tenant.plan().name)
+            .feature(feature),
+        None => Rejection::new(RejectionKind::TenantRequired),
+    };
+    GateFuture::reject(rejection, is_grpc(req.headers()))
 }
 
 pin_project! {

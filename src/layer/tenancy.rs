@@ -234,7 +234,17 @@ where
                 Ok(tenant) => {
                     let span = tenant_span(&tenant);
                     req.extensions_mut().insert(CurrentTenant(tenant));
-                    let future = enter(&span, || self.inner.call(req));
+                    if span.is_disabled() {
+                        // Built where it is returned: the inner future
+                        // (large) is written into the variant, not moved.
+                        return ResponseFuture {
+                            state: State::Inner {
+                                future: self.inner.call(req),
+                                span,
+                            },
+                        };
+                    }
+                    let future = span.in_scope(|| self.inner.call(req));
                     ResponseFuture::inner(future, span)
                 }
                 Err(rejection) => ResponseFuture::reject(rejection, is_grpc(req.headers())),
@@ -265,12 +275,20 @@ where
 /// The `tenant` span. When no subscriber is interested in `INFO` it is not
 /// created at all (two loads; the `log` fallback of `tracing` is skipped
 /// too), and a disabled span is never entered (see [`enter`]).
+#[inline]
 fn tenant_span(tenant: &Tenant) -> tracing::Span {
     if tracing::level_enabled!(tracing::Level::INFO) {
-        tracing::info_span!("tenant", tenant.id = %tenant.id())
+        enabled_tenant_span(tenant)
     } else {
         tracing::Span::none()
     }
+}
+
+/// [`tenant_span`] when `INFO` is enabled: out of line, so that the check
+/// above is inlined into the layer's `call`.
+#[inline(never)]
+fn enabled_tenant_span(tenant: &Tenant) -> tracing::Span {
+    tracing::info_span!("tenant", tenant.id = %tenant.id())
 }
 
 /// Runs `f` inside `span`, unless the span is disabled.
@@ -283,6 +301,7 @@ fn enter<T>(span: &tracing::Span, f: impl FnOnce() -> T) -> T {
 }
 
 /// Directory answer → tenant or rejection.
+#[inline]
 fn admit(
     config: &Config,
     id: TenantIdRef<'_>,

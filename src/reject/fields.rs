@@ -145,6 +145,7 @@ impl From<&RateLimitFields> for RateLimitHeaders {
         let Some(name) = sf_string(&fields.policy) else {
             return RateLimitHeaders::new(None, None, legacy);
         };
+        let prefix = state_prefix(&name);
         let policy = render_policy(&[PolicyItem {
             name: &name,
             quota: fields.limit,
@@ -152,7 +153,7 @@ impl From<&RateLimitFields> for RateLimitHeaders {
             window: fields.window.map(ceil_secs),
         }]);
         let state = render_state(&[StateItem {
-            name: &name,
+            prefix: &prefix,
             remaining: fields.remaining,
             reset: Some(reset),
         }]);
@@ -302,8 +303,8 @@ impl PolicyItem<'_> {
 /// One member of `RateLimit`: `"name";r=5;t=30`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StateItem<'a> {
-    /// The name as an sf-string ([`sf_string`]).
-    pub name: &'a [u8],
+    /// The name as an sf-string followed by `;r=` ([`state_prefix`]).
+    pub prefix: &'a [u8],
     /// `r`.
     pub remaining: u64,
     /// `t`, in seconds.
@@ -313,18 +314,36 @@ pub(crate) struct StateItem<'a> {
 impl StateItem<'_> {
     /// At most this many bytes.
     fn max_len(&self) -> usize {
-        self.name.len() + 3 + U64_DIGITS + self.reset.map_or(0, |_| 3 + U64_DIGITS)
+        self.prefix.len() + U64_DIGITS + self.reset.map_or(0, |_| 3 + U64_DIGITS)
     }
 
     fn write(&self, out: &mut Cursor<'_>) {
-        out.push(self.name);
-        out.push(b";r=");
+        out.push(self.prefix);
         out.push_u64(self.remaining);
         if let Some(t) = self.reset {
             out.push(b";t=");
             out.push_u64(t);
         }
     }
+
+    /// [`write`](Self::write), appending to `out` (which has room).
+    fn append(&self, out: &mut BytesMut) {
+        out.extend_from_slice(self.prefix);
+        out.extend_from_slice(itoa::Buffer::new().format(self.remaining).as_bytes());
+        if let Some(t) = self.reset {
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
+        }
+    }
+}
+
+/// The start of a policy's member of `RateLimit`: its name as an sf-string
+/// ([`sf_string`]) and `;r=`, rendered once per rule.
+pub(crate) fn state_prefix(name: &[u8]) -> Bytes {
+    let mut prefix = Vec::with_capacity(name.len() + 3);
+    prefix.extend_from_slice(name);
+    prefix.extend_from_slice(b";r=");
+    Bytes::from(prefix)
 }
 
 /// The most decimal digits of a `u64`.
@@ -398,8 +417,32 @@ pub(crate) fn render_policy(items: &[PolicyItem<'_>]) -> Option<HeaderValue> {
 
 /// The `RateLimit` value of `items` (`None` when empty), carved from this
 /// thread's [`ARENA`].
+///
+/// Written straight into the arena (no buffer to fill and copy): the
+/// block is replaced first when the longest value `items` can make does
+/// not fit in what is left of it.
 pub(crate) fn render_state(items: &[StateItem<'_>]) -> Option<HeaderValue> {
-    render(items, StateItem::max_len, StateItem::write, from_arena)
+    let (first, rest) = items.split_first()?;
+    let max = items.iter().map(StateItem::max_len).sum::<usize>() + 2 * rest.len();
+    let shared = ARENA.with(|arena| {
+        let mut arena = arena.try_borrow_mut().ok()?;
+        if arena.capacity() - arena.len() < max {
+            *arena = BytesMut::with_capacity(ARENA_BLOCK.max(max));
+        }
+        first.append(&mut arena);
+        for item in rest {
+            arena.extend_from_slice(b", ");
+            item.append(&mut arena);
+        }
+        Some(arena.split().freeze())
+    });
+    match shared {
+        Some(shared) => HeaderValue::from_maybe_shared(shared).ok(),
+        // The arena is in use further up this thread's stack (it never is).
+        None => render(items, StateItem::max_len, StateItem::write, |bytes| {
+            HeaderValue::from_bytes(bytes).ok()
+        }),
+    }
 }
 
 /// Bytes of one arena block: about 60 `RateLimit` values of one policy. A
@@ -417,23 +460,6 @@ thread_local! {
     /// ([`ARENA_BLOCK`] bytes) alive, and nothing outlives its values and
     /// the thread.
     static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// `bytes` as a header value in [`ARENA`] (in a block of its own if the
-/// arena is in use further up this thread's stack, which it never is).
-fn from_arena(bytes: &[u8]) -> Option<HeaderValue> {
-    let shared = ARENA.with(|arena| {
-        let mut arena = arena.try_borrow_mut().ok()?;
-        if arena.capacity() - arena.len() < bytes.len() {
-            *arena = BytesMut::with_capacity(ARENA_BLOCK.max(bytes.len()));
-        }
-        arena.extend_from_slice(bytes);
-        Some(arena.split().freeze())
-    });
-    match shared {
-        Some(shared) => HeaderValue::from_maybe_shared(shared).ok(),
-        None => HeaderValue::from_bytes(bytes).ok(),
-    }
 }
 
 #[cfg(test)]
@@ -466,32 +492,43 @@ mod tests {
 
     #[test]
     fn values_longer_than_the_stack_buffer() {
+        values_of_names_of(60);
+    }
+
+    #[test]
+    fn values_longer_than_an_arena_block() {
+        values_of_names_of(ARENA_BLOCK / 2);
+    }
+
+    /// Four policies with names of `len + 1` bytes, the largest numbers.
+    fn values_of_names_of(len: usize) {
         let names: Vec<Bytes> = (0..4)
-            .map(|i| sf_string(&format!("{i}{}", "p".repeat(60))).unwrap())
+            .map(|i| sf_string(&format!("{i}{}", "p".repeat(len))).unwrap())
             .collect();
-        let items: Vec<StateItem<'_>> = names
+        let prefixes: Vec<Bytes> = names.iter().map(|name| state_prefix(name)).collect();
+        let items: Vec<StateItem<'_>> = prefixes
             .iter()
-            .map(|name| StateItem {
-                name,
+            .map(|prefix| StateItem {
+                prefix,
                 remaining: u64::MAX,
                 reset: Some(u64::MAX),
             })
             .collect();
         assert!(items.iter().map(StateItem::max_len).sum::<usize>() > ON_STACK);
         let expected: Vec<String> = (0..4)
-            .map(|i| format!("\"{i}{}\";r={};t={}", "p".repeat(60), u64::MAX, u64::MAX))
+            .map(|i| format!("\"{i}{}\";r={};t={}", "p".repeat(len), u64::MAX, u64::MAX))
             .collect();
         assert_eq!(render_state(&items).unwrap(), expected.join(", ").as_str());
     }
 
     #[test]
     fn values_from_the_arena_outlive_their_block() {
-        let name = sf_string("api").unwrap();
+        let name = state_prefix(&sf_string("api").unwrap());
         // Enough values to fill several blocks; each keeps its own bytes.
         let values: Vec<HeaderValue> = (0..1000u64)
             .map(|r| {
                 render_state(&[StateItem {
-                    name: &name,
+                    prefix: &name,
                     remaining: r,
                     reset: Some(60),
                 }])
@@ -531,14 +568,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(v, "\"a\";q=10;w=60, \"bb\";q=2;qu=\"concurrent-requests\"");
+        let (pa, pb) = (state_prefix(&a), state_prefix(&b));
         let v = render_state(&[
             StateItem {
-                name: &a,
+                prefix: &pa,
                 remaining: 0,
                 reset: Some(5),
             },
             StateItem {
-                name: &b,
+                prefix: &pb,
                 remaining: 1,
                 reset: None,
             },

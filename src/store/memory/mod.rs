@@ -2,6 +2,7 @@
 
 use std::borrow::{Borrow, BorrowMut};
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 mod approx;
 mod calendar;
 mod gcra;
+mod hot;
 mod leases;
 mod log;
 mod soft;
@@ -26,6 +28,7 @@ pub(crate) use gcra::Params as GcraParams;
 use approx::ApproxState;
 use calendar::CalendarState;
 use gcra::GcraState;
+use hot::HotWindow;
 use leases::{Inflight, Leases};
 use log::LogState;
 use soft::SoftMarks;
@@ -42,13 +45,19 @@ use crate::tenant::TenantId;
 const DEFAULT_SWEEP_EVERY: u64 = 1024;
 /// Most shards a store may have.
 const MAX_SHARDS: usize = 4096;
+/// Contended lock acquisitions in a row, on one shard, for one sliding
+/// window key, that make it a hot window (see [`hot`]).
+const PROMOTE_AFTER: u32 = 4;
+/// Ids of stores, for the per-thread cache of hot windows.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// An in-memory, sharded [`CounterStore`] for one process.
 ///
 /// It implements every algorithm of the [store
 /// semantics](crate::store#semantics-every-store-implements-exactly-these)
 /// synchronously: each call answers with [`MaybeReady::ready`], takes one
-/// mutex, and allocates nothing for its answer ([`Decisions`](super::Decisions) keeps up to four inline; plus the state of
+/// mutex (none for a one-check sliding-window call on a [hot
+/// key](MemoryStore#hot-keys)), and allocates nothing for its answer ([`Decisions`](super::Decisions) keeps up to four inline; plus the state of
 /// a counter the first time it is consumed). [`peek`](CounterStore::peek)
 /// returns exactly the decisions `admit` would (so `used` includes the cost
 /// when every check allows); peek with cost 0 to read current levels.
@@ -106,6 +115,22 @@ const MAX_SHARDS: usize = 4096;
 /// 94 right after it has doubled; `benches/memory.rs` (see BENCHMARKS.md)
 /// measures the heap from 25 000 to 1 000 000 keys.
 ///
+/// # Hot keys
+///
+/// When one-check calls on the same sliding-window key find its shard's lock
+/// taken several times in a row, the key's state moves out of the table into
+/// a *hot window* (about 130 bytes, beside the table): one atomic word holds
+/// the newest bucket's index and count, the older buckets sit beside it. A
+/// one-check call on that key (without a soft threshold) then decides and
+/// counts with one compare-and-swap, without the lock, finding the window in
+/// a small per-thread cache (the last four hot windows the thread used); the
+/// decisions are exactly those of the locked path. Everything else — a bucket
+/// rollover, a batch, a soft threshold — takes the lock as before; a batch
+/// moves the key back into the table first. Hot windows are swept like any
+/// other counter, and only keys contended on their own lock become hot, so
+/// the memory per key above is unchanged. A thread's cache keeps the last
+/// hot windows it used (of any store) alive until it replaces them or exits.
+///
 /// # Eviction
 ///
 /// A counter whose state has fully expired is equivalent to no counter, so it
@@ -114,7 +139,8 @@ const MAX_SHARDS: usize = 4096;
 /// window of its last use, a GCRA bucket once full again, a sliding log once
 /// its last entry left the window, a calendar counter once its
 /// period is over, a concurrency counter at zero with no lease alive, a gauge
-/// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls,
+/// at zero. Each shard sweeps itself after `max(sweep_every, n)` calls
+/// that take its lock,
 /// where `n` is the number of counters its previous sweep left (so that the
 /// work is amortized to O(1) per call), and shrinks its tables when they are
 /// less than a quarter full. Memory is thus bounded by the counters live in
@@ -167,6 +193,14 @@ pub struct MemoryStore {
     hasher: foldhash::fast::RandomState,
     clock: Arc<dyn Clock>,
     sweep_every: u64,
+    /// Names the store in the per-thread cache of hot windows.
+    id: u64,
+    /// Whether a key was ever made a hot window (until then, calls do not
+    /// look at the per-thread cache).
+    any_hot: AtomicBool,
+    /// Contended acquisitions in a row that make a key hot (0: every
+    /// sliding-window key is made hot at its first one-check call; tests).
+    promote_after: u32,
 }
 
 /// Builds a [`MemoryStore`] with non-default options.
@@ -232,6 +266,9 @@ impl MemoryStoreBuilder {
             hasher: foldhash::fast::RandomState::default(),
             clock: self.clock,
             sweep_every: self.sweep_every,
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            any_hot: AtomicBool::new(false),
+            promote_after: PROMOTE_AFTER,
         }
     }
 }
@@ -313,9 +350,14 @@ impl MemoryStore {
     }
 
     fn shard(&self, tenant: &TenantId) -> &Shard {
+        self.shard_hashed(tenant).1
+    }
+
+    /// The tenant's hash and shard.
+    fn shard_hashed(&self, tenant: &TenantId) -> (u64, &Shard) {
+        let hash = self.hasher.hash_one(tenant.as_str());
         // `shards.len()` is a power of two.
-        let index = self.hasher.hash_one(tenant.as_str()) as usize & (self.shards.len() - 1);
-        &self.shards[index]
+        (hash, &self.shards[hash as usize & (self.shards.len() - 1)])
     }
 
     /// Counts a call on a shard and sweeps it when due.
@@ -328,7 +370,25 @@ impl MemoryStore {
 
     fn run(&self, tenant: &TenantId, checks: &[Check], commit: bool) -> Admission {
         let now = self.clock.now_ms();
-        let mut tables = self.shard(tenant).0.lock();
+        // One sliding-window check on a hot key: without the lock.
+        if let [check] = checks {
+            if let Algorithm::SlidingWindow { window } = check.algorithm {
+                if check.soft_percent.is_none() && self.any_hot.load(Ordering::Relaxed) {
+                    let g = Geometry::new(window_ms(window));
+                    if let Some(decision) = hot::take_cached(self.id, tenant, check, g, now, commit)
+                    {
+                        let mut decisions = Decisions::new();
+                        decisions.push(decision);
+                        return Admission::new(decisions, None).with_soft_crossed(0);
+                    }
+                }
+            }
+        }
+        let (hash, shard) = self.shard_hashed(tenant);
+        let (mut tables, contended) = match shard.0.try_lock() {
+            Some(tables) => (tables, false),
+            None => (shard.0.lock(), true),
+        };
         let tables = &mut *tables;
         let mut leases = Leases::default();
         let decisions = if let [check] = checks {
@@ -338,8 +398,27 @@ impl MemoryStore {
                 force: false,
                 evaluated: None,
             };
+            let decision = match check.algorithm {
+                Algorithm::SlidingWindow { window } => {
+                    let g = Geometry::new(window_ms(window));
+                    let promote = self.promote_after == 0
+                        || (contended
+                            && tables.contended_again(hash, check, g) >= self.promote_after);
+                    let (decision, hot) =
+                        tables.apply_window(tenant, check, g, now, op, &mut leases, promote);
+                    if let Some(hot) = hot {
+                        // (Written once: the line is read by every call.)
+                        if !self.any_hot.load(Ordering::Relaxed) {
+                            self.any_hot.store(true, Ordering::Relaxed);
+                        }
+                        hot::remember(self.id, tenant, check, g, &hot);
+                    }
+                    decision
+                }
+                _ => tables.apply(tenant, check, now, op, &mut leases),
+            };
             let mut decisions = Decisions::new();
-            decisions.push(tables.apply(tenant, check, now, op, &mut leases));
+            decisions.push(decision);
             decisions
         } else if checks.iter().all(|c| !c.shadow) && distinct_counters(checks) {
             tables.run_at_once(tenant, checks, now, commit, &mut leases)
@@ -471,7 +550,7 @@ struct Tables {
     /// 40-byte slot instead of 56 with the policy in every key. A request
     /// finds its policy by a short scan (pointer comparison first: checks
     /// carry the rule's own `Arc<str>`), there being few policy names.
-    windows: Vec<PolicyTable<Buckets>>,
+    windows: Vec<PolicyTable<Windows>>,
     /// Two-counter windows, per policy too.
     approx: Vec<PolicyTable<HashMap<TenantId, ApproxState>>>,
     /// GCRA, sliding logs, calendar quotas and concurrency counters, per
@@ -489,6 +568,9 @@ struct Tables {
     /// calls (at least `sweep_every`), so that sweeping costs O(1) per call
     /// however many counters each call creates.
     swept_len: u64,
+    /// The last sliding-window key (tenant hash, policy, window) whose call
+    /// found the lock contended, and how many such calls in a row.
+    streak: (u64, u32),
 }
 
 /// The counters of one policy keyed by tenant.
@@ -522,8 +604,82 @@ fn policy_table<'a, M: Default>(
     &mut tables[index]
 }
 
-/// The sub-bucket counters of one policy: 16-bit counts while every limit
-/// it was checked against fits them, 64-bit (boxed) after.
+/// The sub-bucket counters of one policy: in the table, and the hot ones
+/// (see [`hot`]) beside it.
+#[derive(Default)]
+struct Windows {
+    cells: Buckets,
+    hot: HashMap<TenantId, Arc<HotWindow>>,
+}
+
+impl Windows {
+    fn len(&self) -> usize {
+        self.cells.len() + self.hot.len()
+    }
+
+    fn contains(&self, tenant: &TenantId) -> bool {
+        self.cells.contains(tenant) || self.hot.contains_key(tenant.as_str())
+    }
+
+    /// Removes the tenant's counter (a hot one is retired).
+    fn take(&mut self, tenant: &TenantId) -> Option<SubBuckets<u64>> {
+        if !self.hot.is_empty() {
+            if let Some(hot) = self.hot.remove(tenant.as_str()) {
+                let state = hot.begin();
+                hot.retire();
+                return Some(state);
+            }
+        }
+        self.cells.take(tenant)
+    }
+
+    /// Moves the tenant's hot window, if any, back into the table.
+    fn demote(&mut self, tenant: &TenantId) {
+        if self.hot.is_empty() {
+            return;
+        }
+        if let Some(hot) = self.hot.remove(tenant.as_str()) {
+            let state = hot.begin();
+            hot.retire();
+            self.cells.put(tenant.clone(), state);
+        }
+    }
+
+    /// Moves the tenant's counter from the table into a hot window; the
+    /// window, or `None` when there is no counter (or its count does not
+    /// fit a hot window).
+    fn promote(&mut self, tenant: &TenantId) -> Option<Arc<HotWindow>> {
+        let state = self.cells.take(tenant)?;
+        match HotWindow::new(&state) {
+            Some(hot) => {
+                let hot = Arc::new(hot);
+                self.hot.insert(tenant.clone(), hot.clone());
+                Some(hot)
+            }
+            None => {
+                self.cells.put(tenant.clone(), state);
+                None
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: u64, g: Geometry) {
+        self.cells.sweep(now, g);
+        self.hot.retain(|_, hot| {
+            let state = hot.begin();
+            if state.idle(now, g) {
+                hot.retire();
+                return false;
+            }
+            // The state read fits the word it came from.
+            hot.publish(&state)
+        });
+        shrink(&mut self.hot);
+    }
+}
+
+/// The sub-bucket counters of a policy's table: 16-bit counts while every
+/// limit it was checked against fits them, 64-bit (boxed) after.
 enum Buckets {
     Narrow(HashMap<TenantId, SubBuckets<u16>>),
     Wide(HashMap<TenantId, Box<SubBuckets<u64>>>),
@@ -621,7 +777,10 @@ macro_rules! with_table {
         match check.algorithm {
             Algorithm::SlidingWindow { window } => {
                 let g = Geometry::new(window_ms(window));
-                match tables.sub_buckets(tenant, check, g, now) {
+                let table = tables.sub_buckets(tenant, check, g, now);
+                // A batch counts on the table, under the lock, atomically.
+                table.demote(tenant);
+                match &mut table.cells {
                     Buckets::Narrow(m) => {
                         $f::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
                     }
@@ -681,8 +840,8 @@ impl Tables {
         check: &Check,
         g: Geometry,
         now: u64,
-    ) -> &mut Buckets {
-        let same = |p: &PolicyTable<Buckets>| {
+    ) -> &mut Windows {
+        let same = |p: &PolicyTable<Windows>| {
             Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
         };
         let mut index = None;
@@ -700,12 +859,12 @@ impl Tables {
             self.windows.push(PolicyTable {
                 policy: check.policy.clone(),
                 window: g.w,
-                counters: Buckets::default(),
+                counters: Windows::default(),
             });
             self.windows.len() - 1
         });
         if check.limit > NARROW_LIMIT {
-            self.windows[index].counters.widen();
+            self.windows[index].counters.cells.widen();
         }
         if others && !self.windows[index].counters.contains(tenant) {
             let moved = self.windows.iter_mut().find_map(|table| {
@@ -716,10 +875,71 @@ impl Tables {
                     .map(|state| state.rebase::<u64>(now, old, g))
             });
             if let Some(state) = moved {
-                self.windows[index].counters.put(tenant.clone(), state);
+                self.windows[index]
+                    .counters
+                    .cells
+                    .put(tenant.clone(), state);
             }
         }
         &mut self.windows[index].counters
+    }
+
+    /// How many one-check calls in a row found the lock contended for this
+    /// sliding-window key (this one included).
+    fn contended_again(&mut self, hash: u64, check: &Check, g: Geometry) -> u32 {
+        let key = hash ^ (Arc::as_ptr(&check.policy) as *const u8 as u64) ^ g.w.rotate_left(32);
+        if self.streak.0 == key {
+            self.streak.1 = self.streak.1.saturating_add(1);
+        } else {
+            self.streak = (key, 1);
+        }
+        self.streak.1
+    }
+
+    /// [`apply`](Self::apply) for the one sliding-window check of a call:
+    /// on the key's hot window when it has one (busy meanwhile), else on
+    /// the table, then making the key hot when `promote`. Returns the hot
+    /// window used or made, for the caller's per-thread cache.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_window(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        g: Geometry,
+        now: u64,
+        op: Op,
+        leases: &mut Leases,
+        promote: bool,
+    ) -> (Decision, Option<Arc<HotWindow>>) {
+        let table = self.sub_buckets(tenant, check, g, now);
+        let hot = if table.hot.is_empty() {
+            None
+        } else {
+            table.hot.get(tenant.as_str()).cloned()
+        };
+        if let Some(hot) = hot {
+            let mut state = hot.begin();
+            let decision = apply_to(&mut state, g, now, check, op, leases);
+            if hot.publish(&state) {
+                return (decision, Some(hot));
+            }
+            // The count outgrew the word: back into the table.
+            hot.retire();
+            table.hot.remove(tenant.as_str());
+            table.cells.put(tenant.clone(), state);
+            return (decision, None);
+        }
+        let id = || tenant.clone();
+        let decision = match &mut table.cells {
+            Buckets::Narrow(m) => {
+                apply::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g, now, check, op, leases)
+            }
+            Buckets::Wide(m) => {
+                apply::<SubBuckets<u64>, _, _, _>(m, tenant.as_str(), id, g, now, check, op, leases)
+            }
+        };
+        let hot = if promote { table.promote(tenant) } else { None };
+        (decision, hot)
     }
 
     /// Evaluates `check` and, depending on `op`, takes it.
@@ -1072,23 +1292,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
         } => (commit, force, evaluated),
     };
     match lookup.get_mut(map) {
-        Some(state) => {
-            let state = state.borrow_mut();
-            state.normalize(now, ctx);
-            let mut decision = match evaluated {
-                Some(decision) => decision,
-                None => state.eval(now, ctx, check),
-            };
-            if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
-                S::admitted(Some(state), now, ctx, check, &mut decision);
-                if commit && check.cost > 0 {
-                    if let Some(lease) = state.consume(now, ctx, check.cost) {
-                        leases.push(lease);
-                    }
-                }
-            }
-            decision
-        }
+        Some(state) => apply_to(state.borrow_mut(), ctx, now, check, op, leases),
         None => {
             let mut decision = evaluated.unwrap_or_else(|| S::eval_missing(now, ctx, check));
             if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
@@ -1104,6 +1308,39 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
             decision
         }
     }
+}
+
+/// [`apply`] on an existing counter.
+fn apply_to<S: Counter>(
+    state: &mut S,
+    ctx: S::Ctx,
+    now: u64,
+    check: &Check,
+    op: Op,
+    leases: &mut Leases,
+) -> Decision {
+    let (commit, force, evaluated) = match op {
+        Op::Eval => (false, false, None),
+        Op::Take {
+            commit,
+            force,
+            evaluated,
+        } => (commit, force, evaluated),
+    };
+    state.normalize(now, ctx);
+    let mut decision = match evaluated {
+        Some(decision) => decision,
+        None => state.eval(now, ctx, check),
+    };
+    if matches!(op, Op::Take { .. }) && (decision.allowed || force) {
+        S::admitted(Some(state), now, ctx, check, &mut decision);
+        if commit && check.cost > 0 {
+            if let Some(lease) = state.consume(now, ctx, check.cost) {
+                leases.push(lease);
+            }
+        }
+    }
+    decision
 }
 
 /// Takes back what [`apply`] consumed for `check` in this call (the batch
@@ -1243,7 +1480,7 @@ mod tests {
                 };
                 t.windows
                     .iter()
-                    .map(|p| buckets(&p.counters))
+                    .map(|p| buckets(&p.counters.cells))
                     .sum::<usize>()
                     + t.approx.iter().map(|p| bytes(&p.counters)).sum::<usize>()
                     + t.gcra.iter().map(|p| bytes(&p.counters)).sum::<usize>()
@@ -1811,7 +2048,139 @@ mod tests {
         }
     }
 
+    /// A store on `clock` in which every sliding-window key becomes a hot
+    /// window at its first one-check call.
+    fn hot_store(clock: &Arc<ManualClock>, sweep_every: u64) -> MemoryStore {
+        let mut store = MemoryStore::builder()
+            .shards(1)
+            .sweep_every(sweep_every)
+            .clock(clock.clone())
+            .build();
+        store.promote_after = 0;
+        store
+    }
+
+    /// The number of hot windows held.
+    fn hot_len(store: &MemoryStore) -> usize {
+        store
+            .shards
+            .iter()
+            .map(|s| {
+                s.0.lock()
+                    .windows
+                    .iter()
+                    .map(|p| p.counters.hot.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn hot_window_is_exact_under_threads() {
+        // Four threads on one key at a fixed time: exactly `limit` calls are
+        // admitted, whichever path (lock-free or locked) each one took.
+        let clock = Arc::new(ManualClock::new(T0));
+        for promote_after in [0, PROMOTE_AFTER] {
+            let mut store = MemoryStore::builder().clock(clock.clone()).build();
+            store.promote_after = promote_after;
+            let store = Arc::new(store);
+            let limit = 20_000;
+            let check: Arc<[Check]> = Arc::new([Check::new("p", window(60_000), limit, 1)]);
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, check) = (store.clone(), check.clone());
+                    std::thread::spawn(move || {
+                        let t = tenant(7);
+                        let mut allowed = 0u64;
+                        for _ in 0..7_500 {
+                            let a = admit(&store, &t, &check);
+                            allowed += u64::from(a.allowed());
+                            assert!(a.decisions[0].used <= limit);
+                        }
+                        allowed
+                    })
+                })
+                .collect();
+            let allowed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(allowed, limit);
+            let d = store.peek(&tenant(7), &check).try_take().unwrap().unwrap()[0];
+            assert_eq!((d.allowed, d.used), (false, limit));
+            assert_eq!(store.len(), 1);
+        }
+    }
+
+    #[test]
+    fn hot_window_batches_windows_and_eviction() {
+        // A hot key used by a batch moves back into the table (and becomes
+        // hot again at its next one-check call); a window change moves it to
+        // the new window's table; the sweep drops it once idle.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = hot_store(&clock, 0);
+        let t = tenant(1);
+        let one = [Check::new("p", window(1_000), 10, 1)];
+        assert!(admit(&store, &t, &one).allowed());
+        assert_eq!(hot_len(&store), 1);
+        let lock_free = hot::LOCK_FREE.with(|n| n.get());
+        assert_eq!(admit(&store, &t, &one).decisions[0].used, 2);
+        assert_eq!(hot::LOCK_FREE.with(|n| n.get()), lock_free + 1);
+        let batch = [
+            Check::new("p", window(1_000), 10, 1),
+            Check::new("q", gcra(1_000, 5), 5, 1),
+        ];
+        assert_eq!(admit(&store, &t, &batch).decisions[0].used, 3);
+        assert_eq!(hot_len(&store), 0);
+        assert_eq!(admit(&store, &t, &one).decisions[0].used, 4);
+        assert_eq!(hot_len(&store), 1);
+        // The same policy with a 2 s window: the 4 units move along.
+        let longer = [Check::new("p", window(2_000), 10, 1)];
+        assert_eq!(admit(&store, &t, &longer).decisions[0].used, 5);
+        assert_eq!(store.len(), 2); // the hot window and the gcra counter
+        clock.advance_ms(3_000);
+        assert_eq!(store.evict_idle(), 2);
+        assert_eq!(hot_len(&store), 0);
+        assert!(store.is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn hot_windows_match_the_locked_store(
+            w in 1u64..3_000,
+            limit in 0u64..70_000,
+            steps in proptest::collection::vec((0u64..1_500, 0u64..4, 0u8..6), 1..120),
+        ) {
+            // Random one-check calls, peeks, batches and window changes on
+            // the same key: a store with hot windows decides exactly as one
+            // without, and holds the same counters.
+            let clock = Arc::new(ManualClock::new(T0 + 3));
+            let locked = MemoryStore::builder().shards(1).sweep_every(3).clock(clock.clone()).build();
+            let hot = hot_store(&clock, 3);
+            let t = tenant(2);
+            for (dt, cost, kind) in steps {
+                clock.advance_ms(dt);
+                let a = Check::new("a", window(w), limit, cost);
+                let checks = match kind {
+                    0 | 1 => vec![a],
+                    2 => vec![Check::new("a", window(w * 2), limit, cost)],
+                    3 => vec![a, Check::new("b", window(w), limit / 2, 1)],
+                    4 => vec![a.clone(), a],
+                    _ => vec![Check::new("a", window(w), limit, cost).soft(50)],
+                };
+                if kind == 1 {
+                    let p = locked.peek(&t, &checks).try_take().unwrap().unwrap();
+                    prop_assert_eq!(hot.peek(&t, &checks).try_take().unwrap().unwrap(), p);
+                }
+                let x = admit(&locked, &t, &checks);
+                let y = admit(&hot, &t, &checks);
+                prop_assert_eq!(&x.decisions, &y.decisions);
+                prop_assert_eq!(x.soft_crossed(0), y.soft_crossed(0));
+                // (Lock-free calls do not count towards the next automatic
+                // sweep: compare what is left once both are swept.)
+                locked.evict_idle();
+                hot.evict_idle();
+                prop_assert_eq!(locked.len(), hot.len());
+            }
+        }
+
         #[test]
         fn matches_reference(
             w in 1u64..5_000,
@@ -1821,6 +2190,9 @@ mod tests {
         ) {
             let clock = Arc::new(ManualClock::new(T0 + 7));
             let store = MemoryStore::builder().shards(1).sweep_every(1).clock(clock.clone()).build();
+            // The same calls on hot windows (every sliding-window key hot at
+            // once, the lock-free path used whenever it can be).
+            let hot = hot_store(&clock, 1);
             let t = tenant(1);
             let (mut rw, mut rb, mut rl, mut rg) =
                 (RefWindow::default(), RefBuckets::default(), RefLog::default(), RefGcra::default());
@@ -1840,6 +2212,8 @@ mod tests {
                     if peek {
                         prop_assert_eq!(p, a);
                     }
+                    prop_assert_eq!(hot.peek(&t, batch).try_take().unwrap().unwrap()[0], p);
+                    prop_assert_eq!(admit(&hot, &t, batch).decisions[0], a);
                     let r = match i {
                         0 => rw.decide(now, w, limit, cost),
                         1 => rb.decide(now, w, limit, cost),

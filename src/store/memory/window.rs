@@ -57,7 +57,7 @@ use crate::store::{Check, Decision, Lease};
 /// Sub-buckets per window.
 pub(crate) const K: u64 = 8;
 /// Counters kept: the current bucket and the `k` before it.
-const SLOTS: usize = K as usize + 1;
+pub(super) const SLOTS: usize = K as usize + 1;
 /// Bucket indices are kept in 48 bits.
 const MAX_INDEX: u64 = (1 << 48) - 1;
 
@@ -80,7 +80,7 @@ impl Geometry {
     }
 
     /// `floor(t / b)`, at most 2⁴⁸ − 1.
-    fn index(self, t: u64) -> u64 {
+    pub(super) fn index(self, t: u64) -> u64 {
         (t / self.b).min(MAX_INDEX)
     }
 
@@ -136,8 +136,25 @@ pub(super) struct SubBuckets<C> {
 }
 
 impl<C: Cell> SubBuckets<C> {
-    fn head(&self) -> u64 {
+    pub(super) fn head(&self) -> u64 {
         u64::from(self.head_lo) | (u64::from(self.head_hi) << 32)
+    }
+
+    /// The state of newest bucket `head` (at most 2⁴⁸ − 1) and the ring
+    /// `counts` (bucket `j` in slot `j % (k + 1)`).
+    pub(super) fn from_parts(head: u64, counts: [C; SLOTS]) -> Self {
+        let mut state = Self {
+            head_lo: 0,
+            head_hi: 0,
+            counts,
+        };
+        state.set_head(head.min(MAX_INDEX));
+        state
+    }
+
+    /// The ring of counts (bucket `j` in slot `j % (k + 1)`).
+    pub(super) fn counts(&self) -> &[C; SLOTS] {
+        &self.counts
     }
 
     fn set_head(&mut self, j: u64) {
