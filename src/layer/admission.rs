@@ -820,7 +820,10 @@ fn grpc_error(headers: &http::HeaderMap) -> bool {
 }
 
 /// Decides from the store's answer: admitted (with the lease and the header
-/// fields) or a rejection.
+/// fields) or a rejection. Inlined into the layer's `call`, so that the
+/// (large) answer is written where the future is built, not returned and
+/// moved.
+#[inline]
 fn decide<St>(
     config: &Config<St>,
     prepared: &PlanRules,

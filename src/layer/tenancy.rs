@@ -278,10 +278,17 @@ where
 #[inline]
 fn tenant_span(tenant: &Tenant) -> tracing::Span {
     if tracing::level_enabled!(tracing::Level::INFO) {
-        tracing::info_span!("tenant", tenant.id = %tenant.id())
+        enabled_tenant_span(tenant)
     } else {
         tracing::Span::none()
     }
+}
+
+/// [`tenant_span`] when `INFO` is enabled: out of line, so that the check
+/// above is inlined into the layer's `call`.
+#[inline(never)]
+fn enabled_tenant_span(tenant: &Tenant) -> tracing::Span {
+    tracing::info_span!("tenant", tenant.id = %tenant.id())
 }
 
 /// Runs `f` inside `span`, unless the span is disabled.
@@ -294,6 +301,7 @@ fn enter<T>(span: &tracing::Span, f: impl FnOnce() -> T) -> T {
 }
 
 /// Directory answer → tenant or rejection.
+#[inline]
 fn admit(
     config: &Config,
     id: TenantIdRef<'_>,

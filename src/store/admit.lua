@@ -9,7 +9,7 @@
 --   kind "sb" sliding window   param = window ms        keys: string (below)
 --   kind "sw" two-counter window param = window ms      keys: hash {s, c, p}
 --   kind "gc" GCRA             param = T:C:B (ns, ns, units) keys: hash {m, n}
---   kind "sl" sliding log      param = window ms        keys: zset, sequence
+--   kind "sl" sliding log      param = window ms        keys: zset, sequence (below)
 --   kind "cal" calendar        param = h | d | w | m    keys: integer, or
 --                              "start:count" under a test clock
 --   kind "cc" concurrency      param = lease ttl ms     keys: zset of leases
@@ -117,6 +117,64 @@ end
 
 local function units_of(member)
   return tonumber(string.match(member, ':(%d+)$')) or 1
+end
+
+-- The sliding log: a sorted set of entries "n:u" scored by their time in
+-- ms, u the units of the entry and n the value of the sequence key after
+-- the entry's INCRBY u, so n is the number of units ever written to the
+-- log up to and including the entry. Entries are written in the order of
+-- their times (a clock that steps back writes at the newest time) and
+-- leave in that order, so the units in the window are
+--   seq - (n - u) of the window's oldest entry,
+-- a few O(log N) reads instead of the whole window. Entries of one ms are
+-- ordered by member text, not by n: among them the smallest n - u (the
+-- oldest) and the largest n (the newest) are looked up. When the sequence
+-- does not fit the entries (lost, or behind the newest entry), the window
+-- is summed as the first layout did, and the next write puts the
+-- sequence past the newest entry again.
+
+-- The entry of the largest n (newest = true) or the smallest n - u among
+-- `pair` (a member and its score) and the other members of its score;
+-- returns that n, or n - u.
+local function log_edge(key, pair, next_score, newest)
+  local members = { pair[1] }
+  if next_score == pair[2] then
+    members = redis.call('ZRANGEBYSCORE', key, pair[2], pair[2])
+  end
+  local best = nil
+  for _, m in ipairs(members) do
+    local nn, u = string.match(m, '^(%d+):(%d+)$')
+    local v = tonumber(nn) or -1
+    if not newest then v = v - (tonumber(u) or 1) end
+    if best == nil or (newest and v > best) or (not newest and v < best) then best = v end
+  end
+  return best
+end
+
+-- Reads a sliding log for a window after `after` (ms): sets c.used (the
+-- units in (after, +inf)), c.oldest (the time of its oldest entry, nil
+-- when none), c.newest and c.newest_n (the newest entry of the whole log,
+-- nil when empty).
+local function read_log(c, after)
+  local last = redis.call('ZRANGE', c.key, -2, -1, 'WITHSCORES')
+  c.used = 0
+  if #last == 0 then return end
+  local top_pair = { last[#last - 1], last[#last] }
+  c.newest = tonumber(last[#last])
+  c.newest_n = log_edge(c.key, top_pair, last[#last - 2], true)
+  local lo = '(' .. num(after)
+  local first = redis.call('ZRANGEBYSCORE', c.key, lo, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+  if #first == 0 then return end
+  c.oldest = tonumber(first[2])
+  local base = log_edge(c.key, first, first[4], false)
+  local top = tonumber(redis.call('GET', c.seq))
+  if top ~= nil and top >= c.newest_n and base >= 0 then
+    c.used = top - base
+    return
+  end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', c.key, lo, '+inf')) do
+    c.used = c.used + units_of(m)
+  end
 end
 
 local function server_now()
@@ -242,13 +300,7 @@ for i = 1, n do
     k = k + 1
     local w = tonumber(c.param)
     c.w = w
-    local entries = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(now - w), '+inf', 'WITHSCORES')
-    local used = 0
-    for j = 1, #entries, 2 do
-      used = used + units_of(entries[j])
-    end
-    c.entries = entries
-    c.used = used
+    read_log(c, now - w)
   elseif kind == 'cal' then
     local s, e = period_bounds(now, c.param)
     c.start, c.finish = s, e
@@ -269,7 +321,8 @@ for i = 1, n do
       -- second of a period may it be the last one's: TIME is read after
       -- the script's time snapshot, which expiries use. Then its PTTL is
       -- below 1 s, this period's far above.)
-      c.used, c.stored = tonumber(v) or 0, true
+      local n = tonumber(v)
+      if n then c.used, c.stored = n, true end
     end
   elseif kind == 'cc' then
     local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(lease_clock()), '+inf')
@@ -404,32 +457,41 @@ for i = 1, n do
       end
     end
   elseif kind == 'sl' then
-    local w, entries = c.w, c.entries
-    if #entries > 0 then
-      reset = tonumber(entries[2]) + w - now
+    local w = c.w
+    if c.oldest ~= nil then
+      reset = c.oldest + w - now
     elseif would and c.cost > 0 then
       reset = w
     end
     if write then
       -- A clock that stepped back adds to the newest entry's time.
-      local at = now
-      if #entries > 0 and tonumber(entries[#entries]) > at then
-        at = tonumber(entries[#entries])
+      local at = math.max(now, c.newest or now)
+      local seq = redis.call('INCRBY', c.seq, c.costs)
+      if c.newest_n ~= nil and seq - c.cost < c.newest_n then
+        -- The sequence was lost or set back: past the newest entry again.
+        seq = c.newest_n + c.cost
+        redis.call('SET', c.seq, num(seq))
       end
-      local seq = redis.call('INCR', c.seq)
-      redis.call('ZADD', c.key, at, num(seq) .. ':' .. c.costs)
       redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now - w)
+      redis.call('ZADD', c.key, at, num(seq) .. ':' .. c.costs)
       redis.call('PEXPIRE', c.key, at + w - now)
       redis.call('PEXPIRE', c.seq, at + w - now)
     elseif denied then
+      -- The oldest entries, a page at a time, until they free enough.
       local need = c.used - (c.limit - c.cost)
-      local freed = 0
-      for j = 1, #entries, 2 do
-        freed = freed + units_of(entries[j])
-        if freed >= need then
-          retry = tonumber(entries[j + 1]) + w - now
-          break
+      local freed, offset, count = 0, 0, 16
+      while retry < 0 do
+        local page = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(now - w), '+inf',
+          'WITHSCORES', 'LIMIT', offset, count)
+        for j = 1, #page, 2 do
+          freed = freed + units_of(page[j])
+          if freed >= need then
+            retry = tonumber(page[j + 1]) + w - now
+            break
+          end
         end
+        if #page < 2 * count then break end
+        offset, count = offset + count, count * 2
       end
     end
   elseif kind == 'cal' then

@@ -36,8 +36,8 @@
 //! | sliding window `W` (8 sub-buckets of `b = ceil(W/8)`) | `tt:{t}:sb2:p` | string | 37 or 97 bytes, little-endian: `w` (f64, the window ms), `head` (f64, index `floor(t/b)` of the newest bucket), `off` (u8: bucket `head − off` is the oldest with a count, 9: none), `total` (the sum of the nine counts), the counts of buckets `head`, `head − 1`, …, `head − 8`; `total` and counts as u16 while `total` ≤ 65 535 (37 bytes), else f64 (97) | `PXAT (head+1)·b + W − 1` on the server's clock, when the newest bucket stops counting (with a test clock: `PX`, relative) |
 //! | two-counter window `W` | `tt:{t}:sw:p` | hash | `s` window start ms, `c` current count, `p` previous count | when both windows are over (≤ 2W) |
 //! | GCRA | `tt:{t}:gc:p` | hash | `m`, `n`: the theoretical arrival time, ms and ns | 1 s after the bucket is full again |
-//! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `seq:units`, score = ms | W after the newest entry |
-//! | (its sequence) | `tt:{t}:sq:p` | string | `INCR` counter making members unique | same as the log |
+//! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `n:units`, score = ms; `n` = the sequence after this entry | W after the newest entry |
+//! | (its sequence) | `tt:{t}:sq:p` | string | the units ever written to the log (`INCRBY units`) | same as the log |
 //! | calendar (period `h`/`d`/`w`/`m`) | `tt:{t}:cald:p` (`calh`, `calw`, `calm`) | string | the count, an integer (`INCRBY`); with a test clock `start:count`, the period's start ms and the count | `PXAT` the period's last ms on the server's clock, so a live key is the current period's (with a test clock: `PX` to the period's end + 1 s, relative) |
 //! | concurrency | `tt:{t}:cc:p` | sorted set | one member per unit held: `lease-id:units`, then `lease-id.2:0` … `lease-id.units:0`; score = lease expiry ms | at least `lease_ttl` after the last admission or renewal (`plan.lua`: twice it, set when the TTL falls below it) |
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
@@ -52,6 +52,14 @@
 //! (`tt:{t}:sb:p`, a hash) is never read again: those keys expire within
 //! `W + W/8` of an upgrade, and the counts they held are not carried over
 //! (during a rolling upgrade, old and new instances count apart).
+//! The sliding log is counted without reading its window: the units in it
+//! are the sequence minus `n − units` of its oldest entry (two `O(log N)`
+//! reads; a refusal reads the oldest entries until they free enough for its
+//! `retry`). Its first layout counted one per entry (`INCR`): when the
+//! sequence does not fit the entries (it was lost, or is behind them) the
+//! script sums the window as before; during a rolling upgrade, an entry of
+//! cost > 1 that an older instance writes among newer ones counts as 1 until
+//! it leaves the window (entries of cost 1, the usual, count exactly).
 //! Stores sharing counters must all use the server's clock or all the same
 //! test clock. The window start stored with a count, and the quota's
 //! expiry at the end of its period (its start under a test clock), mean
