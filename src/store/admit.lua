@@ -321,7 +321,8 @@ for i = 1, n do
       -- second of a period may it be the last one's: TIME is read after
       -- the script's time snapshot, which expiries use. Then its PTTL is
       -- below 1 s, this period's far above.)
-      c.used, c.stored = tonumber(v) or 0, true
+      local n = tonumber(v)
+      if n then c.used, c.stored = n, true end
     end
   elseif kind == 'cc' then
     local leases = redis.call('ZRANGEBYSCORE', c.key, '(' .. num(lease_clock()), '+inf')

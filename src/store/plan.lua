@@ -27,6 +27,8 @@
 -- concurrency used), as 5 doubles. Layouts: src/store/redis.rs (the
 -- window's string is described in window.lua).
 
+-- (A local: cheaper than looking up redis.call each time.)
+local call = redis.call
 local a = ARGV[1]
 local clock = #a == 80
 local limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, now
@@ -37,16 +39,16 @@ else
 end
 local skey, qkey, ckey = KEYS[1], KEYS[2], KEYS[3]
 for j = 3, #ARGV do
-  redis.call('ZREM', KEYS[j + 1], ARGV[j])
+  call('ZREM', KEYS[j + 1], ARGV[j])
 end
 
 -- The window, as window.lua: its fast path (this window, now in the newest
 -- bucket, the oldest bucket with a count still counted, allowed, 16-bit
 -- counts; see window.lua), else its general path.
 local b = (w + 7 - (w + 7) % 8) / 8
-local v = redis.call('GET', skey)
+local v = call('GET', skey)
 local ttl = -1
-if v and not clock then ttl = redis.call('PTTL', skey) end
+if v and not clock then ttl = call('PTTL', skey) end
 local fast = false
 local used, first, target, sreset, newest, t = 0, nil, 0, 0, 0, 0
 local sz, cf, p0, head, off, total, moved = 2, '<H', 20, 0, 9, 0, false
@@ -80,7 +82,7 @@ if not fast then
     if ttl >= 0 then
       now = (head + 1) * ((w0 + 7 - (w0 + 7) % 8) / 8) + w0 - 1 - ttl
     else
-      local tm = redis.call('TIME')
+      local tm = call('TIME')
       now = tm[1] * 1000 + (tm[2] - tm[2] % 1000) / 1000
       -- (Not the script's time snapshot, which expiries use: see the
       -- quota.)
@@ -189,7 +191,7 @@ end
 -- second of a period, a live key may still be the last one's; its PTTL
 -- tells, below 1 s for the last period's, above for this one's.)
 -- With a test clock the string "start:count" of the period, as admit.lua.
-local qv = redis.call('GET', qkey)
+local qv = call('GET', qkey)
 local qused, qeff, qstored = 0, qs, false
 if qv then
   if clock then
@@ -198,8 +200,10 @@ if qv then
     if vs ~= nil and vs >= qs then
       qeff, qused, qstored = vs, tonumber(vc), true
     end
-  elseif not timed or now - qs >= 1000 or redis.call('PTTL', qkey) >= 1000 then
-    qused, qstored = tonumber(qv) or 0, true
+  elseif not timed or now - qs >= 1000 or call('PTTL', qkey) >= 1000 then
+    -- (Not a number: a test clock's value, overwritten.)
+    local n = tonumber(qv)
+    if n then qused, qstored = n, true end
   end
 end
 local q_ok = qused + qcost <= qlimit
@@ -207,11 +211,11 @@ local q_ok = qused + qcost <= qlimit
 -- The concurrency set: one member per unit held, scored with its expiry;
 -- the live ones count. Leases always expire on the server's clock.
 if server == nil then
-  local tm = redis.call('TIME')
+  local tm = call('TIME')
   server = tm[1] * 1000 + (tm[2] - tm[2] % 1000) / 1000
 end
 local sv = string.format('(%d', server)
-local cused = redis.call('ZCOUNT', ckey, sv, '+inf')
+local cused = call('ZCOUNT', ckey, sv, '+inf')
 local c_ok = cused + ccost <= climit
 
 local all = s_ok and q_ok and c_ok
@@ -229,15 +233,15 @@ if all then
   -- Consume: every check's write, as admit.lua's.
   if cost > 0 then
     if fast then
-      redis.call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
-      if clock then redis.call('PEXPIRE', skey, string.format('%d', t)) end
+      call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
+      if clock then call('PEXPIRE', skey, string.format('%d', t)) end
     else
       local sum = total + cost
       if not moved and target == head and not clock and (sz == 8 or sum <= 65535) then
         if off > 8 then off = 0 end
         local fmt = '<Bdd'
         if sz == 2 then fmt = '<BHH' end
-        redis.call('SETRANGE', skey, '16', struct.pack(fmt, off, sum, newest + cost))
+        call('SETRANGE', skey, '16', struct.pack(fmt, off, sum, newest + cost))
       else
         local c = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
         if moved then
@@ -260,9 +264,9 @@ if all then
         if clock then
           local px = e - now
           if px < 1 then px = 1 end
-          redis.call('SET', skey, packed, 'PX', string.format('%d', px))
+          call('SET', skey, packed, 'PX', string.format('%d', px))
         else
-          redis.call('SET', skey, packed, 'PXAT', string.format('%d', e))
+          call('SET', skey, packed, 'PXAT', string.format('%d', e))
         end
       end
     end
@@ -286,31 +290,31 @@ if all then
           fin = qeff + 31 * DAY
         end
       end
-      redis.call('SET', qkey, string.format('%d:%d', qeff, qused + qcost), 'PX', string.format('%d', fin - now + 1000))
+      call('SET', qkey, string.format('%d:%d', qeff, qused + qcost), 'PX', string.format('%d', fin - now + 1000))
     elseif qstored then
-      redis.call('INCRBY', qkey, n)
+      call('INCRBY', qkey, n)
     else
-      redis.call('SET', qkey, n, 'PXAT', string.format('%d', qe - 1))
+      call('SET', qkey, n, 'PXAT', string.format('%d', qe - 1))
     end
   end
   if ccost > 0 then
     local e = string.format('%d', server + cttl)
-    redis.call('ZADD', ckey, e, ARGV[2])
+    call('ZADD', ckey, e, ARGV[2])
     if ccost > 1 then
       -- One member per further unit.
       local id = string.match(ARGV[2], '^(.*):')
       for i = 2, ccost do
-        redis.call('ZADD', ckey, e, id .. '.' .. string.format('%d', i) .. ':0')
+        call('ZADD', ckey, e, id .. '.' .. string.format('%d', i) .. ':0')
       end
     end
     -- The set lives at least as long as its longest lease: when its TTL is
     -- below this lease's, it is extended to twice that, and the expired
     -- leases (of crashed or cut-off instances) are removed then, so they
     -- leave within a lease TTL or so.
-    if redis.call('PTTL', ckey) < cttl then
+    if call('PTTL', ckey) < cttl then
       -- (Those that expired before now: the others are not counted.)
-      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
-      redis.call('PEXPIRE', ckey, string.format('%d', 2 * cttl))
+      call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
+      call('PEXPIRE', ckey, string.format('%d', 2 * cttl))
     end
   end
   used, qused, cused = used + cost, qused + qcost, cused + ccost
