@@ -153,7 +153,7 @@ fn measure<F: Fn(&TenantId) + Send + Sync + 'static>(
     label: &str,
     call: F,
     tenants: &Arc<Vec<TenantId>>,
-    cores: usize,
+    thread_counts: &[usize],
     rounds: usize,
     duration: Duration,
 ) {
@@ -161,11 +161,6 @@ fn measure<F: Fn(&TenantId) + Send + Sync + 'static>(
         return;
     }
     let call = Arc::new(call);
-    // 1 and N (= cores) threads, then 2, 8 and 16 (more threads than
-    // cores: the curve must not collapse).
-    let mut thread_counts = vec![1, cores, 2, 8, 16];
-    thread_counts.sort_unstable();
-    thread_counts.dedup();
     let mut samples: Vec<Vec<Sample>> = thread_counts.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (k, &threads) in thread_counts.iter().enumerate() {
@@ -254,14 +249,33 @@ fn main() {
     }
     let hot: Arc<Vec<TenantId>> = Arc::new(vec!["hot".parse().expect("valid id")]);
     let duration = Duration::from_secs_f64(seconds);
+    // 1 and N (= cores) threads, then 2, 8 and 16 (more threads than
+    // cores: the curve must not collapse).
+    let mut thread_counts = vec![1, cores, 2, 8, 16];
+    thread_counts.sort_unstable();
+    thread_counts.dedup();
 
     let mut report = Report::default();
+    // The locked path alone: one thread on a key of a fresh store never
+    // finds the lock taken, so the key never becomes a hot window.
+    let (cold_store, c) = (Arc::new(MemoryStore::new()), checks.clone());
+    let cold = move |t: &TenantId| admit(&cold_store, t, &c);
     println!(
         "{cores} cores, {rounds} rounds of {seconds} s, median (load {})",
         common::load_average()
     );
     println!("| limiter | tenants | threads | calls/s (wall) | speedup (wall) | CPU ns per call | CPU per call / 1 thread | CPU share of the threads | speedup per CPU time |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    measure(
+        &mut report,
+        "ours (MemoryStore), locked path",
+        "1 (one thread only)",
+        cold,
+        &hot,
+        &[1],
+        rounds,
+        duration,
+    );
     let many_label = format!("{many}");
     for (label, tenants) in [(many_label.as_str(), &many_tenants), ("1 (hot)", &hot)] {
         let (s, c) = (store.clone(), checks.clone());
@@ -272,7 +286,7 @@ fn main() {
             label,
             ours,
             tenants,
-            cores,
+            &thread_counts,
             rounds,
             duration,
         );
@@ -286,7 +300,7 @@ fn main() {
             label,
             peer,
             tenants,
-            cores,
+            &thread_counts,
             rounds,
             duration,
         );
@@ -301,7 +315,7 @@ fn main() {
         "1 (no key)",
         lower_bound,
         &hot,
-        cores,
+        &thread_counts,
         rounds,
         duration,
     );

@@ -725,6 +725,12 @@ impl Buckets {
     }
 
     fn put(&mut self, tenant: TenantId, state: SubBuckets<u64>) {
+        // A hot window counts in 64 bits, also for a limit above 65 535
+        // that only ever reached it without the lock (so without widening
+        // the table).
+        if state.counts().iter().any(|&c| c > NARROW_LIMIT) {
+            self.widen();
+        }
         match self {
             Buckets::Narrow(m) => {
                 m.insert(tenant, state.widen());
@@ -2141,12 +2147,36 @@ mod tests {
         assert!(store.is_empty());
     }
 
+    #[test]
+    fn hot_window_keeps_counts_past_16_bits() {
+        // The table of a policy seen only with small limits has 16-bit
+        // counts; a hot key of it that counted past 65 535 without the lock
+        // widens the table when it moves back.
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = hot_store(&clock, 0);
+        let t = tenant(1);
+        assert!(admit(&store, &t, &[Check::new("p", window(60_000), 10, 1)]).allowed());
+        let big = [Check::new("p", window(60_000), 1_000_000, 70_000)];
+        let lock_free = hot::LOCK_FREE.with(|n| n.get());
+        assert_eq!(admit(&store, &t, &big).decisions[0].used, 70_001);
+        assert_eq!(hot::LOCK_FREE.with(|n| n.get()), lock_free + 1);
+        // A batch with the small limit again (refused) moves the key back.
+        let batch = [
+            Check::new("p", window(60_000), 10, 1),
+            Check::new("q", gcra(1_000, 5), 5, 1),
+        ];
+        assert_eq!(admit(&store, &t, &batch).decisions[0].used, 70_001);
+        assert_eq!(hot_len(&store), 0);
+        let peek = store.peek(&t, &big).try_take().unwrap().unwrap()[0];
+        assert_eq!(peek.used, 140_001);
+    }
+
     proptest! {
         #[test]
         fn hot_windows_match_the_locked_store(
             w in 1u64..3_000,
             limit in 0u64..70_000,
-            steps in proptest::collection::vec((0u64..1_500, 0u64..4, 0u8..6), 1..120),
+            steps in proptest::collection::vec((0u64..1_500, 0u64..4, 0u8..6, any::<bool>()), 1..120),
         ) {
             // Random one-check calls, peeks, batches and window changes on
             // the same key: a store with hot windows decides exactly as one
@@ -2155,8 +2185,11 @@ mod tests {
             let locked = MemoryStore::builder().shards(1).sweep_every(3).clock(clock.clone()).build();
             let hot = hot_store(&clock, 3);
             let t = tenant(2);
-            for (dt, cost, kind) in steps {
+            for (dt, cost, kind, big) in steps {
                 clock.advance_ms(dt);
+                // Some calls with a limit past 16-bit counts (the table
+                // widens when such a call takes the lock).
+                let limit = if big { limit + 65_536 } else { limit };
                 let a = Check::new("a", window(w), limit, cost);
                 let checks = match kind {
                     0 | 1 => vec![a],
