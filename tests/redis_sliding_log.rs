@@ -10,9 +10,12 @@
 //! * when the sequence is lost, or behind the entries, the script sums the
 //!   window and still decides as the reference.
 
+#[path = "common/lcg.rs"]
+mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use lcg::Lcg;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,18 +24,6 @@ use tower_tenancy::store::{
     Algorithm, Check, Clock, CounterStore, ManualClock, MemoryStore, RedisStore,
 };
 use tower_tenancy::TenantId;
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
 
 fn log(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
     Check::new(

@@ -12,9 +12,12 @@
 //! * the key is 37 bytes, 97 once a window holds more than 65 535 units,
 //!   and expires when its newest bucket stops counting.
 
+#[path = "common/lcg.rs"]
+mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use lcg::Lcg;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,18 +41,6 @@ fn window(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
 /// A gauge that never refuses: it sends a batch to the general script.
 fn open_gauge() -> Check {
     Check::new("open", Algorithm::Gauge, u64::MAX >> 12, 0)
-}
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 /// A `redis-server` of its own, and a Redis store and a memory store on one

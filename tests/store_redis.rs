@@ -4,9 +4,12 @@
 
 #[path = "common/conformance.rs"]
 mod conformance;
+#[path = "common/lcg.rs"]
+mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use lcg::Lcg;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,22 +164,6 @@ fn cc(policy: &str, ttl_ms: u64, limit: u64, cost: u64) -> Check {
 
 fn gauge(policy: &str, limit: u64, cost: u64) -> Check {
     Check::new(policy, Algorithm::Gauge, limit, cost)
-}
-
-/// A tiny deterministic generator (no dependency).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -142,8 +142,7 @@ end
 local s_ok = fast or used + cost <= limit
 if not clock and server == nil then server = now end
 
--- The quota's period [qs, qe) (UTC; Howard Hinnant's civil_from_days /
--- days_from_civil for months), as admit.lua.
+-- The quota's period [qs, qe) (UTC), as admit.lua's period_bounds.
 local qs, qe
 local DAY = 86400000
 if period == 1 then
@@ -158,30 +157,32 @@ else
     if monday < 0 then monday = 0 end
     qs, qe = monday * DAY, (monday + 7) * DAY
   else
-    local function from_civil(y, m)
-      if m <= 2 then y = y - 1 end
-      local era = math.floor(y / 400)
-      local yoe = y - era * 400
-      local mp
-      if m > 2 then mp = m - 3 else mp = m + 9 end
-      local doy = math.floor((153 * mp + 2) / 5)
-      local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-      return era * 146097 + doe - 719468
-    end
+    -- Month: Howard Hinnant's civil_from_days, then the month's first day
+    -- and length, in exact integer arithmetic without C calls (for x >= 0
+    -- and n > 0, (x - x % n) / n is floor(x / n)).
     local z = days + 719468
-    local era = math.floor(z / 146097)
+    local era = (z - z % 146097) / 146097
     local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-      - math.floor(doe / 146096)) / 365)
-    local y = yoe + era * 400
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local m
-    if mp < 10 then m = mp + 3 else m = mp - 9 end
-    if m <= 2 then y = y + 1 end
-    local ny, nm = y, m + 1
-    if nm > 12 then ny = y + 1; nm = 1 end
-    qs, qe = from_civil(y, m) * DAY, from_civil(ny, nm) * DAY
+    local n = doe - (doe - doe % 1460) / 1460 + (doe - doe % 36524) / 36524
+      - (doe - doe % 146096) / 146096
+    local yoe = (n - n % 365) / 365
+    local doy = doe - (365 * yoe + (yoe - yoe % 4) / 4 - (yoe - yoe % 100) / 100)
+    local t5 = 5 * doy + 2
+    -- mp: the month from March (0) to February (11); f: the day of the
+    -- (March-based) year its first day is.
+    local mp = (t5 - t5 % 153) / 153
+    local s5 = 153 * mp + 2
+    local f = (s5 - s5 % 5) / 5
+    local len
+    if mp < 11 then
+      len = (s5 + 153 - (s5 + 153) % 5) / 5 - f
+    else
+      -- February of the civil year yoe + era * 400 + 1.
+      local y = yoe + era * 400 + 1
+      len = 28
+      if y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then len = 29 end
+    end
+    qs, qe = (days - doy + f) * DAY, (days - doy + f + len) * DAY
   end
 end
 -- The quota's count (the key's name holds the period kind). On the

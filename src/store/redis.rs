@@ -18,8 +18,8 @@
 //! `plan.lua`: the same decisions, keys and writes as the general one for
 //! that batch, with its numbers packed in one argument, no per-check tables,
 //! the time from the window's key, the quota's integer read with `GET` and
-//! counted up with `INCRBY`, and the leases counted with `ZCOUNT` (about a
-//! quarter of the general script's cost; BENCHMARKS.md §4).
+//! counted up with `INCRBY`, and the leases counted with `ZCOUNT` (under a
+//! third of the general script's cost; BENCHMARKS.md §4).
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
