@@ -771,6 +771,21 @@ enum Op {
     },
 }
 
+impl Op {
+    /// `(commit, force, evaluated)`; all off for [`Op::Eval`].
+    #[inline]
+    fn parts(self) -> (bool, bool, Option<Decision>) {
+        match self {
+            Op::Eval => (false, false, None),
+            Op::Take {
+                commit,
+                force,
+                evaluated,
+            } => (commit, force, evaluated),
+        }
+    }
+}
+
 /// Calls `$f::<State, ..>(map, lookup, key, ctx, $args..)` with the table
 /// and state type of `$check`'s algorithm.
 macro_rules! with_table {
@@ -1289,14 +1304,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
     op: Op,
     leases: &mut Leases,
 ) -> Decision {
-    let (commit, force, evaluated) = match op {
-        Op::Eval => (false, false, None),
-        Op::Take {
-            commit,
-            force,
-            evaluated,
-        } => (commit, force, evaluated),
-    };
+    let (commit, force, evaluated) = op.parts();
     match lookup.get_mut(map) {
         Some(state) => apply_to(state.borrow_mut(), ctx, now, check, op, leases),
         None => {
@@ -1325,14 +1333,7 @@ fn apply_to<S: Counter>(
     op: Op,
     leases: &mut Leases,
 ) -> Decision {
-    let (commit, force, evaluated) = match op {
-        Op::Eval => (false, false, None),
-        Op::Take {
-            commit,
-            force,
-            evaluated,
-        } => (commit, force, evaluated),
-    };
+    let (commit, force, evaluated) = op.parts();
     state.normalize(now, ctx);
     let mut decision = match evaluated {
         Some(decision) => decision,
