@@ -132,7 +132,11 @@ fn details(status: &Status) -> String {
         found.push(format!("ErrorInfo {}", info.reason));
     }
     if let Some(quota) = details.quota_failure() {
-        let subjects: Vec<&str> = quota.violations.iter().map(|v| v.subject.as_str()).collect();
+        let subjects: Vec<&str> = quota
+            .violations
+            .iter()
+            .map(|v| v.subject.as_str())
+            .collect();
         found.push(format!("QuotaFailure {}", subjects.join(", ")));
     }
     if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
