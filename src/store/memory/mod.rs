@@ -875,6 +875,19 @@ impl Tables {
         g: Geometry,
         now: u64,
     ) -> &mut Windows {
+        // The usual shape: one window table, this policy's with this window
+        // (the check carries the table's own name): no scan.
+        let only = matches!(
+            &self.windows[..],
+            [table] if Arc::ptr_eq(&table.policy, &check.policy) && table.window == g.w
+        );
+        if only {
+            let table = &mut self.windows[0].counters;
+            if check.limit > NARROW_LIMIT {
+                table.cells.widen();
+            }
+            return table;
+        }
         let same = |p: &PolicyTable<Windows>| {
             Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
         };
