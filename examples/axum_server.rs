@@ -333,11 +333,13 @@ pub fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> 
             "/v1/workflows",
             get(list_workflows)
                 .route_layer(api())
-                // Layers run outside-in: the rate limit is checked before the resource limit.
+                // Route layers run last-added first: the resource limit is
+                // checked before the rate limit, so a refused creation
+                // consumes nothing (resolve, validate, gate, check, admit).
                 .merge(
                     post(create_workflow)
-                        .route_layer(workflow_limit)
-                        .route_layer(api()),
+                        .route_layer(api())
+                        .route_layer(workflow_limit),
                 ),
         )
         .route(
@@ -351,8 +353,8 @@ pub fn app(directory: MemoryDirectory, store: Arc<dyn CounterStore>, db: Db) -> 
         .route(
             "/v1/patterns",
             post(create_pattern)
-                .route_layer(RequireFeatureLayer::new("custom_patterns"))
-                .route_layer(api()),
+                .route_layer(api())
+                .route_layer(RequireFeatureLayer::new("custom_patterns")),
         )
         .layer(TenancyLayer::new(
             ResolverChain::new()

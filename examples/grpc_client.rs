@@ -1,15 +1,18 @@
 //! A tiny client for `examples/tonic_server.rs`: calls
 //! `grpc.health.v1.Health/Check` with an `x-tenant-id` and prints the
-//! result, the gRPC code and message, and the rate-limit metadata.
+//! result, the gRPC code and message, the rich error details of a refusal
+//! (`ErrorInfo`, `QuotaFailure`, `RetryInfo`) and the rate-limit metadata.
+//! Needs the `tonic` feature, as the server does.
 //!
 //! ```sh
-//! cargo run --example grpc_client -- [TENANT] [N | watch]
+//! cargo run --features tonic --example tonic_server   # in another terminal
+//! cargo run --features tonic --example grpc_client -- [TENANT] [N | watch]
 //!
-//! cargo run --example grpc_client -- acme          # acme: SERVING (ratelimit: "api_calls_per_minute";r=59;t=42)
-//! cargo run --example grpc_client                  # InvalidArgument (3): no tenant found in the request
-//! cargo run --example grpc_client -- umbrella      # PermissionDenied (7): tenant "umbrella" is suspended
-//! cargo run --example grpc_client -- acme 61       # 61 calls; the last: ResourceExhausted (8) ...
-//! cargo run --example grpc_client -- acme watch    # a Watch stream, open until Ctrl-C
+//! cargo run --features tonic --example grpc_client -- acme          # acme: SERVING (ratelimit: "api_calls_per_minute";r=59;t=42)
+//! cargo run --features tonic --example grpc_client                  # InvalidArgument (3): no tenant found in the request
+//! cargo run --features tonic --example grpc_client -- umbrella      # PermissionDenied (7): tenant "umbrella" is suspended
+//! cargo run --features tonic --example grpc_client -- acme 61       # 61 calls; the last: ResourceExhausted (8) ...
+//! cargo run --features tonic --example grpc_client -- acme watch    # a Watch stream, open until Ctrl-C
 //! ```
 //!
 //! `ADDR` sets the server (default `http://127.0.0.1:50051`). The exit code
@@ -21,6 +24,7 @@ use tonic::{Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+use tonic_types::StatusExt;
 
 #[tokio::main]
 async fn main() {
@@ -33,7 +37,7 @@ async fn main() {
         Ok(endpoint) => match endpoint.connect().await {
             Ok(channel) => channel,
             Err(e) => {
-                eprintln!("cannot connect to {addr}: {e} (is `cargo run --example tonic_server` running?)");
+                eprintln!("cannot connect to {addr}: {e} (is `cargo run --features tonic --example tonic_server` running?)");
                 std::process::exit(2);
             }
         },
@@ -105,15 +109,44 @@ fn serving(status: i32) -> &'static str {
     ServingStatus::try_from(status).map_or("?", |s| s.as_str_name())
 }
 
-/// `Code (n): message [metadata]`.
+/// `Code (n): message [details] (metadata)`.
 fn describe(status: &Status) -> String {
     format!(
-        "{:?} ({}): {}{}",
+        "{:?} ({}): {}{}{}",
         status.code(),
         status.code() as i32,
         status.message(),
+        details(status),
         fields(status.metadata())
     )
+}
+
+/// The rich error details (`grpc-status-details-bin`), if any:
+/// ` [ErrorInfo RATE_LIMITED; QuotaFailure api_calls_per_minute; RetryInfo 42s]`.
+fn details(status: &Status) -> String {
+    let Ok(details) = status.check_error_details() else {
+        return " [undecodable grpc-status-details-bin]".into();
+    };
+    let mut found = Vec::new();
+    if let Some(info) = details.error_info() {
+        found.push(format!("ErrorInfo {}", info.reason));
+    }
+    if let Some(quota) = details.quota_failure() {
+        let subjects: Vec<&str> = quota
+            .violations
+            .iter()
+            .map(|v| v.subject.as_str())
+            .collect();
+        found.push(format!("QuotaFailure {}", subjects.join(", ")));
+    }
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        found.push(format!("RetryInfo {}s", delay.as_secs()));
+    }
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", found.join("; "))
+    }
 }
 
 fn fail(who: &str, status: &Status) -> ! {

@@ -5,14 +5,16 @@
 //! of the tenant's plan in `examples/plans.toml` (free: 60 calls a minute,
 //! 2 calls in flight; a `Watch` stream holds its slot while it is open).
 //!
-//! Needs no optional feature of this crate: the layers are plain tower layers.
+//! The layers are plain tower layers; the `tonic` feature adds the rich error
+//! details (`ErrorInfo`, `QuotaFailure`, `RetryInfo` in
+//! `grpc-status-details-bin`) to every refusal, so the example requires it.
 //!
 //! ```sh
-//! cargo run --example tonic_server                  # serves on 127.0.0.1:50051
-//! cargo run --example grpc_client -- acme           # acme: SERVING (ratelimit: ...)
-//! cargo run --example grpc_client -- nobody         # PermissionDenied (7): tenant "nobody" is unknown
-//! cargo run --example grpc_client -- acme 61        # the 61st call: ResourceExhausted (8)
-//! cargo run --example grpc_client -- acme watch     # holds one of acme's 2 slots until Ctrl-C
+//! cargo run --features tonic --example tonic_server                  # serves on 127.0.0.1:50051
+//! cargo run --features tonic --example grpc_client -- acme           # acme: SERVING (ratelimit: ...)
+//! cargo run --features tonic --example grpc_client -- nobody         # PermissionDenied (7): tenant "nobody" is unknown
+//! cargo run --features tonic --example grpc_client -- acme 61        # the 61st call: ResourceExhausted (8)
+//! cargo run --features tonic --example grpc_client -- acme watch     # holds one of acme's 2 slots until Ctrl-C
 //! ```
 //!
 //! With [grpcurl](https://github.com/fullstorydev/grpcurl): the server has no
@@ -91,7 +93,7 @@ async fn main() {
         "gRPC health service on {addr} with {} tenants from {plans}",
         catalog.tenants().len()
     );
-    println!("try: cargo run --example grpc_client -- acme");
+    println!("try: cargo run --features tonic --example grpc_client -- acme");
     if let Some(protoset) = protoset {
         println!(
             " or: grpcurl -plaintext -protoset {protoset} -H 'x-tenant-id: acme' {addr} grpc.health.v1.Health/Check"

@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -29,8 +30,25 @@ use crate::utc::{now_ms, UtcTime};
 /// assert!("../etc".parse::<TenantId>().is_err());
 /// assert!("".parse::<TenantId>().is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);
+
+/// Equal ids: the same allocation (one comparison: the counter stores key
+/// their tables by a clone of the directory's id) or the same text.
+impl PartialEq for TenantId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// The text's hash (as `str`'s: ids are looked up by `&str` too).
+impl Hash for TenantId {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl TenantId {
     /// Parses `value` with the default [`TenantIdRules`].

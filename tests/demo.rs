@@ -262,11 +262,12 @@ async fn plan_status_and_catalog_reload_apply_to_the_next_request_and_keep_count
     assert_eq!(r.json(), json!({"plans": 3, "tenants": 6}));
     let r = demo.get("/v1/me", &acme).await;
     assert_eq!(r.json()["plan"], "enterprise");
-    // Counters survived every change: 3 + 1 /v1/me, 2 /v1/patterns (the rate
-    // limit runs before the feature gate), 1 /v1/me after the reload; the
-    // suspended request was refused before admission.
+    // Counters survived every change: 3 + 1 /v1/me, 1 /v1/patterns (the
+    // refused one stopped at the feature gate, before the rate limit), 1
+    // /v1/me after the reload; the suspended request was refused before
+    // admission.
     let usage = demo.usage("acme").await;
-    assert_eq!(policy(&usage, "api_calls_per_minute")["used"], 7);
+    assert_eq!(policy(&usage, "api_calls_per_minute")["used"], 6);
 
     // A broken catalog is refused with the offending path; the old one stays.
     std::fs::write(
@@ -292,6 +293,50 @@ async fn plan_status_and_catalog_reload_apply_to_the_next_request_and_keep_count
 
 /// 2026-12-03T10:00:30Z: 30 s into a minute, 13 h 59 min 30 s before midnight.
 const T0: u64 = 1_796_292_030_000;
+
+/// The order of the demo's route layers is the design's (resolve, validate,
+/// gate, check, admit): a request refused by the feature gate or the resource
+/// limit consumes no rate, and a tenant out of rate still learns that its plan
+/// lacks the feature (403, not 429).
+#[tokio::test]
+async fn gates_and_resource_limits_run_before_the_rate_limit() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let demo = start(Arc::new(MemoryStore::with_clock(clock))).await;
+    let h = [
+        ("x-tenant-id", "acme"),
+        ("content-type", "application/json"),
+    ];
+    for i in 0..7 {
+        let r = demo
+            .call(
+                "POST",
+                "/v1/workflows",
+                &h,
+                &format!("{{\"name\":\"w{i}\"}}"),
+            )
+            .await;
+        if i < 5 {
+            assert_eq!(r.status, 201, "workflow {i}");
+        } else {
+            assert_eq!(r.status, 403, "workflow {i}");
+            assert_eq!(r.json()["code"], "resource_limit_reached");
+        }
+    }
+    let r = demo.call("POST", "/v1/patterns", &h, "").await;
+    assert_eq!(r.json()["code"], "feature_not_in_plan");
+    let usage = demo.usage("acme").await;
+    assert_eq!(policy(&usage, "api_calls_per_minute")["used"], 5);
+    // Out of rate (60 a minute on free): the gate still answers first.
+    for _ in 5..60 {
+        assert_eq!(demo.get("/v1/me", &h).await.status, 200);
+    }
+    assert_eq!(demo.get("/v1/me", &h).await.json()["code"], "rate_limited");
+    let r = demo.call("POST", "/v1/patterns", &h, "").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["code"].as_str()),
+        (403, Some("feature_not_in_plan"))
+    );
+}
 
 /// `clock`: the store's manual clock (exact figures), or `None` for a store
 /// on real time (Redis), where only what holds at any instant is asserted.

@@ -13,6 +13,24 @@ pub(super) struct CalendarState {
     period: Period,
 }
 
+/// A check's period and the bounds of the one containing the call's `now`,
+/// computed once per check (the period's arithmetic is not free for weeks
+/// and months).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bounds {
+    period: Period,
+    start: u64,
+    end: u64,
+}
+
+impl Bounds {
+    /// The bounds of `period` at `now`.
+    pub(super) fn at(period: Period, now: u64) -> Self {
+        let (start, end) = period_bounds(period, now);
+        Self { period, start, end }
+    }
+}
+
 impl CalendarState {
     pub(super) fn idle(&self, now: u64) -> bool {
         now >= period_bounds(self.period, self.start).1
@@ -20,30 +38,29 @@ impl CalendarState {
 }
 
 impl Counter for CalendarState {
-    type Ctx = Period;
+    type Ctx = Bounds;
 
-    fn empty(now: u64, period: Period) -> Self {
+    fn empty(_now: u64, b: Bounds) -> Self {
         Self {
-            start: period_bounds(period, now).0,
+            start: b.start,
             count: 0,
-            period,
+            period: b.period,
         }
     }
 
-    fn normalize(&mut self, now: u64, period: Period) {
-        let start = period_bounds(period, now).0;
-        if self.period != period || self.start < start {
+    fn normalize(&mut self, _now: u64, b: Bounds) {
+        if self.period != b.period || self.start < b.start {
             *self = Self {
-                start,
+                start: b.start,
                 count: 0,
-                period,
+                period: b.period,
             };
         }
         // `self.start > start`: the clock stepped back; keep the later state.
     }
 
-    fn eval(&self, now: u64, period: Period, check: &Check) -> Decision {
-        let until_end = period_bounds(period, now).1.saturating_sub(now);
+    fn eval(&self, now: u64, b: Bounds, check: &Check) -> Decision {
+        let until_end = b.end.saturating_sub(now);
         decision(check, self.count, until_end, || Some(until_end))
     }
 
@@ -52,7 +69,7 @@ impl Counter for CalendarState {
         None
     }
 
-    fn unconsume(&mut self, _now: u64, _: Period, cost: u64) -> bool {
+    fn unconsume(&mut self, _now: u64, _: Bounds, cost: u64) -> bool {
         self.count = self.count.saturating_sub(cost);
         self.count == 0
     }

@@ -377,9 +377,9 @@ impl MemoryStore {
                     let g = Geometry::new(window_ms(window));
                     if let Some(decision) = hot::take_cached(self.id, tenant, check, g, now, commit)
                     {
-                        let mut decisions = Decisions::new();
-                        decisions.push(decision);
-                        return Admission::new(decisions, None).with_soft_crossed(0);
+                        let mut admission = Admission::new(Decisions::new(), None);
+                        admission.decisions.push(decision);
+                        return admission.with_soft_crossed(0);
                     }
                 }
             }
@@ -391,7 +391,10 @@ impl MemoryStore {
         };
         let tables = &mut *tables;
         let mut leases = Leases::default();
-        let decisions = if let [check] = checks {
+        // The answer is built where it is returned: its decisions (inline,
+        // ~270 bytes) are written in place, not moved into it.
+        let mut admission = Admission::new(Decisions::new(), None);
+        if let [check] = checks {
             // One check: one lookup.
             let op = Op::Take {
                 commit,
@@ -417,16 +420,23 @@ impl MemoryStore {
                 }
                 _ => tables.apply(tenant, check, now, op, &mut leases),
             };
-            let mut decisions = Decisions::new();
-            decisions.push(decision);
-            decisions
+            admission.decisions.push(decision);
         } else if checks.iter().all(|c| !c.shadow) && distinct_counters(checks) {
-            tables.run_at_once(tenant, checks, now, commit, &mut leases)
+            tables.run_at_once(
+                tenant,
+                checks,
+                now,
+                commit,
+                &mut leases,
+                &mut admission.decisions,
+            );
         } else {
-            let mut decisions: Decisions = checks
-                .iter()
-                .map(|check| tables.apply(tenant, check, now, Op::Eval, &mut leases))
-                .collect();
+            let decisions = &mut admission.decisions;
+            decisions.extend(
+                checks
+                    .iter()
+                    .map(|check| tables.apply(tenant, check, now, Op::Eval, &mut leases)),
+            );
             // Shadowed checks consume only when every check allows; the
             // others when every one that is not shadowed does.
             let all = decisions.iter().all(|d| d.allowed);
@@ -451,8 +461,8 @@ impl MemoryStore {
                     *decision = tables.apply(tenant, check, now, op, &mut leases);
                 }
             }
-            decisions
-        };
+        }
+        let decisions = &admission.decisions;
         let mut crossed = 0;
         if commit && checks.iter().any(|c| c.soft_percent.is_some()) {
             // The checks that consumed: every one when all allow; else,
@@ -462,7 +472,7 @@ impl MemoryStore {
                 .zip(checks)
                 .all(|(d, c)| d.allowed || c.shadow);
             let all = decisions.iter().all(|d| d.allowed);
-            for (i, (check, decision)) in checks.iter().zip(&decisions).take(64).enumerate() {
+            for (i, (check, decision)) in checks.iter().zip(decisions.iter()).take(64).enumerate() {
                 if admitted
                     && (all || !check.shadow)
                     && tables.soft.cross(tenant, check, decision, now)
@@ -472,7 +482,9 @@ impl MemoryStore {
             }
         }
         self.after_call(tables, now);
-        Admission::new(decisions, leases.into_lease()).with_soft_crossed(crossed)
+        admission.lease = leases.into_lease();
+        admission.soft_crossed_bits = Some(crossed);
+        admission
     }
 }
 
@@ -803,10 +815,10 @@ macro_rules! with_table {
                 table.demote(tenant);
                 match &mut table.cells {
                     Buckets::Narrow(m) => {
-                        $f::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
+                        $f::<SubBuckets<u16>, _, _, _>(m, tenant, id, g $(, $arg)*)
                     }
                     Buckets::Wide(m) => {
-                        $f::<SubBuckets<u64>, _, _, _>(m, tenant.as_str(), id, g $(, $arg)*)
+                        $f::<SubBuckets<u64>, _, _, _>(m, tenant, id, g $(, $arg)*)
                     }
                 }
             }
@@ -814,25 +826,26 @@ macro_rules! with_table {
                 let w = window_ms(window);
                 let table = policy_table(&mut tables.approx, &check.policy, w);
                 table.window = table.window.max(w);
-                $f::<ApproxState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
+                $f::<ApproxState, _, _, _>(&mut table.counters, tenant, id, w $(, $arg)*)
             }
             Algorithm::Gcra { window, burst } => {
                 let p = GcraParams::new(window, check.limit, burst);
                 let table = policy_table(&mut tables.gcra, &check.policy, 0);
-                $f::<GcraState, _, _, _>(&mut table.counters, tenant.as_str(), id, p $(, $arg)*)
+                $f::<GcraState, _, _, _>(&mut table.counters, tenant, id, p $(, $arg)*)
             }
             Algorithm::SlidingLog { window } => {
                 let w = window_ms(window);
                 let table = policy_table(&mut tables.logs, &check.policy, 0);
-                $f::<LogState, _, _, _>(&mut table.counters, tenant.as_str(), id, w $(, $arg)*)
+                $f::<LogState, _, _, _>(&mut table.counters, tenant, id, w $(, $arg)*)
             }
             Algorithm::Calendar { period } => {
                 let table = policy_table(&mut tables.calendars, &check.policy, 0);
-                $f::<CalendarState, _, _, _>(&mut table.counters, tenant.as_str(), id, period $(, $arg)*)
+                let bounds = calendar::Bounds::at(period, now);
+                $f::<CalendarState, _, _, _>(&mut table.counters, tenant, id, bounds $(, $arg)*)
             }
             Algorithm::Concurrency { .. } => {
                 let table = policy_table(&mut tables.concurrency, &check.policy, 0);
-                $f::<Inflight, _, _, _>(&mut table.counters, tenant.as_str(), id, () $(, $arg)*)
+                $f::<Inflight, _, _, _>(&mut table.counters, tenant, id, () $(, $arg)*)
             }
             Algorithm::Gauge => $f::<Gauge, _, _, _>(&mut tables.gauges, view, key, () $(, $arg)*),
         }
@@ -862,6 +875,19 @@ impl Tables {
         g: Geometry,
         now: u64,
     ) -> &mut Windows {
+        // The usual shape: one window table, this policy's with this window
+        // (the check carries the table's own name): no scan.
+        let only = matches!(
+            &self.windows[..],
+            [table] if Arc::ptr_eq(&table.policy, &check.policy) && table.window == g.w
+        );
+        if only {
+            let table = &mut self.windows[0].counters;
+            if check.limit > NARROW_LIMIT {
+                table.cells.widen();
+            }
+            return table;
+        }
         let same = |p: &PolicyTable<Windows>| {
             Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
         };
@@ -953,10 +979,10 @@ impl Tables {
         let id = || tenant.clone();
         let decision = match &mut table.cells {
             Buckets::Narrow(m) => {
-                apply::<SubBuckets<u16>, _, _, _>(m, tenant.as_str(), id, g, now, check, op, leases)
+                apply::<SubBuckets<u16>, _, _, _>(m, tenant, id, g, now, check, op, leases)
             }
             Buckets::Wide(m) => {
-                apply::<SubBuckets<u64>, _, _, _>(m, tenant.as_str(), id, g, now, check, op, leases)
+                apply::<SubBuckets<u64>, _, _, _>(m, tenant, id, g, now, check, op, leases)
             }
         };
         let hot = if promote { table.promote(tenant) } else { None };
@@ -995,8 +1021,8 @@ impl Tables {
         now: u64,
         commit: bool,
         leases: &mut Leases,
-    ) -> Decisions {
-        let mut decisions = Decisions::new();
+        decisions: &mut Decisions,
+    ) {
         let take = Op::Take {
             commit,
             force: false,
@@ -1019,11 +1045,10 @@ impl Tables {
                 for later in &checks[i + 1..] {
                     decisions.push(self.apply(tenant, later, now, Op::Eval, leases));
                 }
-                return decisions;
+                return;
             }
             decisions.push(decision);
         }
-        decisions
     }
 
     /// Removes the counters whose state has fully expired; returns how many.
@@ -1264,15 +1289,19 @@ fn add_cost(decision: &mut Decision, check: &Check) {
     decision.remaining = check.limit.saturating_sub(decision.used);
 }
 
-/// How a map is looked up without building its key: `&str` (the tenant) for
-/// the sliding-window tables, `(tenant, policy)` as a [`KeyView`] for the
+/// How a map is looked up without building its key: `&TenantId` for the
+/// per-policy tables, `(tenant, policy)` as a [`KeyView`] for the
 /// others.
 trait Lookup<K> {
     fn get_mut<'m, V>(&self, map: &'m mut HashMap<K, V>) -> Option<&'m mut V>;
     fn remove<V>(&self, map: &mut HashMap<K, V>);
 }
 
-impl Lookup<TenantId> for &str {
+/// By the id itself (not its text): the table's key is usually a clone of
+/// the same id, so the comparison is one of pointers
+/// ([`TenantId`]'s `PartialEq`).
+impl Lookup<TenantId> for &TenantId {
+    #[inline]
     fn get_mut<'m, V>(&self, map: &'m mut HashMap<TenantId, V>) -> Option<&'m mut V> {
         map.get_mut(*self)
     }
