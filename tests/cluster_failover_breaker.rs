@@ -217,6 +217,14 @@ async fn tenants_on_healthy_masters_keep_being_admitted_during_a_failover() {
             )
         })
         .collect();
+    // Refusals of healthy-master tenants outside the failover (before the
+    // kill: the instances' cold start; after `until`: the load stopping):
+    // when they were sent relative to the kill, how long they took.
+    let refused_outside: Vec<String> = healthy_shots
+        .iter()
+        .filter(|s| !during(s) && s.status != Some(200))
+        .map(|s| format!("{:.0}ms/{:.0?}/{:?}", s.sent_ms - down, s.took, s.status))
+        .collect();
     let slowest_ping: Vec<String> = healthy_ports
         .iter()
         .map(|&port| {
@@ -227,7 +235,8 @@ async fn tenants_on_healthy_masters_keep_being_admitted_during_a_failover() {
         .collect();
     println!(
         "FIGURES cluster failover: healthy-master refusals (sent after the kill / took / slowest \
-         PING of its master meanwhile): {refused_at:?}; slowest PING per healthy master during \
+         PING of its master meanwhile): {refused_at:?}; outside the failover (sent relative to \
+         the kill / took / status): {refused_outside:?}; slowest PING per healthy master during \
          the failover (a thread outside the runtime, every 2 ms): {slowest_ping:?}"
     );
     let victim_503 = victim_shots

@@ -385,6 +385,32 @@ fn plan_batch(quota: u64, concurrency: u64, lease_ms: u64) -> Vec<Check> {
     ]
 }
 
+/// The leases held in a concurrency set: its members scored with an expiry
+/// (plan.lua's bucket markers score 0).
+fn leases(server: &RedisServer, set: &str) -> i64 {
+    server.int(&["ZCOUNT", set, "(0", "+inf"])
+}
+
+/// The set outlives its longest lease, by at most one bucket of lease
+/// expiries (`bucket_ms`, plan.lua's power of ten up to the lease TTL), and
+/// holds one marker (score 0); when `newest_admitted` (no renewal since the
+/// last admission), the marker names the bucket of the newest lease's
+/// expiry: its digits without the last `log10(bucket_ms)`.
+fn assert_set_expiry(server: &RedisServer, set: &str, bucket_ms: i64, newest_admitted: bool) {
+    let newest = server.cli(&["ZRANGE", set, "-1", "-1", "WITHSCORES"]);
+    let newest: i64 = newest.lines().nth(1).unwrap().trim().parse().unwrap();
+    let at = server.int(&["PEXPIRETIME", set]);
+    assert!(at >= newest && at <= newest + bucket_ms, "{at} {newest}");
+    assert_eq!(server.int(&["ZCOUNT", set, "0", "0"]), 1);
+    if newest_admitted {
+        let marker = server.cli(&["ZRANGE", set, "0", "0"]);
+        let digits = newest.to_string();
+        let k = bucket_ms.to_string().len() - 1;
+        assert_eq!(marker.trim(), &digits[..digits.len() - k]);
+        assert!(at > newest);
+    }
+}
+
 /// The three-rule plan on the server's clock through plan.lua: four stores
 /// admit exactly the quota, then exactly the concurrency limit while the
 /// leases are held; expired leases stop counting and are removed.
@@ -451,12 +477,17 @@ async fn four_stores_through_the_plan_script_admit_exactly_the_limits() {
         },
         "conc",
     );
-    assert_eq!(server.int(&["ZCARD", &set]), 5);
+    assert_eq!(leases(&server, &set), 5);
+    assert_set_expiry(&server, &set, 100, false);
     // Leases of a crashed instance: members whose expiry has passed (the
     // live ones released).
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server.int(&["ZCARD", &set]), 0);
+    assert_eq!(leases(&server, &set), 0);
+    // The set stays with its marker until its expiry, within one bucket
+    // (100 ms for a lease TTL of 400 ms) of its last lease's.
+    assert_eq!(server.int(&["ZCARD", &set]), 1);
+    assert!(server.int(&["PTTL", &set]) <= 400 + 100);
     for i in 0..6 {
         server.cli(&["ZADD", &set, "1000", &format!("crashed{i}:1")]);
     }
@@ -466,8 +497,11 @@ async fn four_stores_through_the_plan_script_admit_exactly_the_limits() {
         .unwrap();
     assert!(a.allowed());
     assert_eq!(a.decisions[0].used, 1);
-    // The expired members were removed when the new lease was added.
-    assert_eq!(server.int(&["ZCARD", &set]), 1);
+    // The expired members were removed when the new lease was added (in a
+    // new bucket of expiries: 300 ms later), and the older marker with them.
+    assert_eq!(leases(&server, &set), 1);
+    assert_eq!(server.int(&["ZCARD", &set]), 2);
+    assert_set_expiry(&server, &set, 100, true);
 }
 
 /// The quota and lease layouts on the server's clock, through plan.lua and
@@ -498,7 +532,12 @@ async fn quota_integer_and_one_member_per_unit_on_the_server_clock() {
         assert_eq!(a.decisions[2].used, n);
         held.push(a);
         assert_eq!(server.cli(&["GET", &quota]).trim(), n.to_string());
-        assert_eq!(server.int(&["ZCARD", &set]), 2 * n as i64);
+        assert_eq!(leases(&server, &set), 2 * n as i64);
+        if n < 3 {
+            // (The general script removes the markers with the expired
+            // members: the next plan.lua call adds one again.)
+            assert_set_expiry(&server, &set, 10_000, true);
+        }
     }
     // Expires at its day's last millisecond.
     let at = server.int(&["PEXPIRETIME", &quota]);
@@ -539,5 +578,72 @@ async fn quota_integer_and_one_member_per_unit_on_the_server_clock() {
     big[0].cost = 4_096;
     let a = store.admit(&tenant, &big).await.unwrap();
     assert!(a.allowed());
-    assert_eq!(server.int(&["ZCARD", &set.replace("units", "big")]), 4_096);
+    assert_eq!(leases(&server, &set.replace("units", "big")), 4_096);
+}
+
+/// plan.lua on the server's clock reads the quota by counting it up
+/// (`INCR`) once the window and the concurrency limit allowed, and takes
+/// the count back when it crossed the quota: the decisions are the general
+/// script's for the same batch (on a twin tenant, an open gauge added), and
+/// a refusal leaves the count as it was — no key when there was none. A
+/// test clock's value left in the key (`start:count`; stores sharing keys
+/// must share the clock) is overwritten when the count is read with `GET`
+/// (here: the window's key is new, so the time comes from `TIME`), and
+/// makes the call fail when it is counted up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_counted_up_and_taken_back_on_the_server_clock() {
+    let server = RedisServer::new();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let plan: TenantId = "lazy".parse().unwrap();
+    let twin: TenantId = "twin".parse().unwrap();
+    let quota = |t: &TenantId| store.key(t, &plan_batch(2, 5, 60_000)[2].algorithm, "daily");
+    let mut held = Vec::new();
+    // Costs of the quota, one call each: above the limit on a new key, 1, 1,
+    // then 1 and 2 over the limit.
+    for (step, cost) in [3, 1, 1, 1, 2].into_iter().enumerate() {
+        let mut batch = plan_batch(2, 5, 60_000);
+        batch[2].cost = cost;
+        let a = store.admit(&plan, &batch).await.unwrap();
+        batch.push(open_gauge());
+        let b = store.admit(&twin, &batch).await.unwrap();
+        let fields = |d: &tower_tenancy::store::Decision| {
+            (d.allowed, d.used, d.remaining, d.retry_after.is_some())
+        };
+        for i in 0..3 {
+            assert_eq!(
+                fields(&a.decisions[i]),
+                fields(&b.decisions[i]),
+                "{step}, {i}"
+            );
+        }
+        assert_eq!(a.allowed(), b.allowed(), "{step}");
+        assert_eq!(a.allowed(), step == 1 || step == 2, "{step}");
+        let count = server.int_or_nil(&["GET", &quota(&plan)]);
+        assert_eq!(count, server.int_or_nil(&["GET", &quota(&twin)]), "{step}");
+        assert_eq!(
+            count,
+            [None, Some(1), Some(2), Some(2), Some(2)][step],
+            "{step}"
+        );
+        if a.allowed() {
+            held.push((a, b));
+        }
+    }
+    let at = server.int(&["PEXPIRETIME", &quota(&plan)]);
+    assert_eq!(at % 86_400_000, 86_399_999, "{at}");
+    // A test clock's value under the server's clock.
+    let mixed: TenantId = "mixed".parse().unwrap();
+    server.cli(&["SET", &quota(&mixed), "1706745600000:7", "PX", "600000"]);
+    let a = store
+        .admit(&mixed, &plan_batch(2, 5, 60_000))
+        .await
+        .unwrap();
+    assert!(a.allowed());
+    assert_eq!(a.decisions[2].used, 1);
+    assert_eq!(server.cli(&["GET", &quota(&mixed)]).trim(), "1");
+    let at = server.int(&["PEXPIRETIME", &quota(&mixed)]);
+    assert_eq!(at % 86_400_000, 86_399_999, "{at}");
+    server.cli(&["SET", &quota(&mixed), "1706745600000:7", "PX", "600000"]);
+    let failed = store.admit(&mixed, &plan_batch(2, 5, 60_000)).await;
+    assert!(failed.is_err(), "{failed:?}");
 }

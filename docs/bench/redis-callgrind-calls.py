@@ -27,7 +27,7 @@ CALLS = [
 ]
 CALLS.append(("plan.lua, rate + daily quota + concurrency (what the store sends)", lambda load: [
     "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cald:p", "tt:{b}:cc:p",
-    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000), "lease-1:1"]))
+    pack("<dddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000, -1) + b"lease-1:1"]))
 CALLS.append(("plan.lua, rate + monthly quota + concurrency", lambda load: [
     "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:m", "tt:{b}:calm:m", "tt:{b}:cc:m",
-    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 4, 10, 1, 300000), "lease-1:1"]))
+    pack("<dddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 4, 10, 1, 300000, -1) + b"lease-1:1"]))

@@ -4,21 +4,24 @@
 -- keys and stored state as admit.lua for that batch, all-or-nothing, in
 -- fewer steps: no per-check tables nor closures; the window's fast path and
 -- its time from the key's PTTL, as in window.lua; the quota an integer
--- counted up with INCRBY (on the server's clock); the live leases counted
--- with ZCOUNT (one member per unit) instead of read; the set's expiry and
--- the removal of expired leases only when its TTL falls below the lease
--- TTL; integers formatted with %d (cheaper than %.0f), and a short answer
--- when every check allowed.
+-- counted up with INCR/INCRBY (on the server's clock), whose answer is the
+-- count (no GET; taken back when it crossed the quota); the live leases
+-- counted with ZCOUNT (one member per unit) instead of read; the set's
+-- expiry and the removal of expired leases once per bucket of lease
+-- expiries (a marker member added with the lease tells, instead of the
+-- set's PTTL); integers formatted with %d (cheaper than %.0f), and a short
+-- answer when every check allowed.
 --
 -- KEYS     the window's key, the quota's key, the concurrency set, then
 --          the sets of the r lease members to remove first
--- ARGV[1]  little-endian doubles: window limit, cost, window ms; quota
+-- ARGV[1]  10 little-endian doubles: window limit, cost, window ms; quota
 --          limit, cost, period (1 hour, 2 day, 3 week, 4 month);
---          concurrency limit, cost, lease ttl ms; and the time in ms of a
---          test clock when given (10 doubles; without: the server's time)
--- ARGV[2]  the lease member ("id:units"; a lease of k > 1 units also
---          holds the members "id.2:0" .. "id.k:0")
--- ARGV[3..2+r]  the lease members to remove first
+--          concurrency limit, cost, lease ttl ms; the time in ms of a test
+--          clock (-1: the server's time); then the lease member ("id:units";
+--          a lease of k > 1 units also holds the members "id.2:0" ..
+--          "id.k:0"; its id new per admission): one argument, since each
+--          argument costs Redis more than the string.sub that cuts it
+-- ARGV[2..1+r]  the lease members to remove first
 --
 -- Returns what admit.lua returns for the three checks in this order:
 -- allowed, used, reset ms, retry ms (-1: none), crossed (0) for each, then
@@ -27,19 +30,15 @@
 -- concurrency used), as 5 doubles. Layouts: src/store/redis.rs (the
 -- window's string is described in window.lua).
 
--- (A local: cheaper than looking up redis.call each time.)
-local call = redis.call
+-- (Locals: cheaper than looking up redis.call and string.format each time.)
+local call, format = redis.call, string.format
 local a = ARGV[1]
-local clock = #a == 80
-local limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, now
-if clock then
-  limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, now = struct.unpack('<dddddddddd', a)
-else
-  limit, cost, w, qlimit, qcost, period, climit, ccost, cttl = struct.unpack('<ddddddddd', a)
-end
+local limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, now = struct.unpack('<dddddddddd', a)
+local clock = now >= 0
+local member = string.sub(a, 81)
 local skey, qkey, ckey = KEYS[1], KEYS[2], KEYS[3]
-for j = 3, #ARGV do
-  call('ZREM', KEYS[j + 1], ARGV[j])
+for j = 2, #ARGV do
+  call('ZREM', KEYS[j + 2], ARGV[j])
 end
 
 -- The window, as window.lua: its fast path (this window, now in the newest
@@ -185,29 +184,6 @@ else
     qs, qe = (days - doy + f) * DAY, (days - doy + f + len) * DAY
   end
 end
--- The quota's count (the key's name holds the period kind). On the
--- server's clock an integer that expires at the period's last millisecond
--- (PXAT qe - 1): a live key is this period's count. (A time from TIME is
--- taken after the script's time snapshot, which expiries use: in the first
--- second of a period, a live key may still be the last one's; its PTTL
--- tells, below 1 s for the last period's, above for this one's.)
--- With a test clock the string "start:count" of the period, as admit.lua.
-local qv = call('GET', qkey)
-local qused, qeff, qstored = 0, qs, false
-if qv then
-  if clock then
-    local vs, vc = string.match(qv, '^(%d+):(%d+)$')
-    vs = tonumber(vs)
-    if vs ~= nil and vs >= qs then
-      qeff, qused, qstored = vs, tonumber(vc), true
-    end
-  elseif not timed or now - qs >= 1000 or call('PTTL', qkey) >= 1000 then
-    -- (Not a number: a test clock's value, overwritten.)
-    local n = tonumber(qv)
-    if n then qused, qstored = n, true end
-  end
-end
-local q_ok = qused + qcost <= qlimit
 
 -- The concurrency set: one member per unit held, scored with its expiry;
 -- the live ones count. Leases always expire on the server's clock.
@@ -215,10 +191,63 @@ if server == nil then
   local tm = call('TIME')
   server = tm[1] * 1000 + (tm[2] - tm[2] % 1000) / 1000
 end
-local sv = string.format('(%d', server)
+local sv = format('(%d', server)
 local cused = call('ZCOUNT', ckey, sv, '+inf')
 local c_ok = cused + ccost <= climit
 
+-- The quota's count (the key's name holds the period kind). On the
+-- server's clock an integer that expires at the period's last millisecond
+-- (PXAT qe - 1): a live key is this period's count. (A time from TIME is
+-- taken after the script's time snapshot, which expiries use: in the first
+-- second of a period, a live key may still be the last one's; its PTTL
+-- tells, below 1 s for the last period's, above for this one's.)
+-- With a test clock the string "start:count" of the period, as admit.lua.
+-- On the server's clock with the time from the window's key (a live key is
+-- this period's), once the window and the concurrency limit allowed, the
+-- count is read by counting up at once (INCR's answer is the count: one
+-- call instead of GET and INCRBY) and taken back when that crossed the
+-- quota (DECRBY; DEL when the key was new), so a refusal by the quota
+-- leaves the count as it was (and writes twice). A new key (the answer is
+-- the cost) gets its period's expiry. Otherwise (a test clock, a time from
+-- TIME, a refusal by another check) the count is read with GET. (A test
+-- clock's "start:count" left in the key under the server's clock, which
+-- stores sharing keys must not mix, makes INCR fail: the call errors.)
+local qused, qeff, qstored, q_ok, counted = 0, qs, false, true, false
+if not clock and not timed and qcost > 0 and s_ok and c_ok then
+  local r
+  if qcost == 1 then
+    r = call('INCR', qkey)
+  else
+    r = call('INCRBY', qkey, format('%d', qcost))
+  end
+  qused, counted = r - qcost, true
+  if r > qlimit then
+    q_ok = false
+    if r == qcost then
+      call('DEL', qkey)
+    else
+      call('DECRBY', qkey, format('%d', qcost))
+    end
+  elseif r == qcost then
+    call('PEXPIREAT', qkey, format('%d', qe - 1))
+  end
+else
+  local qv = call('GET', qkey)
+  if qv then
+    if clock then
+      local vs, vc = string.match(qv, '^(%d+):(%d+)$')
+      vs = tonumber(vs)
+      if vs ~= nil and vs >= qs then
+        qeff, qused, qstored = vs, tonumber(vc), true
+      end
+    elseif not timed or now - qs >= 1000 or call('PTTL', qkey) >= 1000 then
+      -- (Not a number: a test clock's value, overwritten.)
+      local n = tonumber(qv)
+      if n then qused, qstored = n, true end
+    end
+  end
+  q_ok = qused + qcost <= qlimit
+end
 local all = s_ok and q_ok and c_ok
 local sretry = -1
 if not fast then
@@ -235,7 +264,7 @@ if all then
   if cost > 0 then
     if fast then
       call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
-      if clock then call('PEXPIRE', skey, string.format('%d', t)) end
+      if clock then call('PEXPIRE', skey, format('%d', t)) end
     else
       local sum = total + cost
       if not moved and target == head and not clock and (sz == 8 or sum <= 65535) then
@@ -265,16 +294,16 @@ if all then
         if clock then
           local px = e - now
           if px < 1 then px = 1 end
-          call('SET', skey, packed, 'PX', string.format('%d', px))
+          call('SET', skey, packed, 'PX', format('%d', px))
         else
-          call('SET', skey, packed, 'PXAT', string.format('%d', e))
+          call('SET', skey, packed, 'PXAT', format('%d', e))
         end
       end
     end
   end
   if qcost > 0 then
     local n = '1'
-    if qcost ~= 1 then n = string.format('%d', qcost) end
+    if qcost ~= 1 then n = format('%d', qcost) end
     if clock then
       -- The end of the stored period (a later one when the clock stepped
       -- back) and one second of grace, relative.
@@ -291,32 +320,64 @@ if all then
           fin = qeff + 31 * DAY
         end
       end
-      call('SET', qkey, string.format('%d:%d', qeff, qused + qcost), 'PX', string.format('%d', fin - now + 1000))
+      call('SET', qkey, format('%d:%d', qeff, qused + qcost), 'PX', format('%d', fin - now + 1000))
+    elseif counted then
+      -- (Counted above.)
     elseif qstored then
       call('INCRBY', qkey, n)
     else
-      call('SET', qkey, n, 'PXAT', string.format('%d', qe - 1))
+      call('SET', qkey, n, 'PXAT', format('%d', qe - 1))
     end
   end
   if ccost > 0 then
-    local e = string.format('%d', server + cttl)
-    call('ZADD', ckey, e, ARGV[2])
+    local e = format('%d', server + cttl)
+    -- The set lives at least as long as its longest lease, and its expired
+    -- leases (of crashed or cut-off instances) leave within about a lease
+    -- TTL: lease expiries fall in buckets of u = 10^k ms, the largest power
+    -- of ten up to the lease TTL (at most 10^6), and the set holds a marker
+    -- member for each bucket whose end its expiry reaches: the expiry's
+    -- decimal digits without the last k (no ':', so never a lease), scored
+    -- 0 (never counted). The marker goes in with the lease; ZADD answers
+    -- how many members were new: the lease is (its id is new per
+    -- admission), so 2 means the marker was too. Then, once per bucket:
+    -- the expired leases and the older markers are removed, and the
+    -- set's expiry is raised to the bucket's end when below it. Markers
+    -- leave the set only there, with the set, or through the general
+    -- script's removal of expired members (scores up to now), which only
+    -- makes the next call take this path again; no script lowers the set's
+    -- expiry. So an empty set stays, one marker, until at most one bucket
+    -- after its last lease's expiry.
+    local k = 0
+    if cttl >= 1000000 then k = 6
+    elseif cttl >= 100000 then k = 5
+    elseif cttl >= 10000 then k = 4
+    elseif cttl >= 1000 then k = 3
+    elseif cttl >= 100 then k = 2
+    elseif cttl >= 10 then k = 1 end
+    local m = string.sub(e, 1, -1 - k)
+    if call('ZADD', ckey, e, member, '0', m) > 1 then
+      -- (Expired before now, and the markers: the others are not counted.)
+      call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
+      call('ZADD', ckey, '0', m)
+      local u = 10 ^ k
+      local x = server + cttl
+      local fin = x - x % u + u
+      -- (PTTL: -1 when the set was new.)
+      if server + call('PTTL', ckey) < fin then
+        call('PEXPIREAT', ckey, format('%d', fin))
+      end
+    end
     if ccost > 1 then
       -- One member per further unit.
-      local id = string.match(ARGV[2], '^(.*):')
+      local id = string.match(member, '^(.*):')
       for i = 2, ccost do
-        call('ZADD', ckey, e, id .. '.' .. string.format('%d', i) .. ':0')
+        call('ZADD', ckey, e, id .. '.' .. format('%d', i) .. ':0')
       end
     end
     -- The set lives at least as long as its longest lease: when its TTL is
     -- below this lease's, it is extended to twice that, and the expired
     -- leases (of crashed or cut-off instances) are removed then, so they
     -- leave within a lease TTL or so.
-    if call('PTTL', ckey) < cttl then
-      -- (Those that expired before now: the others are not counted.)
-      call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
-      call('PEXPIRE', ckey, string.format('%d', 2 * cttl))
-    end
   end
   used, qused, cused = used + cost, qused + qcost, cused + ccost
 else

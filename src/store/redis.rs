@@ -17,9 +17,10 @@
 //! without soft thresholds, in any order — goes to a third script,
 //! `plan.lua`: the same decisions, keys and writes as the general one for
 //! that batch, with its numbers packed in one argument, no per-check tables,
-//! the time from the window's key, the quota's integer read with `GET` and
-//! counted up with `INCRBY`, and the leases counted with `ZCOUNT` (under a
-//! third of the general script's cost; BENCHMARKS.md §4).
+//! the time from the window's key, the quota's integer read by counting it
+//! up (`INCR`, taken back with `DECRBY` when that crossed the quota), and
+//! the leases counted with `ZCOUNT` (under a third of the general script's
+//! cost; BENCHMARKS.md §4).
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
@@ -39,7 +40,7 @@
 //! | sliding log `W` | `tt:{t}:sl:p` | sorted set | member `n:units`, score = ms; `n` = the sequence after this entry | W after the newest entry |
 //! | (its sequence) | `tt:{t}:sq:p` | string | the units ever written to the log (`INCRBY units`) | same as the log |
 //! | calendar (period `h`/`d`/`w`/`m`) | `tt:{t}:cald:p` (`calh`, `calw`, `calm`) | string | the count, an integer (`INCRBY`); with a test clock `start:count`, the period's start ms and the count | `PXAT` the period's last ms on the server's clock, so a live key is the current period's (with a test clock: `PX` to the period's end + 1 s, relative) |
-//! | concurrency | `tt:{t}:cc:p` | sorted set | one member per unit held: `lease-id:units`, then `lease-id.2:0` … `lease-id.units:0`; score = lease expiry ms | at least `lease_ttl` after the last admission or renewal (`plan.lua`: twice it, set when the TTL falls below it) |
+//! | concurrency | `tt:{t}:cc:p` | sorted set | one member per unit held: `lease-id:units`, then `lease-id.2:0` … `lease-id.units:0`; score = lease expiry ms; and (`plan.lua`) one marker per bucket of lease expiries: the expiry's decimal digits without the last `k`, score 0 (below) | at least `lease_ttl` after the last admission or renewal (`plan.lua`: the end of the bucket of its lease's expiry, at most `10^k` ms after it) |
 //! | gauge | `tt:{t}:g:p` | string | integer level | none |
 //!
 //! Expiries are relative (`PEXPIRE`, so that a test clock far from the
@@ -68,13 +69,41 @@
 //! keys expire at the end of their period + 1 s, and their counts are not
 //! carried over, so in the period of an upgrade a tenant may be admitted
 //! up to its quota again; during a rolling upgrade, old and new instances
-//! count apart (each up to the quota). Changing a quota's period starts
+//! count apart (each up to the quota). `plan.lua` on the server's clock
+//! counts a quota up before it knows whether the count stays (once the
+//! window and the concurrency limit allowed: `INCR`'s answer is the count,
+//! one call instead of `GET` and `INCRBY`) and takes it back when it
+//! crossed the quota (`DECRBY`, or `DEL` when the key was new): the stored
+//! count is the same, but such a refusal writes (and replicates) two
+//! commands; a new key gets `PEXPIREAT` the period's last ms, in the same
+//! call. Changing a quota's period starts
 //! another key (another count, as the memory store); changing it back
 //! within the same period finds the first key's count again.
 //! Expired leases are never counted: the general script removes them
-//! (`ZREMRANGEBYSCORE`) before a new one is added, `plan.lua` when it
-//! extends the set's expiry (every `lease_ttl` or so while the set is in
-//! use). A lease of `k` units is `k` members, so that `plan.lua` counts the
+//! (`ZREMRANGEBYSCORE`) before a new one is added, `plan.lua` once per
+//! bucket of lease expiries. `plan.lua` does not read the set's `PTTL` on
+//! each admission (about 3 k instructions of Redis per call): lease
+//! expiries fall in buckets of `10^k` ms, the largest power of ten up to
+//! the lease TTL (at most 10<sup>6</sup>: 100 s buckets for the default 5
+//! minutes), and the set holds a marker member for a bucket once its expiry
+//! reaches that bucket's end. The marker (the expiry's digits without the
+//! last `k`: no `:`, so never a lease; score 0, so never counted) is added
+//! in the same `ZADD` as the lease, whose answer (members added: 2) tells
+//! when it is new; then, once per bucket, the script removes the expired
+//! leases and the older markers, and raises the set's expiry to the
+//! bucket's end when it is below (no script lowers it; renewals raise it as
+//! before). So the set outlives its longest lease, expired leases leave
+//! within one bucket (≤ `lease_ttl`) of their expiry while the set is in
+//! use, and an unused set — its last members released, one marker left —
+//! expires within one bucket of its last lease's expiry (before: at once
+//! when empty, else up to `2 × lease_ttl` after the last admission); a
+//! marker is about 10 bytes of the listpack. This relies on a lease id
+//! being new at its admission (a random 64-bit prefix per store and a
+//! counter). Sets from before the markers (no marker, expiry `2 ×
+//! lease_ttl`) get one at their next admission; an older instance during a
+//! rolling upgrade removes the markers with the expired leases when it
+//! extends a set, which only makes the next newer call add one again.
+//! A lease of `k` units is `k` members, so that `plan.lua` counts the
 //! units held with `ZCOUNT` instead of reading the set; the general script
 //! sums the units of the members (`lease-id:k` counts `k`, the others 0),
 //! which counts a lease of an instance from before this layout (one member
@@ -634,14 +663,15 @@ impl RedisStore {
         // The lean script of the three-rule plan: one each of an enforced
         // sliding window, calendar quota and concurrency limit, without
         // soft thresholds. `plan` gives the index in `checks` of each (in
-        // that order), its one argument packs their limits, costs and
-        // parameters, then come the lease member and the releases.
+        // that order), its first argument packs their limits, costs and
+        // parameters, the test clock's time and the lease member, then come
+        // the releases.
         let plan = (admit && !lean && checks.len() == 3)
             .then(|| plan_order(checks))
             .flatten()
             .filter(|_| (0..3).all(|i| args[8 + i * 5].is_empty()));
         let plan_call = plan.map(|order| {
-            let mut packed = Vec::with_capacity(80);
+            let mut packed = Vec::with_capacity(112);
             let mut number = |n: &str| {
                 let n: u64 = match n {
                     "h" => 1,
@@ -657,14 +687,18 @@ impl RedisStore {
                     number(&args[4 + i * 5 + f - 1]);
                 }
             }
-            if !args[1].is_empty() {
+            // The test clock's time, -1 for the server's.
+            if args[1].is_empty() {
+                packed.extend_from_slice(&(-1f64).to_le_bytes());
+            } else {
                 number(&args[1]);
             }
+            // Then the lease member, in the same argument.
             let cc = order[2];
-            let member = format!("{}:{}", args[2], args[4 + cc * 5 + 2]);
+            packed.extend_from_slice(format!("{}:{}", args[2], args[4 + cc * 5 + 2]).as_bytes());
             let mut plan_keys: Vec<String> = order.iter().map(|&i| keys[i].clone()).collect();
             plan_keys.extend(keys[3..].iter().cloned());
-            let mut plan_args = vec![packed, member.into_bytes()];
+            let mut plan_args = vec![packed];
             plan_args.extend(args[4 + 15 + 1..].iter().map(|a| a.clone().into_bytes()));
             (plan_keys, plan_args)
         });
