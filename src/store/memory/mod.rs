@@ -596,7 +596,7 @@ struct PolicyTable<M> {
 }
 
 /// The table of `policy` among `tables`, created (with `window`) when missing.
-#[inline]
+#[inline(always)]
 fn policy_table<'a, M: Default>(
     tables: &'a mut Vec<PolicyTable<M>>,
     policy: &Arc<str>,
