@@ -868,6 +868,7 @@ impl Tables {
     /// several windows has one table per window; a tenant's counter moves to
     /// the table of the window it is checked with, rebased (see
     /// [`SubBuckets::rebase`]).
+    #[inline]
     fn sub_buckets(
         &mut self,
         tenant: &TenantId,
@@ -888,6 +889,19 @@ impl Tables {
             }
             return table;
         }
+        self.sub_buckets_scan(tenant, check, g, now)
+    }
+
+    /// [`sub_buckets`](Self::sub_buckets) of any other shape: a scan of
+    /// the shard's window tables.
+    #[inline(never)]
+    fn sub_buckets_scan(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        g: Geometry,
+        now: u64,
+    ) -> &mut Windows {
         let same = |p: &PolicyTable<Windows>| {
             Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
         };
@@ -1354,6 +1368,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
 }
 
 /// [`apply`] on an existing counter.
+#[inline]
 fn apply_to<S: Counter>(
     state: &mut S,
     ctx: S::Ctx,
