@@ -646,6 +646,7 @@ impl Windows {
     }
 
     /// Moves the tenant's hot window, if any, back into the table.
+    #[inline(always)]
     fn demote(&mut self, tenant: &TenantId) {
         if self.hot.is_empty() {
             return;
