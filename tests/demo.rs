@@ -80,6 +80,16 @@ impl Demo {
         .await
     }
 
+    /// `POST /v1/workflows` named `w{i}` as `tenant`.
+    async fn create_workflow(&self, tenant: &str, i: usize) -> Reply {
+        let h = [
+            ("x-tenant-id", tenant),
+            ("content-type", "application/json"),
+        ];
+        let body = format!("{{\"name\":\"w{i}\"}}");
+        self.call("POST", "/v1/workflows", &h, &body).await
+    }
+
     async fn admin_patch(&self, tenant: &str, body: Value) -> Reply {
         self.call(
             "PATCH",
@@ -302,19 +312,9 @@ const T0: u64 = 1_796_292_030_000;
 async fn gates_and_resource_limits_run_before_the_rate_limit() {
     let clock = Arc::new(ManualClock::new(T0));
     let demo = start(Arc::new(MemoryStore::with_clock(clock))).await;
-    let h = [
-        ("x-tenant-id", "acme"),
-        ("content-type", "application/json"),
-    ];
+    let h = [("x-tenant-id", "acme")];
     for i in 0..7 {
-        let r = demo
-            .call(
-                "POST",
-                "/v1/workflows",
-                &h,
-                &format!("{{\"name\":\"w{i}\"}}"),
-            )
-            .await;
+        let r = demo.create_workflow("acme", i).await;
         if i < 5 {
             assert_eq!(r.status, 201, "workflow {i}");
         } else {
@@ -351,20 +351,9 @@ async fn usage_equals_consumption(store: Arc<dyn CounterStore>, clock: Option<Ar
     };
     let first_day = day();
     let demo = start(store).await;
-    let h = [
-        ("x-tenant-id", "globex"),
-        ("content-type", "application/json"),
-    ];
+    let h = [("x-tenant-id", "globex")];
     for i in 0..4 {
-        let r = demo
-            .call(
-                "POST",
-                "/v1/workflows",
-                &h,
-                &format!("{{\"name\":\"w{i}\"}}"),
-            )
-            .await;
-        assert_eq!(r.status, 201);
+        assert_eq!(demo.create_workflow("globex", i).await.status, 201);
     }
     for _ in 0..3 {
         let r = demo

@@ -43,6 +43,17 @@ def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what); (None if cond else fails.append(what))
 
 try:
+    # Bursts of 400 concurrent requests (400 connections) over the 4 instances, cold (the first
+    # requests after start) and warm: fail-closed with the default 100 ms timeout, none may be
+    # answered 503 on a busy machine (initech: 1000 a minute).
+    for phase in ("cold", "warm"):
+        barrier = threading.Barrier(400)
+        def one(i):
+            barrier.wait()
+            return req(i, "GET", "/v1/me", {"x-tenant-id": "initech"})[0]
+        with ThreadPoolExecutor(400) as ex:
+            codes = list(ex.map(one, range(400)))
+        check(codes.count(200) == 400, f"{phase} burst of 400: {codes.count(200)} x 200, {codes.count(503)} x 503, others {[c for c in codes if c not in (200, 503)][:5]}")
     with ThreadPoolExecutor(48) as ex:
         res = list(ex.map(lambda i: req(i, "GET", "/v1/me", {"x-tenant-id": "acme"}), range(240)))
     ok = [r for r in res if r[0] == 200]; lim = [r for r in res if r[0] == 429]
@@ -66,6 +77,28 @@ try:
     keys = subprocess.run(["redis-cli", "-p", str(rport), "--scan"], capture_output=True, text=True).stdout.split()
     ttls = [int(subprocess.run(["redis-cli", "-p", str(rport), "pttl", k], capture_output=True, text=True).stdout) for k in keys]
     check(keys and all(t > 0 for t in ttls), f"redis-cli: {len(keys)} keys, all with a TTL ({sorted(ttls)[:3]}..)")
+    # A paused Redis (SIGSTOP, 3 s): fail-closed answers 503 problem+json within about a
+    # second, then admissions resume within 5 s of SIGCONT.
+    import signal
+    redis.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic(); first503 = None; codes = []
+    while time.monotonic() - t0 < 3:
+        st, h, body = req(2, "GET", "/v1/me", {"x-tenant-id": "initech"})
+        codes.append(st)
+        if st == 503 and first503 is None:
+            first503 = time.monotonic() - t0
+            check(h.get("content-type") == "application/problem+json" and json.loads(body)["code"] == "unavailable",
+                  "503 is problem+json, code unavailable")
+    redis.send_signal(signal.SIGCONT)
+    t1 = time.monotonic(); back = None
+    while time.monotonic() - t1 < 5 and back is None:
+        if req(2, "GET", "/v1/me", {"x-tenant-id": "initech"})[0] == 200:
+            back = time.monotonic() - t1
+        else:
+            time.sleep(0.05)
+    check(first503 is not None and first503 < 1.0 and 200 not in codes[codes.index(503):],
+          f"Redis paused: first 503 after {first503 and round(first503, 3)} s, no 200 while paused ({len(codes)} requests)")
+    check(back is not None, f"Redis resumed: 200 again after {back and round(back, 3)} s")
 finally:
     for p in procs: p.terminate()
     redis.terminate()

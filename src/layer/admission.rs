@@ -956,6 +956,27 @@ fn every_policy<St>(
     asked: &Asked<'_>,
     decisions: &[Decision],
 ) -> Option<RateLimitHeaders> {
+    // One reported check (the usual route): the same fields, without a
+    // list of members to build.
+    if let ([check], [decision], [rule]) = (asked.checks(), decisions, asked.rules()) {
+        let rule = *rule as usize;
+        if let (false, true, Some(_), Some(prefix)) = (
+            config.style.legacy(),
+            rule < CACHED_SET_RULES,
+            prepared.reported[rule],
+            config.rules[rule].state_prefix.as_ref(),
+        ) {
+            let policy = prepared.policy_sets[1 << rule]
+                .get_or_init(|| prepared.render_policy(&config.rules, std::iter::once(rule)))
+                .clone();
+            let state = render_state(&[StateItem {
+                prefix,
+                remaining: decision.remaining,
+                reset: Some(reset_of(check, decision)),
+            }]);
+            return Some(RateLimitHeaders::new(policy, state, None));
+        }
+    }
     let mut state: SmallVec<[StateItem<'_>; 4]> = SmallVec::new();
     let mut set = 0usize;
     let mut cached = true;

@@ -327,6 +327,7 @@ impl StateItem<'_> {
     }
 
     /// [`write`](Self::write), appending to `out` (which has room).
+    #[inline(always)]
     fn append(&self, out: &mut BytesMut) {
         out.extend_from_slice(self.prefix);
         out.extend_from_slice(itoa::Buffer::new().format(self.remaining).as_bytes());

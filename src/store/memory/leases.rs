@@ -18,6 +18,7 @@ pub(super) struct Leases {
 }
 
 impl Leases {
+    #[inline]
     pub(super) fn push(&mut self, lease: Lease) {
         if self.first.is_none() {
             self.first = Some(lease);

@@ -596,7 +596,7 @@ struct PolicyTable<M> {
 }
 
 /// The table of `policy` among `tables`, created (with `window`) when missing.
-#[inline]
+#[inline(always)]
 fn policy_table<'a, M: Default>(
     tables: &'a mut Vec<PolicyTable<M>>,
     policy: &Arc<str>,
@@ -646,6 +646,7 @@ impl Windows {
     }
 
     /// Moves the tenant's hot window, if any, back into the table.
+    #[inline(always)]
     fn demote(&mut self, tenant: &TenantId) {
         if self.hot.is_empty() {
             return;
@@ -868,6 +869,7 @@ impl Tables {
     /// several windows has one table per window; a tenant's counter moves to
     /// the table of the window it is checked with, rebased (see
     /// [`SubBuckets::rebase`]).
+    #[inline]
     fn sub_buckets(
         &mut self,
         tenant: &TenantId,
@@ -888,6 +890,19 @@ impl Tables {
             }
             return table;
         }
+        self.sub_buckets_scan(tenant, check, g, now)
+    }
+
+    /// [`sub_buckets`](Self::sub_buckets) of any other shape: a scan of
+    /// the shard's window tables.
+    #[inline(never)]
+    fn sub_buckets_scan(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        g: Geometry,
+        now: u64,
+    ) -> &mut Windows {
         let same = |p: &PolicyTable<Windows>| {
             Arc::ptr_eq(&p.policy, &check.policy) || p.policy == check.policy
         };
@@ -1354,6 +1369,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
 }
 
 /// [`apply`] on an existing counter.
+#[inline]
 fn apply_to<S: Counter>(
     state: &mut S,
     ctx: S::Ctx,
