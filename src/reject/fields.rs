@@ -422,6 +422,7 @@ pub(crate) fn render_policy(items: &[PolicyItem<'_>]) -> Option<HeaderValue> {
 /// Written straight into the arena (no buffer to fill and copy): the
 /// block is replaced first when the longest value `items` can make does
 /// not fit in what is left of it.
+#[inline(always)]
 pub(crate) fn render_state(items: &[StateItem<'_>]) -> Option<HeaderValue> {
     let (first, rest) = items.split_first()?;
     let max = items.iter().map(StateItem::max_len).sum::<usize>() + 2 * rest.len();

@@ -86,6 +86,7 @@ impl<T> PlanCache<T> {
     }
 
     /// The value for `plan`, built by `build` when the cache has none.
+    #[inline(always)]
     pub(super) fn get(&self, plan: &Arc<Plan>, build: impl FnOnce(&Plan) -> T) -> Cached<T> {
         let address = Arc::as_ptr(plan);
         // Fibonacci hashing of the address (allocations are 16-aligned).

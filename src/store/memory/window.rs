@@ -235,6 +235,7 @@ impl<C: Cell> Counter for SubBuckets<C> {
         // `c < head`: the clock stepped back; the state is read at its head.
     }
 
+    #[inline(always)]
     fn eval(&self, now: u64, g: Geometry, check: &Check) -> Decision {
         let (first, head) = (g.first(self.at(now, g)), self.head());
         // Buckets `first..=head`, oldest first: `n` (at most `k + 1`)
