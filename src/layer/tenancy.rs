@@ -301,7 +301,7 @@ fn enter<T>(span: &tracing::Span, f: impl FnOnce() -> T) -> T {
 }
 
 /// Directory answer → tenant or rejection.
-#[inline]
+#[inline(always)]
 fn admit(
     config: &Config,
     id: TenantIdRef<'_>,

@@ -1369,7 +1369,7 @@ fn apply<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
 }
 
 /// [`apply`] on an existing counter.
-#[inline]
+#[inline(always)]
 fn apply_to<S: Counter>(
     state: &mut S,
     ctx: S::Ctx,
