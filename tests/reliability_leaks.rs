@@ -5,7 +5,7 @@
 //! plain ones — over real loopback sockets, on the demo's router — then:
 //!
 //! * zero concurrency slots held: in the memory store (`used` = 0), in Redis
-//!   (`ZCARD` of the `cc` key = 0) on a single server and on a cluster;
+//!   (leases in the `cc` key = 0) on a single server and on a cluster;
 //! * memory back near the baseline: live heap bytes (a counting global
 //!   allocator in this test binary) and `VmRSS`, before and after.
 //!
@@ -403,7 +403,7 @@ async fn leak_check_fails_on_a_leaked_slot() {
 
 /// And a Redis that does not answer fails the check (it used to read as 0).
 #[tokio::test]
-#[should_panic(expected = "ZCARD")]
+#[should_panic(expected = "ZCOUNT")]
 async fn leak_check_fails_when_redis_does_not_answer() {
     // Serial: the other tests of this binary count unexpected panics
     // process-wide, and this one panics (a stress run counted it there).

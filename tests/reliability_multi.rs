@@ -223,11 +223,9 @@ async fn exact_counts(backend: Backend) {
             println!("FIGURES multi: round {round} spread over {spread} ms, run again");
             retries += 1;
             assert!(retries < 5, "five rounds spread over more than 1 s");
-            rel::wait_until(Duration::from_secs(10), || {
-                backend.int(&cc, &["ZCARD", &cc]) == 0
-            })
-            .await
-            .expect("leases left in Redis after a round");
+            rel::wait_until(Duration::from_secs(10), || backend.slots(&cc) == 0)
+                .await
+                .expect("leases left in Redis after a round");
             continue;
         }
         round += 1;
@@ -237,11 +235,9 @@ async fn exact_counts(backend: Backend) {
             "round {round}: {} admitted of limit 5",
             histogram(&shots)
         );
-        let took = rel::wait_until(Duration::from_secs(5), || {
-            backend.int(&cc, &["ZCARD", &cc]) == 0
-        })
-        .await
-        .expect("leases left in Redis after a round");
+        let took = rel::wait_until(Duration::from_secs(5), || backend.slots(&cc) == 0)
+            .await
+            .expect("leases left in Redis after a round");
         released_in = released_in.max(took);
     }
     figures.push(format!(
@@ -279,11 +275,9 @@ async fn exact_counts(backend: Backend) {
     ));
     assert!(max <= 5, "{max} requests in the handler at once, limit 5");
     assert_eq!(max, 5, "the limit was reached");
-    rel::wait_until(Duration::from_secs(5), || {
-        backend.int(&cc, &["ZCARD", &cc]) == 0
-    })
-    .await
-    .expect("leases left in Redis");
+    rel::wait_until(Duration::from_secs(5), || backend.slots(&cc) == 0)
+        .await
+        .expect("leases left in Redis");
 
     for f in &figures {
         println!(

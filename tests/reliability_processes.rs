@@ -256,11 +256,9 @@ async fn exact(backend: Backend) {
             "round {round}: {}",
             histogram(&shots)
         );
-        rel::wait_until(Duration::from_secs(5), || {
-            backend.int(&cc, &["ZCARD", &cc]) == 0
-        })
-        .await
-        .expect("leases left after a round");
+        rel::wait_until(Duration::from_secs(5), || backend.slots(&cc) == 0)
+            .await
+            .expect("leases left after a round");
     }
     println!(
         "FIGURES processes {} ({PROCESSES} demo processes): concurrency 5: {rounds} rounds of 32 \
@@ -352,20 +350,15 @@ async fn demo_processes_leak_nothing() {
         }
     };
     run(2_000, 1).await;
-    rel::wait_until(Duration::from_secs(5), || {
-        backend.int(&cc, &["ZCARD", &cc]) == 0
-    })
-    .await
-    .expect("slots after the warm-up");
+    rel::wait_until(Duration::from_secs(5), || backend.slots(&cc) == 0)
+        .await
+        .expect("slots after the warm-up");
     let before: Vec<u64> = demos.iter().map(DemoProcess::rss_kib).collect();
     let total = scale(5_000, 100_000);
     let run_started = Instant::now();
     let (ok, refused, gave_up) = run(total, 42).await;
     let took = run_started.elapsed();
-    let zero = rel::wait_until(Duration::from_secs(5), || {
-        backend.int(&cc, &["ZCARD", &cc]) == 0
-    })
-    .await;
+    let zero = rel::wait_until(Duration::from_secs(5), || backend.slots(&cc) == 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after: Vec<u64> = demos.iter().map(DemoProcess::rss_kib).collect();
     println!(
@@ -373,7 +366,7 @@ async fn demo_processes_leak_nothing() {
          in {took:?}: {ok} admitted, {refused} refused, {gave_up} given up by the client; slots \
          in Redis after: {} (zero after {zero:?}); VmRSS per process before {before:?} KiB, \
          after {after:?} KiB; test took {:?}",
-        backend.int(&cc, &["ZCARD", &cc]),
+        backend.slots(&cc),
         started.elapsed()
     );
     assert!(zero.is_some(), "slots left in Redis");

@@ -147,9 +147,11 @@ impl Backend {
         u64::try_from(n).unwrap_or_else(|_| panic!("{args:?}: negative reply {n}"))
     }
 
-    /// Concurrency slots held in the sorted set `key` (`ZCARD`), strict.
+    /// Concurrency slots held in the sorted set `key`: its members scored
+    /// with an expiry (`ZCOUNT key (0 +inf`; plan.lua's bucket markers score
+    /// 0 and hold none), strict.
     pub fn slots(&self, key: &str) -> u64 {
-        self.int(key, &["ZCARD", key])
+        self.int(key, &["ZCOUNT", key, "(0", "+inf"])
     }
 }
 
