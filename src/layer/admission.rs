@@ -950,6 +950,7 @@ fn reset_of(check: &Check, decision: &Decision) -> u64 {
 /// The draft-11 fields: every reported policy the request counts against,
 /// in rule order. The `RateLimit-Policy` value is rendered once per plan
 /// and set of policies; `RateLimit` once per response.
+#[inline(always)]
 fn every_policy<St>(
     config: &Config<St>,
     prepared: &PlanRules,

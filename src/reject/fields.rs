@@ -226,6 +226,7 @@ impl RateLimitHeaders {
 
     /// [`apply`](Self::apply), moving the values (a clone of a fresh value
     /// would allocate).
+    #[inline(always)]
     pub(crate) fn write(self, headers: &mut HeaderMap) {
         // The two IETF fields go together: a policy without its state (or
         // the reverse) would only confuse a client.
