@@ -10,31 +10,20 @@
 //! * when the sequence is lost, or behind the entries, the script sums the
 //!   window and still decides as the reference.
 
+#[path = "common/checks.rs"]
+mod checks;
 #[path = "common/lcg.rs"]
 mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use checks::sl as log;
 use lcg::Lcg;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis_server::RedisServer;
-use tower_tenancy::store::{
-    Algorithm, Check, Clock, CounterStore, ManualClock, MemoryStore, RedisStore,
-};
+use tower_tenancy::store::{Clock, CounterStore, ManualClock, MemoryStore, RedisStore};
 use tower_tenancy::TenantId;
-
-fn log(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::SlidingLog {
-            window: Duration::from_millis(window_ms),
-        },
-        limit,
-        cost,
-    )
-}
 
 /// Random admissions and dry runs of one or two sliding logs; every
 /// `lose_every` steps (0: never) the sequence of the first log is deleted

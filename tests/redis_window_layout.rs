@@ -12,11 +12,14 @@
 //! * the key is 37 bytes, 97 once a window holds more than 65 535 units,
 //!   and expires when its newest bucket stops counting.
 
+#[path = "common/checks.rs"]
+mod checks;
 #[path = "common/lcg.rs"]
 mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use checks::sw as window;
 use lcg::Lcg;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,17 +29,6 @@ use tower_tenancy::store::{
     Algorithm, Check, Clock, CounterStore, ManualClock, MemoryStore, RedisStore,
 };
 use tower_tenancy::{Period, TenantId};
-
-fn window(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::SlidingWindow {
-            window: Duration::from_millis(window_ms),
-        },
-        limit,
-        cost,
-    )
-}
 
 /// A gauge that never refuses: it sends a batch to the general script.
 fn open_gauge() -> Check {

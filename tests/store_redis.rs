@@ -2,6 +2,8 @@
 //! single `redis-server` and a three-master Redis Cluster.
 #![cfg(feature = "redis")]
 
+#[path = "common/checks.rs"]
+mod checks;
 #[path = "common/conformance.rs"]
 mod conformance;
 #[path = "common/lcg.rs"]
@@ -9,6 +11,7 @@ mod lcg;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use checks::{approx, cal, cc, gauge, gcra, sl, sw};
 use lcg::Lcg;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,70 +103,6 @@ impl Target {
 
 fn tenant(s: &str) -> TenantId {
     s.parse().unwrap()
-}
-
-fn sw(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::SlidingWindow {
-            window: Duration::from_millis(window_ms),
-        },
-        limit,
-        cost,
-    )
-}
-
-fn approx(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::SlidingWindowApprox {
-            window: Duration::from_millis(window_ms),
-        },
-        limit,
-        cost,
-    )
-}
-
-fn gcra(policy: &str, window_ms: u64, limit: u64, burst: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::Gcra {
-            window: Duration::from_millis(window_ms),
-            burst,
-        },
-        limit,
-        cost,
-    )
-}
-
-fn sl(policy: &str, window_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::SlidingLog {
-            window: Duration::from_millis(window_ms),
-        },
-        limit,
-        cost,
-    )
-}
-
-fn cal(policy: &str, period: Period, limit: u64, cost: u64) -> Check {
-    Check::new(policy, Algorithm::Calendar { period }, limit, cost)
-}
-
-fn cc(policy: &str, ttl_ms: u64, limit: u64, cost: u64) -> Check {
-    Check::new(
-        policy,
-        Algorithm::Concurrency {
-            lease_ttl: Duration::from_millis(ttl_ms),
-        },
-        limit,
-        cost,
-    )
-}
-
-fn gauge(policy: &str, limit: u64, cost: u64) -> Check {
-    Check::new(policy, Algorithm::Gauge, limit, cost)
 }
 
 // ---------------------------------------------------------------------------

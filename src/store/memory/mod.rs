@@ -2127,6 +2127,23 @@ mod tests {
             .sum()
     }
 
+    /// [`admit`], asserting that the call took the lock-free path.
+    fn admit_lock_free(store: &MemoryStore, tenant: &TenantId, checks: &[Check]) -> Admission {
+        let before = hot::LOCK_FREE.with(|n| n.get());
+        let admission = admit(store, tenant, checks);
+        assert_eq!(
+            hot::LOCK_FREE.with(|n| n.get()),
+            before + 1,
+            "not lock-free"
+        );
+        admission
+    }
+
+    /// A batch of `p`'s window check and a GCRA check: it takes the lock.
+    fn batch_with(p: Check) -> [Check; 2] {
+        [p, Check::new("q", gcra(1_000, 5), 5, 1)]
+    }
+
     #[test]
     fn hot_window_is_exact_under_threads() {
         // Four threads on one key at a fixed time: exactly `limit` calls are
@@ -2172,13 +2189,8 @@ mod tests {
         let one = [Check::new("p", window(1_000), 10, 1)];
         assert!(admit(&store, &t, &one).allowed());
         assert_eq!(hot_len(&store), 1);
-        let lock_free = hot::LOCK_FREE.with(|n| n.get());
-        assert_eq!(admit(&store, &t, &one).decisions[0].used, 2);
-        assert_eq!(hot::LOCK_FREE.with(|n| n.get()), lock_free + 1);
-        let batch = [
-            Check::new("p", window(1_000), 10, 1),
-            Check::new("q", gcra(1_000, 5), 5, 1),
-        ];
+        assert_eq!(admit_lock_free(&store, &t, &one).decisions[0].used, 2);
+        let batch = batch_with(Check::new("p", window(1_000), 10, 1));
         assert_eq!(admit(&store, &t, &batch).decisions[0].used, 3);
         assert_eq!(hot_len(&store), 0);
         assert_eq!(admit(&store, &t, &one).decisions[0].used, 4);
@@ -2203,14 +2215,9 @@ mod tests {
         let t = tenant(1);
         assert!(admit(&store, &t, &[Check::new("p", window(60_000), 10, 1)]).allowed());
         let big = [Check::new("p", window(60_000), 1_000_000, 70_000)];
-        let lock_free = hot::LOCK_FREE.with(|n| n.get());
-        assert_eq!(admit(&store, &t, &big).decisions[0].used, 70_001);
-        assert_eq!(hot::LOCK_FREE.with(|n| n.get()), lock_free + 1);
+        assert_eq!(admit_lock_free(&store, &t, &big).decisions[0].used, 70_001);
         // A batch with the small limit again (refused) moves the key back.
-        let batch = [
-            Check::new("p", window(60_000), 10, 1),
-            Check::new("q", gcra(1_000, 5), 5, 1),
-        ];
+        let batch = batch_with(Check::new("p", window(60_000), 10, 1));
         assert_eq!(admit(&store, &t, &batch).decisions[0].used, 70_001);
         assert_eq!(hot_len(&store), 0);
         let peek = store.peek(&t, &big).try_take().unwrap().unwrap()[0];
