@@ -609,11 +609,11 @@ fn main() {
                 one("plan").into_bytes(),
                 format!("tt:{tag}:cald:plan").into_bytes(),
                 format!("tt:{tag}:cc:plan").into_bytes(),
-                // The nine numbers, -1 (the server's clock), the lease member.
+                // The nine numbers, the lease member and a zero byte (no
+                // test clock: the server's).
                 [
                     packed(&[LIMIT, 1, WINDOW_MS, LIMIT, 1, 2, 10, 1, 300_000]),
-                    (-1f64).to_le_bytes().to_vec(),
-                    b"lease-1:1".to_vec(),
+                    b"lease-1:1\0".to_vec(),
                 ]
                 .concat(),
             ],

@@ -639,3 +639,159 @@ async fn quota_counted_up_and_taken_back_on_the_server_clock() {
     let failed = store.admit(&mixed, &plan_batch(2, 5, 60_000)).await;
     assert!(failed.is_err(), "{failed:?}");
 }
+
+/// plan.lua on the server's clock, on a window whose counts are wide (above
+/// 65 535 units, 97 bytes) and with a monthly quota: the decisions, the
+/// window's string and the quota's count and expiry are the general
+/// script's for the same batch (on a twin tenant, an open gauge added).
+/// The admissions after the first take the script's fast path, which now
+/// also rewrites wide counts in place; the month's bounds come from the
+/// store's host (its wall clock agrees with the server's here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_fast_path_on_wide_counts_and_a_month_on_the_server_clock() {
+    let server = RedisServer::new();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let plan: TenantId = "wideplan".parse().unwrap();
+    let twin: TenantId = "widetwin".parse().unwrap();
+    let batch = |rate_cost: u64, quota_cost: u64| {
+        vec![
+            window("rate", 3_600_000, 1 << 40, rate_cost),
+            Check::new(
+                "monthly",
+                Algorithm::Calendar {
+                    period: Period::Month,
+                },
+                100,
+                quota_cost,
+            ),
+            Check::new(
+                "conc",
+                Algorithm::Concurrency {
+                    lease_ttl: Duration::from_secs(60),
+                },
+                50,
+                1,
+            ),
+        ]
+    };
+    let key = |t: &TenantId, i: usize, name: &str| store.key(t, &batch(1, 1)[i].algorithm, name);
+    let mut held = Vec::new();
+    for (step, (rate_cost, quota_cost)) in [(70_000, 1), (1, 1), (3, 2), (1, 1), (2, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = store
+            .admit(&plan, &batch(rate_cost, quota_cost))
+            .await
+            .unwrap();
+        let mut general = batch(rate_cost, quota_cost);
+        general.push(open_gauge());
+        let b = store.admit(&twin, &general).await.unwrap();
+        assert!(a.allowed() && b.allowed(), "{step}");
+        for i in 0..3 {
+            let (x, y) = (&a.decisions[i], &b.decisions[i]);
+            assert_eq!((x.used, x.remaining), (y.used, y.remaining), "{step}, {i}");
+            let gap = x.reset.as_millis().abs_diff(y.reset.as_millis());
+            assert!(gap < 1_000, "{step}, {i}: {x:?} {y:?}");
+        }
+        let (w, wt) = (key(&plan, 0, "rate"), key(&twin, 0, "rate"));
+        assert_eq!(server.int(&["STRLEN", &w]), 97, "{step}");
+        assert_eq!(
+            server.cli(&["GET", &w]),
+            server.cli(&["GET", &wt]),
+            "{step}"
+        );
+        let (q, qt) = (key(&plan, 1, "monthly"), key(&twin, 1, "monthly"));
+        assert_eq!(
+            server.int(&["GET", &q]),
+            server.int(&["GET", &qt]),
+            "{step}"
+        );
+        let at = server.int(&["PEXPIRETIME", &q]);
+        assert_eq!(at, server.int(&["PEXPIRETIME", &qt]), "{step}");
+        assert_eq!((at + 1) % 86_400_000, 0, "{at}");
+        held.push((a, b));
+    }
+    assert_eq!(held[4].0.decisions[0].used, 70_007);
+    assert_eq!(held[4].0.decisions[1].used, 5);
+}
+
+/// plan.lua given the bounds of another month than the server's (a host
+/// whose clock is off, here by a month) finds the server's month itself:
+/// the quota's count expires at the end of the server's month either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_script_finds_its_month_when_the_host_clock_is_off() {
+    let server = RedisServer::new();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(include_str!("../src/store/plan.lua"));
+    let now: i64 = server
+        .cli(&["TIME"])
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse::<i64>()
+        .unwrap()
+        * 1_000;
+    let day = 86_400_000i64;
+    // The month of the server's time, as the general script finds it.
+    let twin: TenantId = "monthtwin".parse().unwrap();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let monthly = Check::new(
+        "m",
+        Algorithm::Calendar {
+            period: Period::Month,
+        },
+        10,
+        1,
+    );
+    assert!(store
+        .admit(&twin, &[monthly.clone(), open_gauge()])
+        .await
+        .unwrap()
+        .allowed());
+    let expected = server.int(&["PEXPIRETIME", &store.key(&twin, &monthly.algorithm, "m")]);
+    assert!(
+        expected > now && expected - now <= 31 * day,
+        "{expected} {now}"
+    );
+    // Bounds that hold the server's time (taken as they are, even when they
+    // are not a month), then a month before them, then none.
+    for (i, (start, end)) in [
+        (now - 10 * day, now + 10 * day),
+        (now - 62 * day, now - 31 * day),
+        (0, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let keys = [
+            format!("tt:{{m{i}}}:sb2:r"),
+            format!("tt:{{m{i}}}:calm:q"),
+            format!("tt:{{m{i}}}:cc:c"),
+        ];
+        let mut arg = Vec::new();
+        for n in [1e12, 1.0, 60_000.0, 10.0, 1.0, 4.0, 5.0, 1.0, 60_000.0] {
+            arg.extend_from_slice(&f64::to_le_bytes(n));
+        }
+        arg.extend_from_slice(b"lease-1:1\0");
+        arg.extend_from_slice(&(start as f64).to_le_bytes());
+        arg.extend_from_slice(&(end as f64).to_le_bytes());
+        let _: Vec<u8> = script
+            .key(&keys[0])
+            .key(&keys[1])
+            .key(&keys[2])
+            .arg(arg)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        let at = server.int(&["PEXPIRETIME", &keys[1]]);
+        if i == 0 {
+            // Bounds that hold the server's time are taken as they are.
+            assert_eq!(at, end - 1, "{i}");
+        } else {
+            assert_eq!(at, expected, "{i}");
+        }
+    }
+}

@@ -25,9 +25,23 @@ CALLS = [
         "cal", str(LIMIT), "1", "d", "",
         "cc", "10", "1", "300000", "", "0"]),
 ]
+
+
+def this_month():
+    """The bounds in ms of this host's UTC month, as the store sends them."""
+    import calendar, datetime
+    d = datetime.datetime.now(datetime.timezone.utc)
+    start = calendar.timegm((d.year, d.month, 1, 0, 0, 0))
+    end = calendar.timegm((d.year + d.month // 12, d.month % 12 + 1, 1, 0, 0, 0))
+    return start * 1000, end * 1000
+
+
+# plan.lua's argument: 9 doubles, the lease member and a zero byte (then,
+# for a month, the month's bounds).
 CALLS.append(("plan.lua, rate + daily quota + concurrency (what the store sends)", lambda load: [
     "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cald:p", "tt:{b}:cc:p",
-    pack("<dddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000, -1) + b"lease-1:1"]))
+    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000) + b"lease-1:1\0"]))
 CALLS.append(("plan.lua, rate + monthly quota + concurrency", lambda load: [
     "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:m", "tt:{b}:calm:m", "tt:{b}:cc:m",
-    pack("<dddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 4, 10, 1, 300000, -1) + b"lease-1:1"]))
+    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 4, 10, 1, 300000) + b"lease-1:1\0"
+    + pack("<dd", *this_month())]))

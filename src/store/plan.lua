@@ -14,13 +14,16 @@
 --
 -- KEYS     the window's key, the quota's key, the concurrency set, then
 --          the sets of the r lease members to remove first
--- ARGV[1]  10 little-endian doubles: window limit, cost, window ms; quota
+-- ARGV[1]  9 little-endian doubles: window limit, cost, window ms; quota
 --          limit, cost, period (1 hour, 2 day, 3 week, 4 month);
---          concurrency limit, cost, lease ttl ms; the time in ms of a test
---          clock (-1: the server's time); then the lease member ("id:units";
---          a lease of k > 1 units also holds the members "id.2:0" ..
---          "id.k:0"; its id new per admission): one argument, since each
---          argument costs Redis more than the string.sub that cuts it
+--          concurrency limit, cost, lease ttl ms; then the lease member
+--          ("id:units"; a lease of k > 1 units also holds the members
+--          "id.2:0" .. "id.k:0"; its id new per admission) and a zero byte;
+--          then, for a month, the start and end ms of the month the client's
+--          clock is in (2 doubles; used only when the store's time falls in
+--          it, else the script finds its month); then, with a test clock
+--          only, its time in ms (a double; absent: the server's time). One
+--          argument, since each argument costs Redis more than unpacking it.
 -- ARGV[2..1+r]  the lease members to remove first
 --
 -- Returns what admit.lua returns for the three checks in this order:
@@ -33,17 +36,20 @@
 -- (Locals: cheaper than looking up redis.call and string.format each time.)
 local call, format = redis.call, string.format
 local a = ARGV[1]
-local limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, now = struct.unpack('<dddddddddd', a)
+local limit, cost, w, qlimit, qcost, period, climit, ccost, cttl, member, pos = struct.unpack('<ddddddddds', a)
+local mqs, mqe, now = 0, 0, -1
+if period == 4 then mqs, mqe, pos = struct.unpack('<dd', a, pos) end
+if pos <= #a then now = struct.unpack('<d', a, pos) end
 local clock = now >= 0
-local member = string.sub(a, 81)
 local skey, qkey, ckey = KEYS[1], KEYS[2], KEYS[3]
 for j = 2, #ARGV do
   call('ZREM', KEYS[j + 2], ARGV[j])
 end
 
 -- The window, as window.lua: its fast path (this window, now in the newest
--- bucket, the oldest bucket with a count still counted, allowed, 16-bit
--- counts; see window.lua), else its general path.
+-- bucket, the oldest bucket with a count still counted, allowed; 16-bit
+-- counts, or on the server's clock 64-bit ones too; see window.lua), else
+-- its general path.
 local b = (w + 7 - (w + 7) % 8) / 8
 local v = call('GET', skey)
 local ttl = -1
@@ -51,13 +57,20 @@ if v and not clock then ttl = call('PTTL', skey) end
 local fast = false
 local used, first, target, sreset, newest, t = 0, nil, 0, 0, 0, 0
 local sz, cf, p0, head, off, total, moved = 2, '<H', 20, 0, 9, 0, false
-if v and #v == 37 then
-  local w0
-  w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+if v then
+  local w0, n = nil, #v
+  if n == 37 then
+    w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+  elseif n == 97 and not clock then
+    -- (Wide counts: on the server's clock the general path, too, rewrites
+    -- them in place.)
+    sz, cf, p0 = 8, '<d', 26
+    w0, head, off, total, newest = struct.unpack('<ddBdd', v)
+  end
   if w0 == w and off <= 8 and head >= off then
     t = ttl
     if clock then t = (head + 1) * b + w - 1 - now end
-    if t >= w and t <= b + w - 1 and off * b < t and total + cost <= limit and total + cost <= 65535 then
+    if t >= w and t <= b + w - 1 and off * b < t and total + cost <= limit and (sz == 8 or total + cost <= 65535) then
       fast = true
       if not clock then now = (head + 1) * b + w - 1 - t end
       used, sreset = total, t - off * b
@@ -155,6 +168,9 @@ else
     local monday = days - (days + 3) % 7
     if monday < 0 then monday = 0 end
     qs, qe = monday * DAY, (monday + 7) * DAY
+  elseif now >= mqs and now < mqe then
+    -- The month the client found (its clock agrees with the store's).
+    qs, qe = mqs, mqe
   else
     -- Month: Howard Hinnant's civil_from_days, then the month's first day
     -- and length, in exact integer arithmetic without C calls (for x >= 0
@@ -263,7 +279,11 @@ if all then
   -- Consume: every check's write, as admit.lua's.
   if cost > 0 then
     if fast then
-      call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
+      if sz == 2 then
+        call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
+      else
+        call('SETRANGE', skey, '17', struct.pack('<dd', total + cost, newest + cost))
+      end
       if clock then call('PEXPIRE', skey, format('%d', t)) end
     else
       local sum = total + cost

@@ -223,6 +223,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
 
+use super::calendar::period_bounds;
 use super::memory::GcraParams;
 use super::{
     Admission, Algorithm, Check, Clock, CounterStore, Decision, Decisions, Lease, StoreError,
@@ -664,8 +665,10 @@ impl RedisStore {
         // sliding window, calendar quota and concurrency limit, without
         // soft thresholds. `plan` gives the index in `checks` of each (in
         // that order), its first argument packs their limits, costs and
-        // parameters, the test clock's time and the lease member, then come
-        // the releases.
+        // parameters, the lease member, for a month the bounds of the month
+        // this host's wall clock is in (the script uses them when the
+        // store's time falls in them, which spares it the calendar
+        // arithmetic), and the test clock's time; then come the releases.
         let plan = (admit && !lean && checks.len() == 3)
             .then(|| plan_order(checks))
             .flatten()
@@ -687,15 +690,25 @@ impl RedisStore {
                     number(&args[4 + i * 5 + f - 1]);
                 }
             }
-            // The test clock's time, -1 for the server's.
-            if args[1].is_empty() {
-                packed.extend_from_slice(&(-1f64).to_le_bytes());
-            } else {
-                number(&args[1]);
-            }
-            // Then the lease member, in the same argument.
+            // Then the lease member and a zero byte, in the same argument.
             let cc = order[2];
             packed.extend_from_slice(format!("{}:{}", args[2], args[4 + cc * 5 + 2]).as_bytes());
+            packed.push(0);
+            if matches!(
+                checks[order[1]].algorithm,
+                Algorithm::Calendar {
+                    period: Period::Month
+                }
+            ) {
+                let (start, end) = period_bounds(Period::Month, crate::utc::now_ms());
+                packed.extend_from_slice(&(start as f64).to_le_bytes());
+                packed.extend_from_slice(&(end as f64).to_le_bytes());
+            }
+            // The test clock's time (none: the server's).
+            if !args[1].is_empty() {
+                let n: u64 = args[1].parse().unwrap_or(0);
+                packed.extend_from_slice(&(n as f64).to_le_bytes());
+            }
             let mut plan_keys: Vec<String> = order.iter().map(|&i| keys[i].clone()).collect();
             plan_keys.extend(keys[3..].iter().cloned());
             let mut plan_args = vec![packed];
