@@ -484,6 +484,7 @@ impl Plan {
     }
 
     /// Whether the plan includes `feature`.
+    #[inline]
     pub fn has_feature(&self, feature: &str) -> bool {
         self.features.contains(feature)
     }

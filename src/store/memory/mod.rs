@@ -504,6 +504,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl CounterStore for MemoryStore {
+    #[inline(always)]
     fn admit(&self, tenant: &TenantId, checks: &[Check]) -> MaybeReady<StoreResult<Admission>> {
         MaybeReady::ready(Ok(self.run(tenant, checks, true)))
     }
@@ -1272,7 +1273,7 @@ fn fits(used: u64, cost: u64, limit: u64) -> bool {
 
 /// A decision before consumption: `retry_ms` is only called on denial when
 /// `cost <= limit`, i.e. when `used > limit - cost`.
-#[inline]
+#[inline(always)]
 fn decision(
     check: &Check,
     used: u64,
