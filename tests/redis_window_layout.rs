@@ -641,45 +641,51 @@ async fn quota_counted_up_and_taken_back_on_the_server_clock() {
 }
 
 /// plan.lua on the server's clock, on a window whose counts are wide (above
-/// 65 535 units, 97 bytes) and with a monthly quota: the decisions, the
-/// window's string and the quota's count and expiry are the general
-/// script's for the same batch (on a twin tenant, an open gauge added).
-/// The admissions after the first take the script's fast path, which now
-/// also rewrites wide counts in place; the month's bounds come from the
-/// store's host (its wall clock agrees with the server's here).
+/// 65 535 units, 97 bytes) and with a monthly quota: the decisions (allowed,
+/// used, remaining, resets and retries to within a second), the window's
+/// string and the quota's count and expiry are the general script's for the
+/// same batch (on a twin tenant, an open gauge added), through admissions,
+/// refusals by the quota (above the quota, then at it) and by the
+/// concurrency limit. The admissions after the first take the script's
+/// common path (the window's fast path, now for wide counts too); the
+/// month's bounds come from the store's host (its wall clock agrees with
+/// the server's here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_fast_path_on_wide_counts_and_a_month_on_the_server_clock() {
+async fn plan_common_path_on_wide_counts_and_a_month_on_the_server_clock() {
     let server = RedisServer::new();
     let store = RedisStore::connect(server.url()).await.unwrap();
     let plan: TenantId = "wideplan".parse().unwrap();
     let twin: TenantId = "widetwin".parse().unwrap();
     let batch = |rate_cost: u64, quota_cost: u64| {
         vec![
+            Check::new(
+                "conc",
+                Algorithm::Concurrency {
+                    lease_ttl: Duration::from_secs(60),
+                },
+                3,
+                1,
+            ),
             window("rate", 3_600_000, 1 << 40, rate_cost),
             Check::new(
                 "monthly",
                 Algorithm::Calendar {
                     period: Period::Month,
                 },
-                100,
+                6,
                 quota_cost,
-            ),
-            Check::new(
-                "conc",
-                Algorithm::Concurrency {
-                    lease_ttl: Duration::from_secs(60),
-                },
-                50,
-                1,
             ),
         ]
     };
     let key = |t: &TenantId, i: usize, name: &str| store.key(t, &batch(1, 1)[i].algorithm, name);
     let mut held = Vec::new();
-    for (step, (rate_cost, quota_cost)) in [(70_000, 1), (1, 1), (3, 2), (1, 1), (2, 0)]
-        .into_iter()
-        .enumerate()
-    {
+    let steps = [(70_000, 1), (1, 1), (3, 200), (1, 4), (1, 1), (2, 1)];
+    let mut used = (0, 0);
+    for (step, (rate_cost, quota_cost)) in steps.into_iter().enumerate() {
+        if step == 5 {
+            // A lease released: the quota refuses next.
+            drop(held.swap_remove(0));
+        }
         let a = store
             .admit(&plan, &batch(rate_cost, quota_cost))
             .await
@@ -687,21 +693,39 @@ async fn plan_fast_path_on_wide_counts_and_a_month_on_the_server_clock() {
         let mut general = batch(rate_cost, quota_cost);
         general.push(open_gauge());
         let b = store.admit(&twin, &general).await.unwrap();
-        assert!(a.allowed() && b.allowed(), "{step}");
+        assert_eq!(a.allowed(), b.allowed(), "{step}");
+        assert_eq!(a.allowed(), [0, 1, 3].contains(&step), "{step}");
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis());
         for i in 0..3 {
             let (x, y) = (&a.decisions[i], &b.decisions[i]);
-            assert_eq!((x.used, x.remaining), (y.used, y.remaining), "{step}, {i}");
-            let gap = x.reset.as_millis().abs_diff(y.reset.as_millis());
-            assert!(gap < 1_000, "{step}, {i}: {x:?} {y:?}");
+            assert_eq!(
+                (x.allowed, x.used, x.remaining, x.retry_after.is_some()),
+                (y.allowed, y.used, y.remaining, y.retry_after.is_some()),
+                "{step}, {i}"
+            );
+            let near = |p: u128, q: u128| p.abs_diff(q) < 1_000;
+            assert!(
+                near(x.reset.as_millis(), y.reset.as_millis()),
+                "{step}, {i}: {x:?} {y:?}"
+            );
+            let (p, q) = (
+                ms(x.retry_after).unwrap_or(0),
+                ms(y.retry_after).unwrap_or(0),
+            );
+            assert!(near(p, q), "{step}, {i}: {x:?} {y:?}");
         }
-        let (w, wt) = (key(&plan, 0, "rate"), key(&twin, 0, "rate"));
+        if a.allowed() {
+            used = (used.0 + rate_cost, used.1 + quota_cost);
+        }
+        assert_eq!((a.decisions[1].used, a.decisions[2].used), used, "{step}");
+        let (w, wt) = (key(&plan, 1, "rate"), key(&twin, 1, "rate"));
         assert_eq!(server.int(&["STRLEN", &w]), 97, "{step}");
         assert_eq!(
             server.cli(&["GET", &w]),
             server.cli(&["GET", &wt]),
             "{step}"
         );
-        let (q, qt) = (key(&plan, 1, "monthly"), key(&twin, 1, "monthly"));
+        let (q, qt) = (key(&plan, 2, "monthly"), key(&twin, 2, "monthly"));
         assert_eq!(
             server.int(&["GET", &q]),
             server.int(&["GET", &qt]),
@@ -710,10 +734,11 @@ async fn plan_fast_path_on_wide_counts_and_a_month_on_the_server_clock() {
         let at = server.int(&["PEXPIRETIME", &q]);
         assert_eq!(at, server.int(&["PEXPIRETIME", &qt]), "{step}");
         assert_eq!((at + 1) % 86_400_000, 0, "{at}");
-        held.push((a, b));
+        if a.allowed() {
+            held.push((a, b));
+        }
     }
-    assert_eq!(held[4].0.decisions[0].used, 70_007);
-    assert_eq!(held[4].0.decisions[1].used, 5);
+    assert_eq!(used, (70_002, 6));
 }
 
 /// plan.lua given the bounds of another month than the server's (a host

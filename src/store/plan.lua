@@ -10,7 +10,10 @@
 -- expiry and the removal of expired leases once per bucket of lease
 -- expiries (a marker member added with the lease tells, instead of the
 -- set's PTTL); integers formatted with %d (cheaper than %.0f), and a short
--- answer when every check allowed.
+-- answer when every check allowed. The common admission on the server's
+-- clock (the window on its fast path and allowing, a quota of a known
+-- period, one lease unit) is decided first, in a straight line; the
+-- general code takes over, reusing what was read, for everything else.
 --
 -- KEYS     the window's key, the quota's key, the concurrency set, then
 --          the sets of the r lease members to remove first
@@ -46,14 +49,117 @@ for j = 2, #ARGV do
   call('ZREM', KEYS[j + 2], ARGV[j])
 end
 
+-- The common admission first, in as few steps as possible: on the
+-- server's clock, a window on its fast path (below) that allows, a quota
+-- of cost >= 1 whose period is known, one unit of concurrency. It decides
+-- as the general code below, which takes over, reusing what was read, when
+-- any of that does not hold (it has written nothing then).
+local v, ttl, got, tgot = false, -1, false, false
+if not clock and cost > 0 and qcost > 0 and ccost == 1 then
+  v, got = call('GET', skey), true
+  if v then
+    local n, w0, head, off, total, newest = #v, nil, 0, 9, 0, 0
+    if n == 37 then
+      w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+    elseif n == 97 then
+      w0, head, off, total, newest = struct.unpack('<ddBdd', v)
+    end
+    if w0 == w and off <= 8 and head >= off and total + cost <= limit and (n == 97 or total + cost <= 65535) then
+      local t = call('PTTL', skey)
+      ttl, tgot = t, true
+      local b = (w + 7 - (w + 7) % 8) / 8
+      local DAY = 86400000
+      local now, qs, qe = (head + 1) * b + w - 1 - t, nil, nil
+      if period == 1 then
+        qs = now - now % 3600000
+        qe = qs + 3600000
+      elseif period == 2 then
+        qs = now - now % DAY
+        qe = qs + DAY
+      elseif period == 3 then
+        local days = (now - now % DAY) / DAY
+        local monday = days - (days + 3) % 7
+        if monday < 0 then monday = 0 end
+        qs, qe = monday * DAY, (monday + 7) * DAY
+      elseif now >= mqs and now < mqe then
+        qs, qe = mqs, mqe
+      end
+      if qs and t >= w and t <= b + w - 1 and off * b < t then
+        local sv = format('(%d', now)
+        local cused = call('ZCOUNT', ckey, sv, '+inf')
+        local sreset, qreset = t - off * b, qe - now
+        if cused >= climit then
+          -- Refused by the concurrency limit: the quota read, nothing
+          -- written.
+          local qused, qv = 0, call('GET', qkey)
+          if qv then qused = tonumber(qv) or 0 end
+          local q1, qretry = 1, -1
+          if qused + qcost > qlimit then
+            q1 = 0
+            if qcost <= qlimit then qretry = qreset end
+          end
+          local cretry = -1
+          if ccost <= climit then cretry = 1000 end
+          return struct.pack('<dddddddddddddddd', 1, total, sreset, -1, 0,
+            q1, qused, qreset, qretry, 0, 0, cused, 0, cretry, 0, 0)
+        end
+        local r
+        if qcost == 1 then
+          r = call('INCR', qkey)
+        else
+          r = call('INCRBY', qkey, format('%d', qcost))
+        end
+        if r > qlimit then
+          -- Refused by the quota: its count taken back.
+          if r == qcost then
+            call('DEL', qkey)
+          else
+            call('DECRBY', qkey, format('%d', qcost))
+          end
+          local qretry = -1
+          if qcost <= qlimit then qretry = qreset end
+          return struct.pack('<dddddddddddddddd', 1, total, sreset, -1, 0,
+            0, r - qcost, qreset, qretry, 0, 1, cused, 0, -1, 0, 0)
+        end
+        if r == qcost then call('PEXPIREAT', qkey, format('%d', qe - 1)) end
+        if n == 37 then
+          call('SETRANGE', skey, '17', struct.pack('<HH', total + cost, newest + cost))
+        else
+          call('SETRANGE', skey, '17', struct.pack('<dd', total + cost, newest + cost))
+        end
+        -- The lease and its bucket's marker, as below.
+        local e = format('%d', now + cttl)
+        local k = 0
+        if cttl >= 1000000 then k = 6
+        elseif cttl >= 100000 then k = 5
+        elseif cttl >= 10000 then k = 4
+        elseif cttl >= 1000 then k = 3
+        elseif cttl >= 100 then k = 2
+        elseif cttl >= 10 then k = 1 end
+        local m = string.sub(e, 1, -1 - k)
+        if call('ZADD', ckey, e, member, '0', m) > 1 then
+          call('ZREMRANGEBYSCORE', ckey, '-inf', sv)
+          call('ZADD', ckey, '0', m)
+          local u = 10 ^ k
+          local x = now + cttl
+          local fin = x - x % u + u
+          if now + call('PTTL', ckey) < fin then
+            call('PEXPIREAT', ckey, format('%d', fin))
+          end
+        end
+        return struct.pack('<ddddd', total + cost, sreset, r, qreset, cused + 1)
+      end
+    end
+  end
+end
+
 -- The window, as window.lua: its fast path (this window, now in the newest
 -- bucket, the oldest bucket with a count still counted, allowed; 16-bit
 -- counts, or on the server's clock 64-bit ones too; see window.lua), else
 -- its general path.
 local b = (w + 7 - (w + 7) % 8) / 8
-local v = call('GET', skey)
-local ttl = -1
-if v and not clock then ttl = call('PTTL', skey) end
+if not got then v = call('GET', skey) end
+if v and not clock and not tgot then ttl = call('PTTL', skey) end
 local fast = false
 local used, first, target, sreset, newest, t = 0, nil, 0, 0, 0, 0
 local sz, cf, p0, head, off, total, moved = 2, '<H', 20, 0, 9, 0, false

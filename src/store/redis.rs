@@ -20,7 +20,10 @@
 //! the time from the window's key, the quota's integer read by counting it
 //! up (`INCR`, taken back with `DECRBY` when that crossed the quota), and
 //! the leases counted with `ZCOUNT` (under a third of the general script's
-//! cost; BENCHMARKS.md §4).
+//! cost; BENCHMARKS.md §4); its common admission (the window on its fast
+//! path, 16- or 64-bit counts, a quota of a known period — a month's bounds
+//! come from the host's wall clock and are used when the store's time falls
+//! in them —, one lease unit) is decided first, in a straight line.
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
