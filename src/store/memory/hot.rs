@@ -25,8 +25,7 @@
 //!   changes anything else, and clears it ([`HotWindow::publish`]) — or
 //!   leaves the window retired for good ([`HotWindow::retire`]) when it moves
 //!   the state back into the table.
-//! * Without the lock ([`HotWindow::take`]): read the word (with a
-//!   read-modify-write that changes nothing: see below); when busy, or when
+//! * Without the lock ([`HotWindow::take`]): read the word; when busy, or when
 //!   the newest bucket is not the current one (a rollover is due), take the
 //!   lock instead. Otherwise read the older buckets, decide exactly as the
 //!   locked path, and make the decision count with a compare-and-swap of the
@@ -38,13 +37,6 @@
 //!   monotonic (the newest bucket never moves back), so the word can only
 //!   come back to an earlier value after 2²⁴ buckets (4.6 hours at the
 //!   shortest bucket of 1 ms) — a thread stalled that long between two loads.
-//!
-//! The word is read with `fetch_add(0)` rather than a load: a load of a line
-//! the other core just wrote brings it here shared, and the swap then has to
-//! ask for it again to write it; the read-modify-write takes it for writing
-//! in one transfer. It costs one thread alone about 4 ns per call (a locked
-//! instruction) and saved two threads on one key about 60 ns per call
-//! (BENCHMARKS.md §2, "2026-12-03 night").
 //!
 //! A batch of several checks, a soft threshold, a rollover or a count past
 //! 2³⁹ − 1 takes the lock; a batch that touches a hot key moves it back into
@@ -166,11 +158,7 @@ impl HotWindow {
     ) -> Option<Decision> {
         let current = g.index(now);
         for _ in 0..RETRIES {
-            // A read-modify-write that changes nothing rather than a load:
-            // it takes the word's cache line for writing at once, so the
-            // compare-and-swap below finds it here instead of asking the
-            // other cores for it a second time.
-            let word = self.word.fetch_add(0, Ordering::Acquire);
+            let word = self.word.load(Ordering::Acquire);
             if word & BUSY != 0 {
                 return None;
             }
