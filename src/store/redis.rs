@@ -42,7 +42,10 @@
 //! its script cache: one library per version of the script (its 21 KB of
 //! source and the compiled code),
 //! kept by `FUNCTION LOAD` in the RDB and AOF and on replicas, until
-//! `FUNCTION DELETE` or `FUNCTION FLUSH`.
+//! `FUNCTION DELETE` or `FUNCTION FLUSH`. (One difference from `EVALSHA`:
+//! a server over `maxmemory` without eviction refuses the whole `FCALL`
+//! with `OOM`, where the script ran until its first write; admissions
+//! fail either way, and the store's failure policy applies.)
 //!
 //! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
