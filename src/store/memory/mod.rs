@@ -1017,6 +1017,25 @@ impl Tables {
         with_table!(self, tenant, check, now, apply(now, check, op, leases))
     }
 
+    /// [`apply`](Self::apply) with `Op::Take { commit, force: false,
+    /// evaluated: None }`, the operation of a batch's first pass: the
+    /// operation known here, its unused branches are not compiled in.
+    fn take(
+        &mut self,
+        tenant: &TenantId,
+        check: &Check,
+        now: u64,
+        commit: bool,
+        leases: &mut Leases,
+    ) -> Decision {
+        let op = Op::Take {
+            commit,
+            force: false,
+            evaluated: None,
+        };
+        with_table!(self, tenant, check, now, apply(now, check, op, leases))
+    }
+
     /// Takes back what a committed [`Op::Take`] of `check` consumed in this
     /// call; the decision before consumption ([`undo`]).
     fn undo(&mut self, tenant: &TenantId, check: &Check, now: u64) -> Decision {
@@ -1039,13 +1058,8 @@ impl Tables {
         leases: &mut Leases,
         decisions: &mut Decisions,
     ) {
-        let take = Op::Take {
-            commit,
-            force: false,
-            evaluated: None,
-        };
         for (i, check) in checks.iter().enumerate() {
-            let decision = self.apply(tenant, check, now, take, leases);
+            let decision = self.take(tenant, check, now, commit, leases);
             if !decision.allowed {
                 // Release this call's concurrency units first (dropping the
                 // leases), then take back the other checks' units.
