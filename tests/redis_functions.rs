@@ -3,7 +3,8 @@
 //! loaded by the store when a server lacks it (a new or flushed server, every
 //! master of a Cluster), and `EVALSHA` of the same script where the server
 //! runs no functions (here: `FCALL` renamed away, as on Redis 6.2 it is
-//! unknown), decided alike.
+//! unknown), decided alike; after a Cluster failover the promoted replica
+//! has the library (`FUNCTION LOAD` is replicated).
 #![cfg(feature = "redis")]
 
 #[path = "common/redis_server.rs"]
@@ -99,7 +100,7 @@ async fn one_fcall_per_admission_and_the_library_loaded_again_when_flushed() {
     assert_eq!(run(&store, "t2", 3, 4).await, expected());
     assert_eq!(server.command_calls("fcall"), 4);
     assert_eq!(server.command_calls("evalsha"), 0);
-    assert_eq!(server.command_calls("function"), 0);
+    assert_eq!(server.command_calls("function|load"), 0);
 
     // A flushed server (or a new master): loaded again, the counts kept.
     server.cli(&["FUNCTION", "FLUSH"]);
@@ -107,6 +108,7 @@ async fn one_fcall_per_admission_and_the_library_loaded_again_when_flushed() {
     // (The leases of t2 were dropped: released in the same call.)
     assert_eq!(again, vec![vec![(true, 3), (true, 3), (true, 1)]]);
     assert_eq!(libraries(&server), libs);
+    assert_eq!(server.command_calls("function|load"), 1);
     assert_eq!(server.command_calls("evalsha"), 0);
 }
 
@@ -125,6 +127,14 @@ async fn without_fcall_the_store_falls_back_to_evalsha_once_for_good() {
     let errors = server.info("errorstats");
     assert!(errors.is_empty(), "{errors:?}");
     assert!(libraries(&server).is_empty());
+}
+
+async fn cluster_store(cluster: &RedisCluster) -> RedisStore {
+    let client = redis::cluster::ClusterClient::builder(cluster.urls())
+        .response_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    RedisStore::from_cluster_connection(client.get_async_connection().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,5 +180,44 @@ async fn cluster_loads_the_library_on_every_master_and_calls_by_key() {
         let got = run(&store, t, 10, 1).await;
         assert_eq!(got, vec![vec![(true, 3), (true, 3), (true, 1)]], "{t}");
     }
+    // Loaded once, on every master, by the first call.
+    assert_eq!(cluster.command_calls("function|load"), 3);
     assert_eq!(cluster.command_calls("evalsha"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_promoted_replica_calls_the_library_it_has() {
+    let mut cluster = RedisCluster::with_replicas(1);
+    let store = cluster_store(&cluster).await;
+    let key = "tt:{victim}:sb2:rate";
+    assert_eq!(
+        run(&store, "victim", 10, 1).await,
+        vec![vec![(true, 1), (true, 1), (true, 1)]]
+    );
+    let victim = cluster.index_for(key);
+    cluster.node_mut(victim).stop();
+    let promoted = redis_server::poll(Duration::from_secs(30), || {
+        cluster.try_index_for(key).is_some_and(|i| i != victim)
+    });
+    assert!(promoted.is_some(), "no replica took over within 30 s");
+    let promoted = cluster.index_for(key);
+    let node = &cluster.nodes()[promoted];
+    assert_eq!(libraries(node).len(), 1);
+    // The store finds the new master (errors until its slot map is new).
+    let tenant: TenantId = "victim".parse().unwrap();
+    let mut admitted = None;
+    for _ in 0..200 {
+        if let Ok(a) = store.admit(&tenant, &plan(10)).await {
+            admitted = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted.expect("admitted after the failover").allowed());
+    node.cli(&["CONFIG", "RESETSTAT"]);
+    let a = store.admit(&tenant, &plan(10)).await.unwrap();
+    assert!(a.allowed(), "{:?}", a.decisions);
+    assert_eq!(node.command_calls("fcall"), 1);
+    assert_eq!(node.command_calls("function|load"), 0);
+    assert_eq!(node.command_calls("evalsha"), 0);
 }
