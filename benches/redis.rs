@@ -65,7 +65,8 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Server time per EVALSHA (`usec` / `calls` of `cmdstat_evalsha`).
+    /// Server time per script call (`usec` / `calls` of `cmdstat_evalsha`
+    /// and `cmdstat_fcall`).
     server_us: f64,
     /// Client CPU time per call: this process (ours, the ceiling's client)
     /// or its waited-for children (node), from `/proc/self/stat`.
@@ -130,11 +131,12 @@ fn packed(numbers: &[u64]) -> Vec<u8> {
         .collect()
 }
 
-/// The command `EVALSHA` with `call` (the sha, then the keys and
-/// arguments) in RESP, binary-safe (window.lua's one argument is packed
-/// doubles, which `redis-benchmark`'s command line cannot carry).
+/// `call` (the command, `EVALSHA` or `FCALL`, the sha or the function,
+/// then the keys and arguments) in RESP, binary-safe (window.lua's one
+/// argument is packed doubles, which `redis-benchmark`'s command line
+/// cannot carry).
 fn resp(call: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n$7\r\nEVALSHA\r\n", call.len() + 1).into_bytes();
+    let mut out = format!("*{}\r\n", call.len()).into_bytes();
     for a in call {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
         out.extend_from_slice(a);
@@ -267,21 +269,26 @@ fn peer(port: u16, concurrency: usize, n: u64) -> Option<Run> {
     })
 }
 
-/// `calls` and `usec` of `cmdstat_evalsha`.
-fn evalsha_stats(port: u16) -> (f64, f64) {
+/// `calls` and `usec` of `cmdstat_evalsha` and `cmdstat_fcall`, summed
+/// (a run calls one of them).
+fn script_stats(port: u16) -> (f64, f64) {
     let info = redis_server::cli(port, &["INFO", "commandstats"]);
-    let line = info
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("cmdstat_evalsha:"))
-        .unwrap_or("")
-        .to_owned();
-    let field = |name: &str| {
-        line.split(',')
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    (field("calls="), field("usec="))
+    let (mut calls, mut usec) = (0.0, 0.0);
+    for line in info.lines().filter_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("cmdstat_evalsha:")
+            .or_else(|| l.strip_prefix("cmdstat_fcall:"))
+    }) {
+        let field = |name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        calls += field("calls=");
+        usec += field("usec=");
+    }
+    (calls, usec)
 }
 
 /// CPU time in clock ticks (10 ms) of this process (utime + stime) and of
@@ -299,14 +306,14 @@ fn cpu_ticks() -> (f64, f64) {
     (at(11) + at(12), at(13) + at(14))
 }
 
-/// Runs `f` and sets the run's server time per EVALSHA and the client's CPU
+/// Runs `f` and sets the run's server time per script call and the client's CPU
 /// time per call.
 fn timed<F: FnOnce() -> Option<Run>>(port: u16, f: F) -> Option<Run> {
-    let (calls0, usec0) = evalsha_stats(port);
+    let (calls0, usec0) = script_stats(port);
     let (own0, children0) = cpu_ticks();
     let mut run = f()?;
     let (own1, children1) = cpu_ticks();
-    let (calls1, usec1) = evalsha_stats(port);
+    let (calls1, usec1) = script_stats(port);
     run.server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
     let ticks = if run.client == "ours" || run.client == "ceiling" {
         own1 - own0
@@ -393,11 +400,10 @@ async fn monitor(port: u16, store: &RedisStore, checks: &[Check], n: u64) -> (Co
     (from_client, in_script)
 }
 
-/// Round trips of admissions with a rate limit, a quota and a concurrency
-/// limit; each lease is dropped before the next call.
-async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_json::Value {
-    let tenant: TenantId = "round-trips".parse().expect("id");
-    let checks = [
+/// A rate limit, a daily quota and a concurrency limit (the store sends
+/// them to plan.lua).
+fn plan_checks() -> [Check; 3] {
+    [
         rate_check(),
         Check::new(
             "executions_per_day",
@@ -415,28 +421,39 @@ async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_
             10,
             1,
         ),
-    ];
+    ]
+}
+
+/// Round trips of admissions with a rate limit, a quota and a concurrency
+/// limit; each lease is dropped before the next call.
+async fn round_trips(server: &RedisServer, store: &RedisStore, n: u64) -> serde_json::Value {
+    let tenant: TenantId = "round-trips".parse().expect("id");
+    let checks = plan_checks();
     // Warm: the script is loaded.
     drop(store.admit(&tenant, &checks).await.expect("admit"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = command_stats(server);
-    let (calls0, usec0) = evalsha_stats(server.port());
+    let (calls0, usec0) = script_stats(server.port());
     for _ in 0..n {
         let admission = store.admit(&tenant, &checks).await.expect("admit");
         assert!(admission.allowed());
         drop(admission); // releases the concurrency slot (asynchronously)
     }
-    let (calls1, usec1) = evalsha_stats(server.port());
+    let (calls1, usec1) = script_stats(server.port());
     let server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = command_stats(server);
     let mut d = delta(&before, &after);
     d.retain(|(name, _)| name != "info");
-    let evalsha = d.iter().find(|(n, _)| n == "evalsha").map_or(0, |x| x.1);
+    let evalsha = d
+        .iter()
+        .filter(|(n, _)| n == "evalsha" || n == "fcall")
+        .map(|x| x.1)
+        .sum::<u64>();
     println!(
         "\n{n} admissions with 3 policies (sliding window + daily quota + concurrency): \
-         cmdstat_evalsha +{evalsha} ({:.2} per admission), {server_us:.2} µs of server time \
-         per admission; every cmdstat (commands inside scripts included): {d:?}",
+         cmdstat_evalsha + cmdstat_fcall +{evalsha} ({:.2} per admission), {server_us:.2} µs of \
+         server time per admission; every cmdstat (commands inside scripts included): {d:?}",
         evalsha as f64 / n as f64
     );
     let m = 200;
@@ -495,6 +512,7 @@ fn main() {
     assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1", "{key}");
     // The very call the store sends for one sliding-window check.
     let call: Vec<Vec<u8>> = vec![
+        b"EVALSHA".to_vec(),
         sha.clone().into_bytes(),
         b"1".to_vec(),
         key.clone().into_bytes(),
@@ -541,13 +559,44 @@ fn main() {
     );
     let one = |name: &str| format!("tt:{tag}:sb2:{name}");
     let strs = |a: &[&str]| a.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+    // The three-rule plan as the store calls it: the library the store
+    // loads on its first call (named after the script's hash).
+    rt.block_on(store.admit(&"load".parse().expect("id"), &plan_checks()))
+        .expect("admit");
+    let function = server
+        .cli(&["FUNCTION", "LIST"])
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("tt_plan_"))
+        .expect("the store's library")
+        .to_owned();
+    let plan_call = |command: &str, name: &str, tag: &str| {
+        vec![
+            command.as_bytes().to_vec(),
+            name.as_bytes().to_vec(),
+            b"3".to_vec(),
+            format!("tt:{tag}:sb2:plan").into_bytes(),
+            format!("tt:{tag}:cald:plan").into_bytes(),
+            format!("tt:{tag}:cc:plan").into_bytes(),
+            // The nine numbers, the lease member and a zero byte (no
+            // test clock: the server's).
+            [
+                packed(&[LIMIT, 1, WINDOW_MS, LIMIT, 1, 2, 10, 1, 300_000]),
+                b"lease-1:1\0".to_vec(),
+            ]
+            .concat(),
+        ]
+    };
     let limit = LIMIT.to_string();
     let window = WINDOW_MS.to_string();
     let scripts: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("EVALSHA of `return 1`", strs(&[&load("return 1"), "0"])),
+        (
+            "EVALSHA of `return 1`",
+            strs(&["EVALSHA", &load("return 1"), "0"]),
+        ),
         (
             "rate-limiter-flexible's script (SET NX EX, INCRBY, PTTL; the peer's call)",
-            strs(&[&rlf_sha, "1", "rlf:bench-pipelined", "1", "60"]),
+            strs(&["EVALSHA", &rlf_sha, "1", "rlf:bench-pipelined", "1", "60"]),
         ),
         (
             "window.lua, one sliding-window check (what the store sends)",
@@ -556,6 +605,7 @@ fn main() {
         (
             "admit.lua, the same check (the general script)",
             strs(&[
+                "EVALSHA",
                 &admit_sha,
                 "1",
                 &one("general"),
@@ -574,6 +624,7 @@ fn main() {
         (
             "admit.lua, rate + daily quota + concurrency in one call",
             strs(&[
+                "EVALSHA",
                 &admit_sha,
                 "3",
                 &one("three"),
@@ -602,21 +653,12 @@ fn main() {
             ]),
         ),
         (
-            "plan.lua, the same three policies (what the store sends)",
-            vec![
-                plan_sha.clone().into_bytes(),
-                b"3".to_vec(),
-                one("plan").into_bytes(),
-                format!("tt:{tag}:cald:plan").into_bytes(),
-                format!("tt:{tag}:cc:plan").into_bytes(),
-                // The nine numbers, the lease member and a zero byte (no
-                // test clock: the server's).
-                [
-                    packed(&[LIMIT, 1, WINDOW_MS, LIMIT, 1, 2, 10, 1, 300_000]),
-                    b"lease-1:1\0".to_vec(),
-                ]
-                .concat(),
-            ],
+            "plan.lua, the same three policies, as the function the store calls (FCALL)",
+            plan_call("FCALL", &function, "{bench}"),
+        ),
+        (
+            "plan.lua by EVALSHA (the store's call where the server has no functions)",
+            plan_call("EVALSHA", &plan_sha, "{bench-evalsha}"),
         ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];

@@ -1,7 +1,8 @@
 # The calls of docs/bench/redis-callgrind.py (BENCHMARKS.md §4): the same
 # calls as the server-time rows of benches/redis.rs. `load(src)` loads a
 # script (a file of src/store/ or inline Lua) and gives its sha; `pack(fmt,
-# ...)` is Python's struct.pack.
+# ...)` is Python's struct.pack; `load(src, function="plan")` loads it as the
+# store's Redis function and gives the function's name.
 RLF = (
     "redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') "
     "local consumed = redis.call('incrby', KEYS[1], ARGV[1]) "
@@ -38,10 +39,13 @@ def this_month():
 
 # plan.lua's argument: 9 doubles, the lease member and a zero byte (then,
 # for a month, the month's bounds).
-CALLS.append(("plan.lua, rate + daily quota + concurrency (what the store sends)", lambda load: [
+CALLS.append(("plan.lua, rate + daily quota + concurrency, FCALL (what the store sends)", lambda load: [
+    "FCALL", load("plan.lua", function="plan"), "3", "tt:{b}:sb2:f", "tt:{b}:cald:f", "tt:{b}:cc:f",
+    pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000) + b"lease-1:1\0"]))
+CALLS.append(("plan.lua, the same by EVALSHA (without functions)", lambda load: [
     "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:p", "tt:{b}:cald:p", "tt:{b}:cc:p",
     pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 2, 10, 1, 300000) + b"lease-1:1\0"]))
-CALLS.append(("plan.lua, rate + monthly quota + concurrency", lambda load: [
-    "EVALSHA", load("plan.lua"), "3", "tt:{b}:sb2:m", "tt:{b}:calm:m", "tt:{b}:cc:m",
+CALLS.append(("plan.lua, rate + monthly quota + concurrency, FCALL", lambda load: [
+    "FCALL", load("plan.lua", function="plan"), "3", "tt:{b}:sb2:m", "tt:{b}:calm:m", "tt:{b}:cc:m",
     pack("<ddddddddd", LIMIT, 1, WINDOW, LIMIT, 1, 4, 10, 1, 300000) + b"lease-1:1\0"
     + pack("<dd", *this_month())]))

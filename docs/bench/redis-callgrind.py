@@ -9,7 +9,7 @@ so packed arguments work, which redis-benchmark's argv does not carry).
 
 Usage: docs/bench/redis-callgrind.py [N] [ROUNDS]   (5 000 calls, 1 round)
 """
-import glob, os, socket, struct, subprocess, sys, tempfile, time
+import glob, hashlib, os, socket, struct, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
@@ -95,10 +95,17 @@ def main(calls):
                 time.sleep(0.2)
         conns = [c] + [Conn(port) for _ in range(3)]
 
-        def load(src):
+        def load(src, function=None):
             if src.endswith(".lua"):
                 src = open(os.path.join(ROOT, "src/store", src)).read()  # (absolute paths as they are)
-            return c.call("SCRIPT", "LOAD", src).decode()
+            if function is None:
+                return c.call("SCRIPT", "LOAD", src).decode()
+            # As the store's Function (src/store/redis.rs): a library and
+            # its one function named tt_<function>_<16 hex of the SHA-1>.
+            name = "tt_%s_%s" % (function, hashlib.sha1(src.encode()).hexdigest()[:16])
+            c.call("FUNCTION", "LOAD", "REPLACE", "#!lua name=%s\nredis.register_function('%s', "
+                   "function(KEYS, ARGV)\n%s\nend)\n" % (name, name, src))
+            return name
 
         # Every script loaded before the first measurement: the Lua heap the
         # periodic garbage collection walks is then the same for every call

@@ -1,8 +1,9 @@
 //! The Redis counter store: [`RedisStore`], for single servers and Redis
 //! Cluster.
 //!
-//! Every [`admit`](CounterStore::admit) is **one** `EVALSHA` of one Lua
-//! script (loaded with `SCRIPT LOAD` on `NOSCRIPT`) that evaluates all checks
+//! Every [`admit`](CounterStore::admit) is **one** call of one Lua
+//! script (`EVALSHA`, loaded with `SCRIPT LOAD` on `NOSCRIPT`, or `FCALL`:
+//! below) that evaluates all checks
 //! of the batch atomically with the semantics of [`crate::store`]: a first
 //! pass reads every counter and decides, a second pass consumes only when
 //! every check allows. A batch of one enforced sliding window (no soft
@@ -24,7 +25,29 @@
 //! path, 16- or 64-bit counts, a quota of a known period — a month's bounds
 //! come from the host's wall clock and are used when the store's time falls
 //! in them —, one lease unit) is decided first, in a straight line.
-//! [`peek`](CounterStore::peek) runs the general script in dry-run mode. The time is the server's (`TIME`), so instances with skewed
+//! [`peek`](CounterStore::peek) runs the general script in dry-run mode.
+//!
+//! `plan.lua` is called as a Redis function (`FCALL`, Redis 7+), which
+//! costs the server less than `EVALSHA` of the same code (BENCHMARKS.md
+//! §4): the store registers it as a library of one function, both named
+//! `tt_plan_` and the first 16 hex digits of the script's SHA-1, so that
+//! instances of different versions during a rolling upgrade each call
+//! their own code. Still one round trip per admission: the library is
+//! loaded (`FUNCTION LOAD REPLACE`, on every master of a Cluster) only when
+//! a call answers that the function is not found (a new or flushed server),
+//! then the call is sent again, as a script is loaded on `NOSCRIPT`. A
+//! server without `FCALL` (Redis 6.2, or the command renamed or not allowed
+//! to the store's user) answers so once; the store then calls the same
+//! script with `EVALSHA` for good. What stays on the server, like scripts in
+//! its script cache: one library per version of the script (its 21 KB of
+//! source and the compiled code),
+//! kept by `FUNCTION LOAD` in the RDB and AOF and on replicas, until
+//! `FUNCTION DELETE` or `FUNCTION FLUSH`. (One difference from `EVALSHA`:
+//! a server over `maxmemory` without eviction refuses the whole `FCALL`
+//! with `OOM`, where the script ran until its first write; admissions
+//! fail either way, and the store's failure policy applies.)
+//!
+//! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
 //! clock, since their TTL guards against crashed clients in real time).
@@ -217,14 +240,17 @@
 //! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
 //! of one batch should name distinct policies.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
+use redis::{
+    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Script,
+    ServerErrorKind, Value,
+};
 
 use super::calendar::period_bounds;
 use super::memory::GcraParams;
@@ -282,8 +308,12 @@ struct Shared {
     /// The lean path of `admit` for a batch of one sliding window.
     window: Script,
     /// The lean path of `admit` for the three-rule plan (rate + quota +
-    /// concurrency).
-    plan: Script,
+    /// concurrency), called as a Redis function where the server has them.
+    plan: Function,
+    /// Set once the server has shown it runs no functions (Redis 6.2, or
+    /// `FCALL` renamed or not allowed): scripts are called with `EVALSHA`
+    /// from then on.
+    no_functions: AtomicBool,
     adjust: Script,
     renew: Script,
     lease_prefix: String,
@@ -453,7 +483,8 @@ impl RedisStore {
             shared: Arc::new(Shared {
                 admit: Script::new(include_str!("admit.lua")),
                 window: Script::new(include_str!("window.lua")),
-                plan: Script::new(include_str!("plan.lua")),
+                plan: Function::new("plan", include_str!("plan.lua")),
+                no_functions: AtomicBool::new(false),
                 adjust: Script::new(include_str!("adjust.lua")),
                 renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
@@ -738,39 +769,33 @@ impl RedisStore {
                 release: (!held.is_empty())
                     .then(|| (conn.clone(), shared.clone(), tenant.clone(), lease_no, held)),
             };
-            let script = if lean_arg.is_some() {
-                &shared.window
-            } else if plan_call.is_some() {
-                &shared.plan
-            } else {
-                &shared.admit
-            };
-            let mut invocation = script.prepare_invoke();
-            match (&lean_arg, &plan_call) {
+            let reply: RedisResult<Value> = match (&lean_arg, &plan_call) {
                 (Some(packed), _) => {
-                    invocation.key(&keys[0]).arg(packed.as_slice());
+                    shared
+                        .window
+                        .key(&keys[0])
+                        .arg(packed.as_slice())
+                        .invoke_async(&mut conn)
+                        .await
                 }
                 (None, Some((plan_keys, plan_args))) => {
-                    for k in plan_keys {
-                        invocation.key(k);
-                    }
-                    for a in plan_args {
-                        invocation.arg(a.as_slice());
-                    }
+                    shared
+                        .plan
+                        .call(&shared.no_functions, &mut conn, plan_keys, plan_args)
+                        .await
                 }
                 (None, None) => {
+                    let mut invocation = shared.admit.prepare_invoke();
                     for k in &keys {
                         invocation.key(k);
                     }
                     for a in &args {
                         invocation.arg(a);
                     }
+                    invocation.invoke_async(&mut conn).await
                 }
-            }
-            let reply: Value = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            };
+            let reply = reply.map_err(|e| StoreError::Backend(e.to_string()))?;
             let mut reply = decode_reply(&reply);
             if let (Some(_), &[used, reset, quota_used, quota_reset, leased]) =
                 (plan, reply.as_slice())
@@ -861,6 +886,94 @@ impl RedisStore {
             Ok((decisions, lease, crossed))
         }
     }
+}
+
+/// A script also loaded as a Redis function (Redis 7+), whose `FCALL`
+/// costs the server less than the script's `EVALSHA` (BENCHMARKS.md §4):
+/// the library and its one function are both named `tt_<name>_<the first
+/// 16 hex digits of the script's SHA-1>`, so that versions of the crate
+/// never call each other's code. See [`Function::call`].
+struct Function {
+    script: Script,
+    name: String,
+    /// The library's code for `FUNCTION LOAD`: the script as the body of
+    /// `function(KEYS, ARGV)`.
+    library: String,
+}
+
+impl Function {
+    fn new(name: &str, code: &str) -> Self {
+        let script = Script::new(code);
+        let name = format!("tt_{name}_{}", &script.get_hash()[..16]);
+        let library = format!(
+            "#!lua name={name}\nredis.register_function('{name}', function(KEYS, ARGV)\n{code}\nend)\n"
+        );
+        Self {
+            script,
+            name,
+            library,
+        }
+    }
+
+    /// Calls the function: one `FCALL` in the steady state. When the server
+    /// does not have it yet (a new server, a flushed one), `FUNCTION LOAD
+    /// REPLACE` (to every master of a Cluster) and `FCALL` again, as
+    /// `NOSCRIPT` loads a script; when that load fails, `EVALSHA` this
+    /// time. When the server has no `FCALL` (Redis 6.2; renamed, or not
+    /// allowed to this user), `no_functions` is set and every later call
+    /// is an `EVALSHA` of the script, which does the same.
+    async fn call(
+        &self,
+        no_functions: &AtomicBool,
+        conn: &mut Conn,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> RedisResult<Value> {
+        if !no_functions.load(Ordering::Relaxed) {
+            let mut fcall = redis::cmd("FCALL");
+            fcall.arg(&self.name).arg(keys.len()).arg(keys).arg(args);
+            match fcall.query_async(conn).await {
+                Err(e) if not_found(&e) => {
+                    let load = redis::cmd("FUNCTION")
+                        .arg("LOAD")
+                        .arg("REPLACE")
+                        .arg(&self.library)
+                        .query_async::<Value>(conn)
+                        .await;
+                    match load {
+                        Ok(_) => return fcall.query_async(conn).await,
+                        Err(e) if refused(&e) => no_functions.store(true, Ordering::Relaxed),
+                        Err(_) => {}
+                    }
+                }
+                Err(e) if refused(&e) => no_functions.store(true, Ordering::Relaxed),
+                answer => return answer,
+            }
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a.as_slice());
+        }
+        invocation.invoke_async(conn).await
+    }
+}
+
+/// `FCALL`'s error for a function the server does not have.
+fn not_found(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+}
+
+/// A server that answered that it does not run this command: unknown (Redis
+/// 6.2, or renamed) or not allowed to this user.
+fn refused(e: &RedisError) -> bool {
+    e.code() == Some("NOPERM")
+        || e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+            && e.detail().is_some_and(|d| d.starts_with("unknown command"))
 }
 
 /// `lease`, renewed every third of the shortest lease TTL of its members
