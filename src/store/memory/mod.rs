@@ -396,17 +396,17 @@ impl MemoryStore {
         let mut admission = Admission::new(Decisions::new(), None);
         if let [check] = checks {
             // One check: one lookup.
-            let op = Op::Take {
-                commit,
-                force: false,
-                evaluated: None,
-            };
             let decision = match check.algorithm {
                 Algorithm::SlidingWindow { window } => {
                     let g = Geometry::new(window_ms(window));
                     let promote = self.promote_after == 0
                         || (contended
                             && tables.contended_again(hash, check, g) >= self.promote_after);
+                    let op = Op::Take {
+                        commit,
+                        force: false,
+                        evaluated: None,
+                    };
                     let (decision, hot) =
                         tables.apply_window(tenant, check, g, now, op, &mut leases, promote);
                     if let Some(hot) = hot {
@@ -418,7 +418,7 @@ impl MemoryStore {
                     }
                     decision
                 }
-                _ => tables.apply(tenant, check, now, op, &mut leases),
+                _ => tables.take(tenant, check, now, commit, &mut leases),
             };
             admission.decisions.push(decision);
         } else if checks.iter().all(|c| !c.shadow) && distinct_counters(checks) {
@@ -1018,8 +1018,9 @@ impl Tables {
     }
 
     /// [`apply`](Self::apply) with `Op::Take { commit, force: false,
-    /// evaluated: None }`, the operation of a batch's first pass: the
-    /// operation known here, its unused branches are not compiled in.
+    /// evaluated: None }`, the operation of a one-check call and of a
+    /// batch's first pass: the operation known here, its unused branches
+    /// are not compiled in.
     fn take(
         &mut self,
         tenant: &TenantId,
