@@ -40,12 +40,12 @@
 //! to the store's user) answers so once; the store then calls the same
 //! script with `EVALSHA` for good. What stays on the server, like scripts in
 //! its script cache: one library per version of the script (its 21 KB of
-//! source and the compiled code),
-//! kept by `FUNCTION LOAD` in the RDB and AOF and on replicas, until
-//! `FUNCTION DELETE` or `FUNCTION FLUSH`. (One difference from `EVALSHA`:
-//! a server over `maxmemory` without eviction refuses the whole `FCALL`
-//! with `OOM`, where the script ran until its first write; admissions
-//! fail either way, and the store's failure policy applies.)
+//! source and the compiled code), kept by `FUNCTION LOAD` in the RDB and
+//! AOF and on replicas, until `FUNCTION DELETE` or `FUNCTION FLUSH`. The
+//! other scripts are still called with `EVALSHA`. (One difference from
+//! `EVALSHA`: a server over `maxmemory` without eviction refuses the whole
+//! `FCALL` with `OOM`, where the script ran until its first write;
+//! admissions fail either way, and the store's failure policy applies.)
 //!
 //! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
