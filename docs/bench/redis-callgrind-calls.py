@@ -1,8 +1,8 @@
 # The calls of docs/bench/redis-callgrind.py (BENCHMARKS.md §4): the same
 # calls as the server-time rows of benches/redis.rs. `load(src)` loads a
 # script (a file of src/store/ or inline Lua) and gives its sha; `pack(fmt,
-# ...)` is Python's struct.pack; `load(src, function="plan")` loads it as the
-# store's Redis function and gives the function's name.
+# ...)` is Python's struct.pack; `load(src, function="plan")` (or "window")
+# loads it as the store's Redis function and gives the function's name.
 RLF = (
     "redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') "
     "local consumed = redis.call('incrby', KEYS[1], ARGV[1]) "
@@ -14,7 +14,10 @@ LIMIT, WINDOW = 1000000000000, 60000
 CALLS = [
     ("EVALSHA of `return 1`", lambda load: ["EVALSHA", load("return 1"), "0"]),
     ("rate-limiter-flexible's script", lambda load: ["EVALSHA", load(RLF), "1", "rlf:x", "1", "60"]),
-    ("window.lua, one sliding-window check", lambda load: [
+    ("window.lua, one sliding-window check, FCALL (what the store sends)", lambda load: [
+        "FCALL", load("window.lua", function="window"), "1", "tt:{b}:sb2:y",
+        pack("<ddd", LIMIT, 1, WINDOW)]),
+    ("window.lua, the same by EVALSHA (without functions)", lambda load: [
         "EVALSHA", load("window.lua"), "1", "tt:{b}:sb2:x", pack("<ddd", LIMIT, 1, WINDOW)]),
     ("admit.lua, one sliding-window check", lambda load: [
         "EVALSHA", load("admit.lua"), "1", "tt:{b}:sb2:g", "a", "", "", "1",

@@ -27,25 +27,28 @@
 //! in them —, one lease unit) is decided first, in a straight line.
 //! [`peek`](CounterStore::peek) runs the general script in dry-run mode.
 //!
-//! `plan.lua` is called as a Redis function (`FCALL`, Redis 7+), which
-//! costs the server less than `EVALSHA` of the same code (BENCHMARKS.md
-//! §4): the store registers it as a library of one function, both named
-//! `tt_plan_` and the first 16 hex digits of the script's SHA-1, so that
-//! instances of different versions during a rolling upgrade each call
-//! their own code. Still one round trip per admission: the library is
-//! loaded (`FUNCTION LOAD REPLACE`, on every master of a Cluster) only when
-//! a call answers that the function is not found (a new or flushed server),
-//! then the call is sent again, as a script is loaded on `NOSCRIPT`. A
-//! server without `FCALL` (Redis 6.2, or the command renamed or not allowed
-//! to the store's user) answers so once; the store then calls the same
-//! script with `EVALSHA` for good. What stays on the server, like scripts in
-//! its script cache: one library per version of the script (its 21 KB of
-//! source and the compiled code), kept by `FUNCTION LOAD` in the RDB and
+//! `window.lua` and `plan.lua`, the two lean scripts, are called as Redis
+//! functions (`FCALL`, Redis 7+), which cost the server less than
+//! `EVALSHA` of the same code (BENCHMARKS.md §4): the store registers each
+//! as a library of one function, both named `tt_window_` or `tt_plan_` and
+//! the first 16 hex digits of the script's SHA-1, so that instances of
+//! different versions during a rolling upgrade each call their own code.
+//! Still one round trip per admission: a library is loaded (`FUNCTION LOAD
+//! REPLACE`, on every master of a Cluster) only when a call answers that
+//! its function is not found (a new or flushed server), then the call is
+//! sent again, as a script is loaded on `NOSCRIPT`. A server without
+//! `FCALL` (Redis 6.2, or the command renamed or not allowed to the
+//! store's user) answers so once; the store then calls both scripts with
+//! `EVALSHA` for good. What stays on the server, like scripts in its script
+//! cache: one library per version of each script (about 8 KB and 21 KB of
+//! source, and the compiled code), kept by `FUNCTION LOAD` in the RDB and
 //! AOF and on replicas, until `FUNCTION DELETE` or `FUNCTION FLUSH`. The
-//! other scripts are still called with `EVALSHA`. (One difference from
-//! `EVALSHA`: a server over `maxmemory` without eviction refuses the whole
-//! `FCALL` with `OOM`, where the script ran until its first write;
-//! admissions fail either way, and the store's failure policy applies.)
+//! general script (`admit.lua`, and [`peek`](CounterStore::peek)), lease
+//! renewal and gauge adjustment are still called with `EVALSHA`. (One
+//! difference from `EVALSHA`: a server over `maxmemory` without eviction
+//! refuses the whole `FCALL` with `OOM`, where the script ran until its
+//! first write; admissions fail either way, and the store's failure policy
+//! applies.)
 //!
 //! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
@@ -305,14 +308,15 @@ pub struct RedisStore {
 
 struct Shared {
     admit: Script,
-    /// The lean path of `admit` for a batch of one sliding window.
-    window: Script,
+    /// The lean path of `admit` for a batch of one sliding window, called
+    /// as a Redis function where the server has them.
+    window: Function,
     /// The lean path of `admit` for the three-rule plan (rate + quota +
     /// concurrency), called as a Redis function where the server has them.
     plan: Function,
     /// Set once the server has shown it runs no functions (Redis 6.2, or
     /// `FCALL` renamed or not allowed): scripts are called with `EVALSHA`
-    /// from then on.
+    /// from then on (both `window` and `plan`).
     no_functions: AtomicBool,
     adjust: Script,
     renew: Script,
@@ -482,7 +486,7 @@ impl RedisStore {
             clock: None,
             shared: Arc::new(Shared {
                 admit: Script::new(include_str!("admit.lua")),
-                window: Script::new(include_str!("window.lua")),
+                window: Function::new("window", include_str!("window.lua")),
                 plan: Function::new("plan", include_str!("plan.lua")),
                 no_functions: AtomicBool::new(false),
                 adjust: Script::new(include_str!("adjust.lua")),
@@ -773,9 +777,12 @@ impl RedisStore {
                 (Some(packed), _) => {
                     shared
                         .window
-                        .key(&keys[0])
-                        .arg(packed.as_slice())
-                        .invoke_async(&mut conn)
+                        .call(
+                            &shared.no_functions,
+                            &mut conn,
+                            std::slice::from_ref(&keys[0]),
+                            std::slice::from_ref(packed),
+                        )
                         .await
                 }
                 (None, Some((plan_keys, plan_args))) => {
