@@ -688,16 +688,24 @@ fn main() {
     }
     let mut script_costs = Vec::new();
     for ((label, _), samples) in scripts.iter().zip(&mut samples) {
+        // In round order (the scripts interleaved: a round's figures of two
+        // scripts were measured a few seconds apart, under the same load).
+        let by_round: Vec<String> = samples.iter().map(|s| format!("{s:.2}")).collect();
+        let by_round_values = samples.clone();
         samples.sort_by(f64::total_cmp);
         let (min, median, max) = (
             samples[0],
             samples[samples.len() / 2],
             samples[samples.len() - 1],
         );
-        println!("server time per call, {label}: {median:.2} µs (min {min:.2}, max {max:.2}, {rounds} rounds)");
+        println!(
+            "server time per call, {label}: {median:.2} µs (min {min:.2}, max {max:.2}, {rounds} rounds; by round {})",
+            by_round.join(" ")
+        );
         script_costs.push(serde_json::json!({
             "script": label, "server_us_per_call": median,
             "min": min, "max": max, "rounds": rounds,
+            "by_round": by_round_values,
         }));
     }
     let trips = rt.block_on(round_trips(
