@@ -16,6 +16,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 
 mod approx;
 mod calendar;
+mod gauge;
 mod gcra;
 mod hot;
 mod leases;
@@ -27,6 +28,7 @@ pub(crate) use gcra::Params as GcraParams;
 
 use approx::ApproxState;
 use calendar::CalendarState;
+use gauge::{moved, Gauge};
 use gcra::GcraState;
 use hot::HotWindow;
 use leases::{Inflight, Leases};
@@ -543,15 +545,6 @@ impl CounterStore for MemoryStore {
     }
 }
 
-fn moved(level: u64, delta: i64) -> u64 {
-    if delta >= 0 {
-        level.saturating_add(delta.unsigned_abs())
-    } else {
-        level.saturating_sub(delta.unsigned_abs())
-    }
-}
-
-/// Cache-line aligned so that two shards' locks never share a line.
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard(Mutex<Tables>);
@@ -1435,33 +1428,6 @@ fn undo<S: Counter, V: BorrowMut<S> + From<S>, K: Eq + Hash, L: Lookup<K>>(
             decision
         }
         None => S::eval_missing(now, ctx, check),
-    }
-}
-
-/// Gauge: a level moved by admissions and [`CounterStore::adjust`].
-struct Gauge(u64);
-
-impl Counter for Gauge {
-    type Ctx = ();
-
-    fn empty(_now: u64, _: ()) -> Self {
-        Self(0)
-    }
-
-    fn normalize(&mut self, _now: u64, _: ()) {}
-
-    fn eval(&self, _now: u64, _: (), check: &Check) -> Decision {
-        decision(check, self.0, 0, || None)
-    }
-
-    fn consume(&mut self, _now: u64, _: Self::Ctx, cost: u64) -> Option<Lease> {
-        self.0 = self.0.saturating_add(cost);
-        None
-    }
-
-    fn unconsume(&mut self, _now: u64, _: (), cost: u64) -> bool {
-        self.0 = self.0.saturating_sub(cost);
-        self.0 == 0
     }
 }
 
