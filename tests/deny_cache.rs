@@ -61,12 +61,6 @@ async fn send(store: &dyn CounterStore, tenant: &TenantId, n: usize, limit: u64)
     admitted
 }
 
-/// The store's calls so far: `EVALSHA` (the general script, here) and
-/// `FCALL` (the lean scripts, Redis functions).
-fn script_calls(server: &RedisServer) -> u64 {
-    server.command_calls("evalsha") + server.command_calls("fcall")
-}
-
 async fn connect(server: &RedisServer) -> RedisStore {
     let store = RedisStore::connect(server.url()).await.unwrap();
     // Loads the script (a first EVALSHA may answer NOSCRIPT).
@@ -89,7 +83,7 @@ async fn four_instances_cost_one_call_each_once_refused_and_admit_exactly_the_li
 
     // With the deny cache: 4 instances × 10 000 requests at once.
     let tenant: TenantId = "hammer".parse().unwrap();
-    let before = script_calls(&server);
+    let before = server.script_calls();
     let tasks: Vec<_> = cached
         .iter()
         .map(|store| {
@@ -101,13 +95,13 @@ async fn four_instances_cost_one_call_each_once_refused_and_admit_exactly_the_li
     for t in tasks {
         admitted += t.await.unwrap();
     }
-    let calls = script_calls(&server) - before;
+    let calls = server.script_calls() - before;
     let local: u64 = cached.iter().map(|c| c.local_refusals()).sum();
 
     // The peer, in the same run: the same stores without the cache.
     let peer_requests = REQUESTS / 10;
     let peer: TenantId = "hammer-plain".parse().unwrap();
-    let before = script_calls(&server);
+    let before = server.script_calls();
     let tasks: Vec<_> = plain
         .iter()
         .map(|store| {
@@ -119,7 +113,7 @@ async fn four_instances_cost_one_call_each_once_refused_and_admit_exactly_the_li
     for t in tasks {
         peer_admitted += t.await.unwrap();
     }
-    let peer_calls = script_calls(&server) - before;
+    let peer_calls = server.script_calls() - before;
     println!(
         "FIGURES deny cache: 4 instances × {REQUESTS} requests of a tenant limited to {LIMIT}/min \
          (sliding log): {admitted} admitted, {calls} Redis calls (EVALSHA + FCALL), {local} refused \
@@ -135,15 +129,15 @@ async fn four_instances_cost_one_call_each_once_refused_and_admit_exactly_the_li
     assert_eq!(peer_calls, 4 * peer_requests as u64);
 
     // A raised limit is another key: asked at once, admitted.
-    let before = script_calls(&server);
+    let before = server.script_calls();
     assert_eq!(send(&*cached[0], &tenant, 1, LIMIT + 1).await, 1);
-    assert_eq!(script_calls(&server) - before, 1);
+    assert_eq!(server.script_calls() - before, 1);
     // Invalidation drops the tenant's refusals: the store is asked again.
     cached[1].invalidate(&tenant);
     assert!(cached[1].is_empty());
-    let before = script_calls(&server);
+    let before = server.script_calls();
     assert_eq!(send(&*cached[1], &tenant, 1, LIMIT).await, 0);
-    assert_eq!(script_calls(&server) - before, 1);
+    assert_eq!(server.script_calls() - before, 1);
 }
 
 fn catalog() -> &'static str {
@@ -200,7 +194,7 @@ async fn demo_refuses_locally_and_a_raised_limit_applies_at_once() {
     }
     let refused = call(&client, "GET", &me, "").await;
     assert_eq!(refused.status, 429);
-    let before = script_calls(&server);
+    let before = server.script_calls();
     for _ in 0..200 {
         let r = call(&client, "GET", &me, "").await;
         assert_eq!(r.status, 429);
@@ -208,7 +202,7 @@ async fn demo_refuses_locally_and_a_raised_limit_applies_at_once() {
         assert!((1..=60).contains(&after), "{after}");
         assert!(r.header("ratelimit").is_some());
     }
-    let refused_calls = script_calls(&server) - before;
+    let refused_calls = server.script_calls() - before;
     // Raise the limit with an override: the next request passes.
     let patched = call(
         &client,
@@ -218,9 +212,9 @@ async fn demo_refuses_locally_and_a_raised_limit_applies_at_once() {
     )
     .await;
     assert_eq!(patched.status, 200, "{:?}", patched.body);
-    let before = script_calls(&server);
+    let before = server.script_calls();
     let next = call(&client, "GET", &me, "").await;
-    let next_calls = script_calls(&server) - before;
+    let next_calls = server.script_calls() - before;
     println!(
         "FIGURES deny cache, demo over HTTP: 200 refused requests → {refused_calls} Redis calls; \
          after the override raising the limit 5 → 50: next request {} ({next_calls} Redis call)",

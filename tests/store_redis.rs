@@ -90,10 +90,7 @@ impl Target {
     /// Script calls: `EVALSHA` and `FCALL` (the lean scripts are Redis
     /// functions).
     fn script_calls(&self) -> u64 {
-        self.nodes()
-            .iter()
-            .map(|n| n.command_calls("evalsha") + n.command_calls("fcall"))
-            .sum()
+        self.nodes().iter().map(|n| n.script_calls()).sum()
     }
 
     fn reset_stats(&self) {

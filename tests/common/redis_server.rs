@@ -326,6 +326,12 @@ impl RedisServer {
     pub fn command_calls(&self, command: &str) -> u64 {
         command_calls(self.port, command)
     }
+
+    /// The store's script calls: `EVALSHA` (scripts) and `FCALL` (the lean
+    /// scripts, called as Redis functions).
+    pub fn script_calls(&self) -> u64 {
+        self.command_calls("evalsha") + self.command_calls("fcall")
+    }
 }
 
 impl Drop for RedisServer {

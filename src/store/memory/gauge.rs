@@ -14,7 +14,7 @@ pub(super) fn moved(level: u64, delta: i64) -> u64 {
     }
 }
 
-/// Gauge: a level moved by admissions and [`CounterStore::adjust`](crate::store::CounterStore::adjust).
+/// A gauge's level (see the [module docs](self)).
 pub(super) struct Gauge(pub(super) u64);
 
 impl Counter for Gauge {

@@ -545,6 +545,7 @@ impl CounterStore for MemoryStore {
     }
 }
 
+/// Cache-line aligned so that two shards' locks never share a line.
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard(Mutex<Tables>);
