@@ -996,7 +996,20 @@ async fn extreme_inputs_answer() {
     ];
     for now in [0, 1, conformance::T0, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
         clock.set_ms(now);
-        for algorithm in algorithms {
+        for (i, algorithm) in algorithms.into_iter().enumerate() {
+            // A key of a window (or GCRA period) this short expires in
+            // Redis after a few real milliseconds, which the manual clock
+            // does not hold back: between the peek and the admission it may
+            // be gone (on a busy machine it is, at times), so the two may
+            // disagree. Each algorithm has keys of its own, so that such a
+            // key is not read by the long windows' checks either.
+            let short_lived = match algorithm {
+                Algorithm::SlidingWindow { window }
+                | Algorithm::SlidingLog { window }
+                | Algorithm::SlidingWindowApprox { window }
+                | Algorithm::Gcra { window, .. } => window < Duration::from_secs(60),
+                _ => false,
+            };
             for (limit, cost) in [
                 (u64::MAX, u64::MAX),
                 (u64::MAX, 1),
@@ -1005,7 +1018,7 @@ async fn extreme_inputs_answer() {
                 (1, 0),
                 (5, 7),
             ] {
-                let c = Check::new(format!("p{limit}-{cost}"), algorithm, limit, cost);
+                let c = Check::new(format!("a{i}-{limit}-{cost}"), algorithm, limit, cost);
                 let p = store.peek(&t, std::slice::from_ref(&c)).await.unwrap();
                 let a = store.admit(&t, std::slice::from_ref(&c)).await.unwrap();
                 let d = a.decisions[0];
@@ -1019,7 +1032,11 @@ async fn extreme_inputs_answer() {
                 if cost > limit {
                     assert!(!d.allowed && d.retry_after.is_none(), "{algorithm:?} {d:?}");
                 }
-                assert!(p[0].allowed || !d.allowed);
+                assert!(
+                    short_lived || p[0].allowed || !d.allowed,
+                    "{algorithm:?} now {now} limit {limit} cost {cost}: peek {:?}, admit {d:?}",
+                    p[0]
+                );
             }
         }
     }
