@@ -45,23 +45,27 @@ local v = redis.call('GET', key)
 local ttl = -1
 if v and not clock then ttl = redis.call('PTTL', key) end
 -- The fast path: the same window, now in the newest bucket, the oldest
--- bucket with a count still counted, allowed, 16-bit counts. With
+-- bucket with a count still counted, allowed. With
 -- E = (head + 1) * b + w - 1, the key's expiry, and t = E - now (its PTTL
 -- on the server's clock): now < (head + 1) * b is t >= w; now >= head * b
 -- is t <= b + w - 1; head - off >= j0 (the oldest counted bucket) is
 -- off * b < t (and head >= off), so used = total and reset =
 -- (head - off + 1) * b + w - 1 - now = t - off * b. Total and the newest
--- count change in place (with a test clock the expiry is set again, as the
--- general path's SET PX would). Anything else: the general path below.
-if v and #v == 37 then
-  local w0, head, off, total, newest = struct.unpack('<ddBHH', v)
+-- count (16-bit counts while the sum stays <= 65535, else doubles) change
+-- in place (with a test clock the expiry is set again, as the general
+-- path's SET PX would). Anything else: the general path below.
+local n = v and #v
+if n == 37 or n == 97 then
+  local hf, nf, cap = '<ddBHH', '<HH', 65535
+  if n == 97 then hf, nf, cap = '<ddBdd', '<dd', limit end
+  local w0, head, off, total, newest = struct.unpack(hf, v)
   if w0 == w and off <= 8 and head >= off then
     local t = ttl
     if clock then t = (head + 1) * b + w - 1 - now end
     local sum = total + cost
-    if t >= w and t <= b + w - 1 and off * b < t and sum <= limit and sum <= 65535 then
+    if t >= w and t <= b + w - 1 and off * b < t and sum <= limit and sum <= cap then
       if cost > 0 then
-        redis.call('SETRANGE', key, '17', struct.pack('<HH', sum, newest + cost))
+        redis.call('SETRANGE', key, '17', struct.pack(nf, sum, newest + cost))
         if clock then redis.call('PEXPIRE', key, string.format('%d', t)) end
       end
       local reset = t - off * b
