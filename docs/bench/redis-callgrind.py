@@ -11,57 +11,12 @@ Usage: docs/bench/redis-callgrind.py [N] [ROUNDS]   (5 000 calls, 1 round)
 """
 import glob, hashlib, os, socket, struct, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resp_client import Conn, resp  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-
-
-def resp(args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, str):
-            a = a.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.buf = b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self.buf += self.s.recv(65536)
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def reply(self):
-        line = self._line()
-        t, rest = line[:1], line[1:]
-        if t in (b"+", b":"):
-            return rest
-        if t == b"-":
-            raise RuntimeError(rest.decode())
-        if t == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self.buf += self.s.recv(65536)
-            v, self.buf = self.buf[:n], self.buf[n + 2:]
-            return v
-        if t == b"*":
-            return [self.reply() for _ in range(int(rest))]
-        raise RuntimeError(line)
-
-    def call(self, *args):
-        self.s.sendall(resp(args))
-        return self.reply()
-
-    def pipeline(self, args, n):
-        self.s.sendall(resp(args) * n)
-        return [self.reply() for _ in range(n)]
 
 
 def run(conns, args, n):
@@ -71,7 +26,7 @@ def run(conns, args, n):
             k = min(16, n - done)
             if k <= 0:
                 break
-            c.pipeline(args, k)
+            c.pipeline([resp(args)] * k)
             done += k
 
 

@@ -14,7 +14,10 @@ Usage: docs/bench/window-ab.py A.lua B.lua [N] [ROUNDS]
   e.g. git show fc098e5:src/store/window.lua > /tmp/old.lua
        docs/bench/window-ab.py /tmp/old.lua src/store/window.lua 60000 5
 """
-import socket, struct, subprocess, sys, tempfile, time
+import os, socket, struct, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resp_client import Conn, resp  # noqa: E402
 
 A, B = sys.argv[1], sys.argv[2]
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 60000
@@ -25,56 +28,6 @@ RLF = ("redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') "
        "local ttl = redis.call('pttl', KEYS[1]) "
        "if ttl == -1 then redis.call('expire', KEYS[1], ARGV[2]) ttl = 1000 * ARGV[2] end "
        "return {consumed, ttl}")
-
-
-def resp(args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.buf = b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self.buf += self.s.recv(65536)
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def reply(self):
-        line = self._line()
-        t, rest = line[:1], line[1:]
-        if t in (b"+", b":"):
-            return rest
-        if t == b"-":
-            raise RuntimeError(rest.decode())
-        if t == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self.buf += self.s.recv(65536)
-            v, self.buf = self.buf[:n], self.buf[n + 2:]
-            return v
-        if t == b"*":
-            return [self.reply() for _ in range(int(rest))]
-        raise RuntimeError(line)
-
-    def call(self, *args):
-        self.s.sendall(resp(args))
-        return self.reply()
-
-    def pipeline(self, cmds, depth=64):
-        for i in range(0, len(cmds), depth):
-            chunk = cmds[i:i + depth]
-            self.s.sendall(b"".join(chunk))
-            for _ in chunk:
-                self.reply()
 
 
 def free_port():
@@ -125,7 +78,8 @@ def main():
                 for name in order:
                     cmds = [call(name, key(name), 1)] * N
                     c.call("CONFIG", "RESETSTAT")
-                    c.pipeline(cmds)
+                    for i in range(0, N, 64):
+                        c.pipeline(cmds[i:i + 64])
                     us[name].append(usec())
             med = {k: sorted(v)[len(v) // 2] for k, v in us.items()}
             print(f"{case}: " + "  ".join(f"{k} {med[k]:.2f} µs {v}" for k, v in us.items())

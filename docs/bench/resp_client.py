@@ -1,0 +1,54 @@
+"""A minimal binary-safe RESP client for the Python bench scripts of
+docs/bench/ (raw sockets, so packed arguments travel as they are)."""
+import socket
+
+
+def resp(args):
+    """One command in RESP; `str` arguments are UTF-8 encoded."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self.buf += self.s.recv(65536)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self):
+        line = self._line()
+        t, rest = line[:1], line[1:]
+        if t in (b"+", b":"):
+            return rest
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.s.recv(65536)
+            v, self.buf = self.buf[:n], self.buf[n + 2:]
+            return v
+        if t == b"*":
+            return [self.reply() for _ in range(int(rest))]
+        raise RuntimeError(line)
+
+    def call(self, *args):
+        self.s.sendall(resp(args))
+        return self.reply()
+
+    def pipeline(self, cmds):
+        """Sends the encoded commands `cmds` at once, then reads (and
+        returns) their replies."""
+        self.s.sendall(b"".join(cmds))
+        return [self.reply() for _ in cmds]
