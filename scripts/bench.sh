@@ -63,17 +63,8 @@ step "1. in-process overhead (criterion)"
 cargo bench --features redis --bench overhead
 
 step "1b. instructions per request (callgrind)"
-bin=$(cargo bench --features redis --no-run --bench overhead --message-format=json 2>/dev/null \
-  | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
-instructions() { # variant requests -> total instructions
-  OVERHEAD_INSTR="$1:$2" valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" 2>&1 \
-    | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
 echo "variant,instructions_per_request" > "$out/instructions.csv"
-for variant in bare tenancy ours governor governor_headers; do
-  small=$(instructions "$variant" 5000)
-  large=$(instructions "$variant" 25000)
-  per=$(( (large - small) / 20000 ))
+scripts/instr.sh bare tenancy ours ours3 governor governor_headers | while read -r variant per; do
   echo "$variant,$per" >> "$out/instructions.csv"
   echo "$variant: $per instructions per request"
 done

@@ -7,7 +7,8 @@
 #   scripts/instr.sh                          # ours, ours3, governor_headers
 #   scripts/instr.sh bare tenancy ours        # any variants of benches/overhead.rs
 #
-# Needs valgrind. About 20 s per variant once the bench is built.
+# Needs valgrind. A few seconds per variant once the bench is built.
+# `scripts/bench.sh` (step 1b) runs it for every variant of §1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(cargo bench --features redis --no-run --bench overhead --message-format=json 2>/dev/null |

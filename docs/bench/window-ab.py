@@ -71,9 +71,7 @@ def main():
             for r in range(ROUNDS):
                 key = lambda name: f"{name}:{case}" + ("" if case == "wide" else f":{r}")
                 if case == "wide" and r == 0:
-                    for name in us:
-                        c.s.sendall(call(name, key(name), 70000))
-                        c.reply()
+                    c.pipeline([call(name, key(name), 70000) for name in us])
                 order = list(us) if r % 2 == 0 else list(reversed(list(us)))
                 for name in order:
                     cmds = [call(name, key(name), 1)] * N
