@@ -10,9 +10,12 @@
 //! cargo bench --features redis --bench redis
 //! ```
 //!
-//! * **ours**: `RedisStore::connect` (one multiplexed connection), one
-//!   sliding-window check per call, `C` tasks on a 2-worker Tokio runtime
-//!   splitting `N` calls; latency measured around each `admit().await`.
+//! * **ours**: `RedisStore::connect` (`RedisStore::CONNECTIONS` multiplexed
+//!   connections, taken in turn), one sliding-window check per call, `C`
+//!   tasks on a 2-worker Tokio runtime splitting `N` calls; latency measured
+//!   around each `admit().await`.
+//! * **ours, 1 connection**: the same over one multiplexed connection
+//!   (`RedisStore::from_connection_manager`; what `connect` opened before).
 //! * **ceiling**: `FCALL tt_window_<16 hex of window.lua's SHA-1> 1
 //!   tt:{bench}:sb2:api_calls <1000000000000, 1, 60000 packed as
 //!   little-endian doubles>`, the very command our store sends for one
@@ -45,6 +48,11 @@ use tower_tenancy::{Period, TenantId};
 
 const LIMIT: u64 = 1_000_000_000_000;
 const WINDOW_MS: u64 = 60_000;
+
+/// The clients' names in the results.
+const OURS: &str = "ours";
+const OURS_ONE: &str = "ours, 1 connection";
+const PEER: &str = "rate-limiter-flexible";
 
 /// rate-limiter-flexible 11.4.0's `RateLimiterRedis` script
 /// (`lib/RateLimiterRedis.js`, ISC licence), as its client sends it: loaded
@@ -87,7 +95,7 @@ fn rate_check() -> Check {
 }
 
 /// `N` admits split over `C` tasks.
-async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
+async fn ours(client: &'static str, store: &RedisStore, concurrency: usize, n: u64) -> Run {
     let tenant: TenantId = "bench".parse().expect("id");
     let checks: Arc<[Check]> = Arc::new([rate_check()]);
     let start = Instant::now();
@@ -114,7 +122,7 @@ async fn ours(store: &RedisStore, concurrency: usize, n: u64) -> Run {
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     Run {
-        client: "ours",
+        client,
         concurrency,
         requests: n,
         rps: n as f64 / elapsed.as_secs_f64(),
@@ -260,7 +268,7 @@ fn peer(port: u16, concurrency: usize, n: u64) -> Option<Run> {
         }
     };
     Some(Run {
-        client: "rate-limiter-flexible",
+        client: PEER,
         concurrency,
         requests: n,
         rps: v["rps"].as_f64()?,
@@ -317,7 +325,7 @@ fn timed<F: FnOnce() -> Option<Run>>(port: u16, f: F) -> Option<Run> {
     let (own1, children1) = cpu_ticks();
     let (calls1, usec1) = script_stats(port);
     run.server_us = (usec1 - usec0) / (calls1 - calls0).max(1.0);
-    let ticks = if run.client == "ours" || run.client == "ceiling" {
+    let ticks = if run.client != PEER {
         own1 - own0
     } else {
         children1 - children0
@@ -511,7 +519,17 @@ fn main() {
     let tenant: TenantId = "bench".parse().expect("id");
     let key = store.key(&tenant, &rate_check().algorithm, "api_calls");
     // Warm up (and check that our key is the one redis-benchmark uses).
-    rt.block_on(ours(&store, 4, 2_000));
+    rt.block_on(ours(OURS, &store, 4, 2_000));
+    // The same store over one connection (before `connect` opened
+    // `RedisStore::CONNECTIONS`), to show what the turns between them give.
+    let one_connection = rt.block_on(async {
+        let client = redis::Client::open(server.url()).expect("url");
+        let manager = redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("connect");
+        RedisStore::from_connection_manager(manager)
+    });
+    rt.block_on(ours(OURS_ONE, &one_connection, 4, 2_000));
     assert_eq!(server.cli(&["EXISTS", &key]).trim(), "1", "{key}");
     // The library the store loaded on its first call (named after the
     // script's hash).
@@ -555,7 +573,13 @@ fn main() {
                 (true, 1) => 30_000,
                 (true, _) => 100_000,
             };
-            keep(timed(port, || Some(rt.block_on(ours(&store, c, n)))).expect("ours"));
+            keep(timed(port, || Some(rt.block_on(ours(OURS, &store, c, n)))).expect("ours"));
+            keep(
+                timed(port, || {
+                    Some(rt.block_on(ours(OURS_ONE, &one_connection, c, n)))
+                })
+                .expect("ours, one connection"),
+            );
             keep(timed(port, || Some(ceiling(port, &call, c, n, 1))).expect("ceiling"));
             match timed(port, || peer(port, c, n)) {
                 Some(run) => keep(run),

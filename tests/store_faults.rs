@@ -341,6 +341,18 @@ async fn fallback_uses_the_memory_store() {
         decisions[3].2.is_some(),
         "memory decisions carry retry-after"
     );
+    // The breaker opens once failures span two timeouts. The first call on
+    // each of the store's connections fails at once (connection refused);
+    // the calls after it wait for the reconnection and time out. Refused by
+    // the memory store meanwhile (refusals consume nothing).
+    for _ in 0..RedisStore::CONNECTIONS + 2 * FAILURES as usize {
+        if store.is_open() {
+            break;
+        }
+        let started = Instant::now();
+        assert!(!store.admit(&tenant(), &tight).await.unwrap().allowed());
+        assert!(started.elapsed() <= TIMEOUT + SANITY);
+    }
     assert!(store.is_open());
     // Exactly the memory store's state.
     let mut probe = tight[0].clone();

@@ -50,6 +50,11 @@
 //! first write; admissions fail either way, and the store's failure policy
 //! applies.)
 //!
+//! [`RedisStore::connect`] opens [`RedisStore::CONNECTIONS`] (4)
+//! multiplexed connections to the server, which the calls take in turn
+//! (more decisions per second than one at 16 and more calls in flight,
+//! the same decisions).
+//!
 //! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
 //! (it drives windows and periods; leases always expire on the server's
@@ -243,7 +248,7 @@
 //! Gauges are Redis integers and saturate at 2<sup>63</sup> − 1. The checks
 //! of one batch should name distinct policies.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,7 +305,9 @@ const MAX_LEASE_UNITS: u64 = 4096;
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
+    /// One connection to a Cluster or through Sentinel; to one server, the
+    /// multiplexed connections the calls take in turn.
+    conns: Arc<[Conn]>,
     prefix: Arc<str>,
     clock: Option<Arc<dyn Clock>>,
     shared: Arc<Shared>,
@@ -322,6 +329,8 @@ struct Shared {
     renew: Script,
     lease_prefix: String,
     lease_seq: AtomicU64,
+    /// Counts the calls, to take the connections in turn.
+    turn: AtomicUsize,
     /// Released leases whose removal has not been confirmed yet. The next
     /// script call for the same tenant removes them first, so that a call
     /// made after a lease was dropped never sees it held (the release task
@@ -385,9 +394,25 @@ impl ConnectionLike for Conn {
 }
 
 impl RedisStore {
+    /// How many connections [`connect`](Self::connect) opens to the server.
+    ///
+    /// Each is multiplexed (any number of calls in flight), and the store's
+    /// calls take them in turn. Four carried 1.06–1.23× the decisions/s of
+    /// one at 16 calls in flight and 1.12–1.18× at 256 in the same runs
+    /// (BENCHMARKS.md §4, 2026-12-04), at about the same server time per
+    /// call. Each costs the server one client (its buffers about 37 KB
+    /// while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the process one
+    /// reconnecting [`ConnectionManager`]. A call's script is
+    /// atomic whichever connection carries it, and a lease's pending
+    /// release travels with the tenant's next call, so the decisions are
+    /// those of one connection. A Cluster or Sentinel store keeps one
+    /// connection (the cluster client multiplexes one per node).
+    pub const CONNECTIONS: usize = 4;
+
     /// Connects to one Redis server (`redis://host:port/db`, `rediss://…`)
-    /// through a [`ConnectionManager`], which reconnects by itself (retries
-    /// with exponential backoff capped at one second).
+    /// with [`CONNECTIONS`](Self::CONNECTIONS) multiplexed connections, each
+    /// a [`ConnectionManager`], which reconnects by itself (retries with
+    /// exponential backoff capped at one second).
     ///
     /// ```no_run
     /// # use tower_tenancy::store::RedisStore;
@@ -399,8 +424,12 @@ impl RedisStore {
     pub async fn connect(url: impl IntoConnectionInfo) -> RedisResult<Self> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
-        let manager = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self::from_connection_manager(manager))
+        let mut managers = Vec::with_capacity(Self::CONNECTIONS);
+        for _ in 0..Self::CONNECTIONS {
+            managers
+                .push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+        }
+        Ok(Self::from_connection_managers(managers))
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`.
@@ -440,7 +469,34 @@ impl RedisStore {
     /// # }
     /// ```
     pub fn from_connection_manager(manager: ConnectionManager) -> Self {
-        Self::from_conn(Conn::Single(manager))
+        Self::from_connection_managers([manager])
+    }
+
+    /// A store over several connections to one server, which its calls
+    /// take in turn (as [`connect`](Self::connect) opens
+    /// [`CONNECTIONS`](Self::CONNECTIONS) of them).
+    ///
+    /// # Panics
+    ///
+    /// If `managers` is empty.
+    ///
+    /// ```no_run
+    /// # use tower_tenancy::store::RedisStore;
+    /// # async fn run() -> redis::RedisResult<()> {
+    /// use redis::aio::ConnectionManager;
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let mut managers = Vec::new();
+    /// for _ in 0..8 {
+    ///     managers.push(ConnectionManager::new(client.clone()).await?);
+    /// }
+    /// let store = RedisStore::from_connection_managers(managers);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_connection_managers(managers: impl IntoIterator<Item = ConnectionManager>) -> Self {
+        let conns: Arc<[Conn]> = managers.into_iter().map(Conn::Single).collect();
+        assert!(!conns.is_empty(), "a RedisStore needs a connection");
+        Self::from_conns(conns)
     }
 
     /// A store over a cluster connection configured by the caller.
@@ -457,12 +513,12 @@ impl RedisStore {
     /// # }
     /// ```
     pub fn from_cluster_connection(conn: ClusterConnection) -> Self {
-        Self::from_conn(Conn::Cluster(conn))
+        Self::from_conns(Arc::new([Conn::Cluster(conn)]))
     }
 
     /// The cluster connection, for [`ClusterPartitions`](super::ClusterPartitions).
     pub(crate) fn cluster_connection(&self) -> Option<ClusterConnection> {
-        match &self.conn {
+        match &self.conns[0] {
             Conn::Cluster(c) => Some(c.clone()),
             _ => None,
         }
@@ -471,7 +527,7 @@ impl RedisStore {
     /// A store over a connection that follows Sentinel's master.
     #[cfg(feature = "redis-sentinel")]
     pub(crate) fn from_sentinel(conn: super::redis_sentinel::SentinelConnection) -> Self {
-        Self::from_conn(Conn::Sentinel(conn))
+        Self::from_conns(Arc::new([Conn::Sentinel(conn)]))
     }
 
     /// The key prefix.
@@ -479,9 +535,19 @@ impl RedisStore {
         &self.prefix
     }
 
-    fn from_conn(conn: Conn) -> Self {
+    /// The connection for the next call: the connections to one server are
+    /// taken in turn.
+    fn conn(&self) -> Conn {
+        let i = match self.conns.len() {
+            1 => 0,
+            n => self.shared.turn.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        self.conns[i].clone()
+    }
+
+    fn from_conns(conns: Arc<[Conn]>) -> Self {
         Self {
-            conn,
+            conns,
             prefix: Arc::from("tt:"),
             clock: None,
             shared: Arc::new(Shared {
@@ -493,6 +559,7 @@ impl RedisStore {
                 renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
                 lease_seq: AtomicU64::new(0),
+                turn: AtomicUsize::new(0),
                 pending: Mutex::new(Vec::new()),
             }),
         }
@@ -761,7 +828,7 @@ impl RedisStore {
                 _ => c.limit,
             })
             .collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let shared = self.shared.clone();
         let tenant = tenant.clone();
         async move {
@@ -1105,7 +1172,7 @@ impl CounterStore for RedisStore {
 
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
         let key = key(&self.prefix, tenant, "g", policy);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let shared = self.shared.clone();
         MaybeReady::boxed(async move {
             let level: i64 = shared
@@ -1125,13 +1192,14 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field(
                 "connection",
-                &match self.conn {
+                &match self.conns[0] {
                     Conn::Single(_) => "single",
                     Conn::Cluster(_) => "cluster",
                     #[cfg(feature = "redis-sentinel")]
                     Conn::Sentinel(_) => "sentinel",
                 },
             )
+            .field("connections", &self.conns.len())
             .field("prefix", &self.prefix)
             .field("test_clock", &self.clock.is_some())
             .finish()
