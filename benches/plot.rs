@@ -85,7 +85,7 @@ fn redis_plot(rows: &[Vec<String>], out: &Path, load: &str) {
         );
         let label = match client.as_str() {
             "ours" => "tower-tenancy RedisStore".to_owned(),
-            "ours, 1 connection" => "tower-tenancy RedisStore, 1 connection".to_owned(),
+            "ours (1 connection)" => "tower-tenancy RedisStore (1 connection)".to_owned(),
             "redis-benchmark" => "redis-benchmark (ceiling, same EVALSHA)".to_owned(),
             "ceiling" => "ceiling (minimal client, same script call)".to_owned(),
             "rate-limiter-flexible" => "rate-limiter-flexible RateLimiterRedis".to_owned(),

@@ -11,10 +11,10 @@
 //! ```
 //!
 //! * **ours**: `RedisStore::connect` (`RedisStore::CONNECTIONS` multiplexed
-//!   connections, taken in turn), one sliding-window check per call, `C`
-//!   tasks on a 2-worker Tokio runtime splitting `N` calls; latency measured
-//!   around each `admit().await`.
-//! * **ours, 1 connection**: the same over one multiplexed connection
+//!   connections, each call on the least busy), one sliding-window check
+//!   per call, `C` tasks on a 2-worker Tokio runtime splitting `N` calls;
+//!   latency measured around each `admit().await`.
+//! * **ours (1 connection)**: the same over one multiplexed connection
 //!   (`RedisStore::from_connection_manager`; what `connect` opened before).
 //! * **ceiling**: `FCALL tt_window_<16 hex of window.lua's SHA-1> 1
 //!   tt:{bench}:sb2:api_calls <1000000000000, 1, 60000 packed as
@@ -51,7 +51,7 @@ const WINDOW_MS: u64 = 60_000;
 
 /// The clients' names in the results.
 const OURS: &str = "ours";
-const OURS_ONE: &str = "ours, 1 connection";
+const OURS_ONE: &str = "ours (1 connection)";
 const PEER: &str = "rate-limiter-flexible";
 
 /// rate-limiter-flexible 11.4.0's `RateLimiterRedis` script

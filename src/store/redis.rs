@@ -51,9 +51,9 @@
 //! applies.)
 //!
 //! [`RedisStore::connect`] opens [`RedisStore::CONNECTIONS`] (4)
-//! multiplexed connections to the server, which the calls take in turn
-//! (more decisions per second than one at 16 and more calls in flight,
-//! the same decisions).
+//! multiplexed connections to the server; each call takes the first with
+//! the fewest calls in flight (more decisions per second than one
+//! connection with 16 calls in flight; the same decisions).
 //!
 //! The time is the server's (`TIME`), so instances with skewed
 //! clocks agree; a test clock can be configured with [`RedisStore::clock`]
@@ -306,7 +306,7 @@ const MAX_LEASE_UNITS: u64 = 4096;
 #[derive(Clone)]
 pub struct RedisStore {
     /// One connection to a Cluster or through Sentinel; to one server, the
-    /// multiplexed connections the calls take in turn.
+    /// multiplexed connections the calls spread over (`RedisStore::conn`).
     conns: Arc<[Conn]>,
     prefix: Arc<str>,
     clock: Option<Arc<dyn Clock>>,
@@ -329,13 +329,25 @@ struct Shared {
     renew: Script,
     lease_prefix: String,
     lease_seq: AtomicU64,
-    /// Counts the calls, to take the connections in turn.
-    turn: AtomicUsize,
+    /// The calls in flight on each connection (several to one server).
+    in_flight: Box<[AtomicUsize]>,
     /// Released leases whose removal has not been confirmed yet. The next
     /// script call for the same tenant removes them first, so that a call
     /// made after a lease was dropped never sees it held (the release task
     /// may not have run yet).
     pending: Mutex<Vec<Release>>,
+}
+
+/// A call in flight on one of a store's connections (see `RedisStore::conn`).
+struct InFlight {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One member of a concurrency set to remove.
@@ -396,11 +408,13 @@ impl ConnectionLike for Conn {
 impl RedisStore {
     /// How many connections [`connect`](Self::connect) opens to the server.
     ///
-    /// Each is multiplexed (any number of calls in flight), and the store's
-    /// calls take them in turn. Four carried 1.06–1.23× the decisions/s of
-    /// one at 16 calls in flight and 1.12–1.18× at 256 in the same runs
-    /// (BENCHMARKS.md §4, 2026-12-04), at about the same server time per
-    /// call. Each costs the server one client (its buffers about 37 KB
+    /// Each is multiplexed (any number of calls in flight); a call takes
+    /// the first with the fewest calls in flight, so one caller at a time
+    /// keeps to one connection and concurrent calls spread over all. Four
+    /// carried 1.15–1.20× the decisions/s of one with 16 calls in flight,
+    /// 0.90–1.35× with 64 and 256, 0.97–1.25× with one, in three runs
+    /// (BENCHMARKS.md §4, 2026-12-04, 15:19–15:26 UTC), at about the same
+    /// server time per call. Each costs the server one client (its buffers about 37 KB
     /// while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the process one
     /// reconnecting [`ConnectionManager`]. A call's script is
     /// atomic whichever connection carries it, and a lease's pending
@@ -473,8 +487,8 @@ impl RedisStore {
     }
 
     /// A store over several connections to one server, which its calls
-    /// take in turn (as [`connect`](Self::connect) opens
-    /// [`CONNECTIONS`](Self::CONNECTIONS) of them).
+    /// spread over as [`CONNECTIONS`](Self::CONNECTIONS) says
+    /// ([`connect`](Self::connect) opens that many).
     ///
     /// # Panics
     ///
@@ -535,17 +549,28 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// The connection for the next call: the connections to one server are
-    /// taken in turn.
-    fn conn(&self) -> Conn {
-        let i = match self.conns.len() {
-            1 => 0,
-            n => self.shared.turn.fetch_add(1, Ordering::Relaxed) % n,
+    /// The connection for the next call: of several to one server, the
+    /// first of those with the fewest calls in flight, counted until the
+    /// returned guard drops. So one caller at a time keeps to one
+    /// connection, and concurrent calls spread over all.
+    fn conn(&self) -> (Conn, Option<InFlight>) {
+        if self.conns.len() == 1 {
+            return (self.conns[0].clone(), None);
+        }
+        let counts = &self.shared.in_flight;
+        let index = (0..counts.len())
+            .min_by_key(|&i| counts[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        counts[index].fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight {
+            shared: self.shared.clone(),
+            index,
         };
-        self.conns[i].clone()
+        (self.conns[index].clone(), Some(guard))
     }
 
     fn from_conns(conns: Arc<[Conn]>) -> Self {
+        let in_flight = conns.iter().map(|_| AtomicUsize::new(0)).collect();
         Self {
             conns,
             prefix: Arc::from("tt:"),
@@ -559,7 +584,7 @@ impl RedisStore {
                 renew: Script::new(include_str!("renew.lua")),
                 lease_prefix: format!("{:016x}", random_u64()),
                 lease_seq: AtomicU64::new(0),
-                turn: AtomicUsize::new(0),
+                in_flight,
                 pending: Mutex::new(Vec::new()),
             }),
         }
@@ -828,7 +853,7 @@ impl RedisStore {
                 _ => c.limit,
             })
             .collect();
-        let mut conn = self.conn();
+        let (mut conn, in_flight) = self.conn();
         let shared = self.shared.clone();
         let tenant = tenant.clone();
         async move {
@@ -869,6 +894,7 @@ impl RedisStore {
                     invocation.invoke_async(&mut conn).await
                 }
             };
+            drop(in_flight);
             let reply = reply.map_err(|e| StoreError::Backend(e.to_string()))?;
             let mut reply = decode_reply(&reply);
             if let (Some(_), &[used, reset, quota_used, quota_reset, leased]) =
@@ -1172,9 +1198,10 @@ impl CounterStore for RedisStore {
 
     fn adjust(&self, tenant: &TenantId, policy: &str, delta: i64) -> MaybeReady<StoreResult<u64>> {
         let key = key(&self.prefix, tenant, "g", policy);
-        let mut conn = self.conn();
+        let (mut conn, in_flight) = self.conn();
         let shared = self.shared.clone();
         MaybeReady::boxed(async move {
+            let _in_flight = in_flight;
             let level: i64 = shared
                 .adjust
                 .key(key)
