@@ -1057,3 +1057,32 @@ async fn extreme_inputs_answer() {
     );
     assert_eq!(store.adjust(&t, "big", i64::MIN).await.unwrap(), 0);
 }
+
+/// `connect` opens `RedisStore::CONNECTIONS` connections: calls one at a
+/// time keep to one of them, calls in flight together spread over all
+/// (the server's `CLIENT LIST` names each client's last command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_the_connections_only_when_concurrent() {
+    let server = RedisServer::new();
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let tenant: TenantId = "acme".parse().unwrap();
+    let checks = [sw("api", 60_000, 1_000, 1)];
+    let carried_a_call = || {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains(" cmd=fcall "))
+            .count()
+    };
+    for _ in 0..20 {
+        assert!(store.admit(&tenant, &checks).await.unwrap().allowed());
+    }
+    assert_eq!(carried_a_call(), 1, "{}", server.cli(&["CLIENT", "LIST"]));
+    // Each call takes its connection when it is made: sixteen made before
+    // any is answered take the four in turn (4 each).
+    let calls: Vec<_> = (0..16).map(|_| store.admit(&tenant, &checks)).collect();
+    for call in calls {
+        assert!(call.await.unwrap().allowed());
+    }
+    assert_eq!(carried_a_call(), RedisStore::CONNECTIONS);
+}
