@@ -414,9 +414,9 @@ impl RedisStore {
     /// carried 1.15–1.20× the decisions/s of one with 16 calls in flight,
     /// 0.90–1.35× with 64 and 256, 0.97–1.25× with one, in three runs
     /// (BENCHMARKS.md §4, 2026-12-04, 15:19–15:26 UTC), at about the same
-    /// server time per call. Each costs the server one client (its buffers about 37 KB
-    /// while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the process one
-    /// reconnecting [`ConnectionManager`]. A call's script is
+    /// server time per call. Each costs the server one client (its buffers
+    /// about 37 KB while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the
+    /// process one reconnecting [`ConnectionManager`]. A call's script is
     /// atomic whichever connection carries it, and a lease's pending
     /// release travels with the tenant's next call, so the decisions are
     /// those of one connection. A Cluster or Sentinel store keeps one
