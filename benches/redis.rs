@@ -521,7 +521,7 @@ fn main() {
     // Warm up (and check that our key is the one redis-benchmark uses).
     rt.block_on(ours(OURS, &store, 4, 2_000));
     // The same store over one connection (before `connect` opened
-    // `RedisStore::CONNECTIONS`), to show what the turns between them give.
+    // `RedisStore::CONNECTIONS`), to show what the others give.
     let one_connection = rt.block_on(async {
         let client = redis::Client::open(server.url()).expect("url");
         let manager = redis::aio::ConnectionManager::new(client)
