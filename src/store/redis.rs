@@ -411,10 +411,10 @@ impl RedisStore {
     /// Each is multiplexed (any number of calls in flight); a call takes
     /// the first with the fewest calls in flight, so one caller at a time
     /// keeps to one connection and concurrent calls spread over all. Four
-    /// carried 1.15–1.20× the decisions/s of one with 16 calls in flight,
-    /// 0.90–1.35× with 64 and 256, 0.97–1.25× with one, in three runs
-    /// (BENCHMARKS.md §4, 2026-12-04, 15:19–15:26 UTC), at about the same
-    /// server time per call. Each costs the server one client (its buffers
+    /// carried 1.15–1.38× the decisions/s of one with 16 calls in flight
+    /// and 0.90–1.35× with 64 and 256, in six runs (BENCHMARKS.md §4,
+    /// 2026-12-04, 15:19–16:05 UTC), at about the same server time per
+    /// call. Each costs the server one client (its buffers
     /// about 37 KB while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the
     /// process one reconnecting [`ConnectionManager`]. A call's script is
     /// atomic whichever connection carries it, and a lease's pending
