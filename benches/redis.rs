@@ -710,8 +710,21 @@ fn main() {
             samples.push(run.server_us);
         }
     }
+    // Each script against the peer's (`scripts[1]`) within a round, where
+    // both ran seconds apart under the same load: the median of these
+    // ratios is steadier than the ratio of the medians.
+    assert!(scripts[1].0.starts_with("rate-limiter-flexible"));
+    let peer_by_round = samples[1].clone();
+    let same_round: Vec<f64> = samples
+        .iter()
+        .map(|s| {
+            let mut ratios: Vec<f64> = s.iter().zip(&peer_by_round).map(|(a, b)| a / b).collect();
+            ratios.sort_by(f64::total_cmp);
+            ratios[ratios.len() / 2]
+        })
+        .collect();
     let mut script_costs = Vec::new();
-    for ((label, _), samples) in scripts.iter().zip(&mut samples) {
+    for (((label, _), samples), same_round) in scripts.iter().zip(&mut samples).zip(same_round) {
         // In round order (the scripts interleaved: a round's figures of two
         // scripts were measured a few seconds apart, under the same load).
         let by_round: Vec<String> = samples.iter().map(|s| format!("{s:.2}")).collect();
@@ -723,13 +736,14 @@ fn main() {
             samples[samples.len() - 1],
         );
         println!(
-            "server time per call, {label}: {median:.2} µs (min {min:.2}, max {max:.2}, {rounds} rounds; by round {})",
+            "server time per call, {label}: {median:.2} µs (min {min:.2}, max {max:.2}, {rounds} rounds; by round {}; {same_round:.2}× the peer's, median of same-round ratios)",
             by_round.join(" ")
         );
         script_costs.push(serde_json::json!({
             "script": label, "server_us_per_call": median,
             "min": min, "max": max, "rounds": rounds,
             "by_round": by_round_values,
+            "same_round_ratio_to_peer": same_round,
         }));
     }
     let trips = rt.block_on(round_trips(

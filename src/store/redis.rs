@@ -411,9 +411,9 @@ impl RedisStore {
     /// Each is multiplexed (any number of calls in flight); a call takes
     /// the first with the fewest calls in flight, so one caller at a time
     /// keeps to one connection and concurrent calls spread over all. Four
-    /// carried 1.15–1.38× the decisions/s of one with 16 calls in flight
-    /// and 0.90–1.35× with 64 and 256, in six runs (BENCHMARKS.md §4,
-    /// 2026-12-04, 15:19–16:05 UTC), at about the same server time per
+    /// carried 1.07–1.38× the decisions/s of one with 16 calls in flight
+    /// and 0.90–1.35× with 64 and 256, in seven runs (BENCHMARKS.md §4,
+    /// 2026-12-04, 15:19–16:08 UTC), at about the same server time per
     /// call. Each costs the server one client (its buffers
     /// about 37 KB while busy: `CLIENT LIST`, `tot-mem`, Redis 7.0) and the
     /// process one reconnecting [`ConnectionManager`]. A call's script is
