@@ -9,10 +9,10 @@ so packed arguments work, which redis-benchmark's argv does not carry).
 
 Usage: docs/bench/redis-callgrind.py [N] [ROUNDS]   (5 000 calls, 1 round)
 """
-import glob, hashlib, os, socket, struct, subprocess, sys, tempfile, time
+import glob, hashlib, os, struct, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resp_client import Conn, resp  # noqa: E402
+from resp_client import Conn, resp, start_server  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
@@ -31,23 +31,9 @@ def run(conns, args, n):
 
 
 def main(calls):
-    d = tempfile.mkdtemp()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    vg = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out",
-         "redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", d],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    vg, d, port, c = start_server(
+        lambda d: ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out"])
     try:
-        for _ in range(200):
-            try:
-                c = Conn(port)
-                c.call("PING")
-                break
-            except OSError:
-                time.sleep(0.2)
         conns = [c] + [Conn(port) for _ in range(3)]
 
         def load(src, function=None):

@@ -1,6 +1,10 @@
 """A minimal binary-safe RESP client for the Python bench scripts of
-docs/bench/ (raw sockets, so packed arguments travel as they are)."""
+docs/bench/ (raw sockets, so packed arguments travel as they are), and the
+redis-server they start."""
 import socket
+import subprocess
+import tempfile
+import time
 
 
 def resp(args):
@@ -52,3 +56,27 @@ class Conn:
         returns) their replies."""
         self.s.sendall(b"".join(cmds))
         return [self.reply() for _ in cmds]
+
+
+def start_server(wrapper=lambda d: []):
+    """Starts redis-server on a free port of 127.0.0.1 (no persistence, in
+    a new temporary directory `d`), behind `wrapper(d)` (e.g. valgrind's
+    command line), and waits until it answers PING. Returns the process,
+    `d`, the port and the connection that pinged."""
+    d = tempfile.mkdtemp()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    process = subprocess.Popen(
+        [*wrapper(d), "redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            c = Conn(port)
+            c.call("PING")
+            return process, d, port, c
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError("redis-server did not answer on port %d" % port)

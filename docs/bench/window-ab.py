@@ -14,10 +14,10 @@ Usage: docs/bench/window-ab.py A.lua B.lua [N] [ROUNDS]
   e.g. git show fc098e5:src/store/window.lua > /tmp/old.lua
        docs/bench/window-ab.py /tmp/old.lua src/store/window.lua 60000 5
 """
-import os, socket, struct, subprocess, sys, tempfile, time
+import os, struct, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resp_client import Conn, resp  # noqa: E402
+from resp_client import resp, start_server  # noqa: E402
 
 A, B = sys.argv[1], sys.argv[2]
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 60000
@@ -30,27 +30,9 @@ RLF = ("redis.call('set', KEYS[1], 0, 'EX', ARGV[2], 'NX') "
        "return {consumed, ttl}")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def main():
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", tempfile.mkdtemp()], stdout=subprocess.DEVNULL)
+    server, _, _, c = start_server()
     try:
-        for _ in range(100):
-            try:
-                c = Conn(port)
-                c.call("PING")
-                break
-            except OSError:
-                time.sleep(0.1)
         shas = {name: c.call("SCRIPT", "LOAD", src).decode() for name, src in
                 (("A", open(A).read()), ("B", open(B).read()), ("peer", RLF))}
 
